@@ -1,0 +1,5 @@
+import sys
+
+from nasdd.cli import main
+
+sys.exit(main())

@@ -1,0 +1,101 @@
+"""The `nasdd` command line: one subcommand per stage, each defined next to the code it runs.
+
+Every stage module exposes `add_arguments(parser)` and `command(args) -> int`. Errors the user can
+fix (NasddError) print one line and exit with code 2; `--debug` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from nasdd import __version__
+from nasdd.errors import NasddError
+from nasdd.utils import set_quiet
+
+# subcommand -> (module that implements it, one-line help)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "list": ("nasdd.catalog", "list datasets, search spaces, methods, peers and samplers"),
+    "distill": ("nasdd.distill.cli", "distil a dataset into a synthetic proxy set"),
+    "experts": ("nasdd.distill.experts", "train expert trajectories for trajectory matching"),
+    "search": ("nasdd.search", "Optuna architecture search with candidates trained on a proxy"),
+    "validate": ("nasdd.validate.cli", "audit how faithfully proxies rank architectures"),
+    "report": ("nasdd.report", "tables and plots of cost against ranking fidelity"),
+    "run": ("nasdd.pipeline", "distil -> search -> validate -> report in one command"),
+}
+
+
+def add_common(parser: argparse.ArgumentParser) -> None:
+    """Options every subcommand takes."""
+    parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
+
+
+def add_data_args(parser: argparse.ArgumentParser, default: str = "mnist5k") -> None:
+    """Dataset options shared by the stages that load data."""
+    parser.add_argument("--dataset", default=default, help=f"dataset name or imagefolder:PATH (default {default})")
+    parser.add_argument("--data-root", default="data", help="where torchvision datasets live or download to")
+    parser.add_argument("--max-per-class", type=int, default=None, help="cap the training pool per class")
+    parser.add_argument("--image-size", type=int, default=32, help="resize imagefolder images to this size")
+
+
+def load_data_from_args(args: argparse.Namespace):  # noqa: ANN201 - returns DatasetBundle
+    from nasdd.data import load_dataset
+
+    return load_dataset(args.dataset, root=args.data_root, max_per_class=args.max_per_class, image_size=args.image_size)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nasdd", description="Neural architecture search on distilled proxy datasets, with an audit."
+    )
+    parser.add_argument("--version", action="version", version=f"nasdd {__version__}")
+    sub = parser.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
+    for name, (module, help_text) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if not exc.name or not exc.name.startswith("nasdd"):
+                raise
+            p.set_defaults(func=_not_built(name))
+        else:
+            mod.add_arguments(p)
+            p.set_defaults(func=mod.command)
+        add_common(p)
+    return parser
+
+
+def _not_built(name: str):  # noqa: ANN202
+    def run(args: argparse.Namespace) -> int:
+        raise NasddError(f"`nasdd {name}` is not available in this version yet")
+
+    return run
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    set_quiet(args.quiet)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    try:
+        return int(args.func(args) or 0)
+    except NasddError as exc:
+        if args.debug:
+            raise
+        print(f"nasdd {args.subcommand}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"nasdd {args.subcommand}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

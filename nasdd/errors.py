@@ -1,0 +1,10 @@
+"""The one user-facing error type: the CLI prints its message on one line and exits with code 2."""
+
+
+class NasddError(Exception):
+    """Bad input or an unrecoverable condition the user can fix; the message says what and how."""
+
+
+def unknown_name(kind: str, name: str, valid: list[str] | tuple[str, ...]) -> NasddError:
+    """An error for an unknown registry key that lists the valid ones."""
+    return NasddError(f"unknown {kind} {name!r}; valid {kind}s: {', '.join(sorted(valid))}")

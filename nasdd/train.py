@@ -1,0 +1,276 @@
+"""The one trainer: every training in nasdd (proxy evaluation, search trials, ground truth, early
+stopping, expert trajectories) goes through `fit` / `train_arch`.
+
+It returns accuracy and loss on an evaluation split, wall seconds and machine-independent cost:
+sample-gradient evaluations (one per sample per training step) and forward FLOPs per sample
+(training FLOPs are estimated as 3x forward FLOPs per sample-gradient). A NaN or infinite loss ends
+the training with a failed result instead of raising.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields, replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nasdd.arch import ArchSpec
+from nasdd.augment import make_augment
+from nasdd.errors import NasddError
+from nasdd.models import build, forward_flops, param_count
+from nasdd.utils import progress, resolve_device, stable_hash
+
+
+@dataclass(frozen=True)
+class TrainRecipe:
+    """How to train: length (epochs, or steps when given), batch, optimiser, schedule, augmentation.
+
+    `schedule`: `step` multiplies the lr by 0.1 at half of training (the DC evaluation recipe),
+    `cosine` anneals to 0, `constant` keeps it. `augment`: none, `dsa`, or `dsa:<ops>`.
+    """
+
+    epochs: int = 300
+    steps: int | None = None
+    batch_size: int = 256
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "step"
+    augment: str | None = None
+    eval_batch_size: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("sgd", "adam"):
+            raise NasddError(f"unknown optimizer {self.optimizer!r}; valid optimizers: sgd, adam")
+        if self.schedule not in ("step", "cosine", "constant"):
+            raise NasddError(f"unknown schedule {self.schedule!r}; valid schedules: step, cosine, constant")
+        if self.epochs < 0 or (self.steps is not None and self.steps < 0) or self.batch_size < 1:
+            raise NasddError("epochs and steps must be >= 0 and batch_size >= 1")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise NasddError(f"learning rate must be a positive finite number, got {self.lr}")
+        make_augment(self.augment)  # validates the name
+
+    def key(self) -> str:
+        return stable_hash(asdict(self), 12)
+
+    def total_steps(self, n: int) -> int:
+        if self.steps is not None:
+            return self.steps
+        return self.epochs * math.ceil(n / self.batch_size)
+
+    @classmethod
+    def parse(cls, text: str | None, base: TrainRecipe | None = None) -> TrainRecipe:
+        """`"proxy"`, `"full,epochs=5"` or `"epochs=50,lr=0.02"`: a preset name and/or key=value overrides."""
+        recipe = base or cls()
+        if not text:
+            return recipe
+        types = {f.name: f.type for f in fields(cls)}
+        changes: dict[str, object] = {}
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            if "=" not in part:
+                recipe = RECIPES.get(part) if part in RECIPES else _unknown_recipe(part)
+                continue
+            k, v = (s.strip() for s in part.split("=", 1))
+            if k not in types:
+                raise NasddError(f"unknown recipe key {k!r}; valid keys: {', '.join(types)}")
+            changes[k] = _coerce(k, v, str(types[k]))
+        return replace(recipe, **changes)
+
+
+def _unknown_recipe(name: str) -> TrainRecipe:
+    raise NasddError(f"unknown recipe {name!r}; valid recipes: {', '.join(RECIPES)} or key=value pairs")
+
+
+def _coerce(key: str, value: str, typ: str) -> object:
+    if value.lower() in ("none", "null", ""):
+        return None
+    try:
+        if typ.startswith("int"):
+            return int(value)
+        if typ.startswith("float"):
+            return float(value)
+    except ValueError:
+        raise NasddError(f"recipe key {key} expects a number, got {value!r}") from None
+    return value
+
+
+RECIPES: dict[str, TrainRecipe] = {
+    # Training on a distilled proxy: the DC/DM evaluation recipe (SGD 0.01, momentum 0.9, wd 5e-4,
+    # lr x0.1 at half), shortened from 1000 to 300 epochs for CPU.
+    "proxy": TrainRecipe(epochs=300, batch_size=256, lr=0.01),
+    # Full-data training (ground truth, `--proxy full`): a few epochs suffice on the small sets here.
+    "full": TrainRecipe(epochs=8, batch_size=64, lr=0.01, schedule="cosine"),
+}
+
+
+@dataclass
+class TrainResult:
+    """What one training produced; `status` is `ok` or `failed` (with `error`)."""
+
+    accuracy: float = float("nan")
+    loss: float = float("nan")
+    train_loss: float = float("nan")
+    seconds: float = 0.0
+    sample_grads: int = 0
+    eval_samples: int = 0
+    flops_per_sample: int = 0
+    params: int = 0
+    steps: int = 0
+    status: str = "ok"
+    error: str | None = None
+    history: list[tuple[int, float]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def train_flops(self) -> int:
+        """Estimated training FLOPs: forward + backward ~ 3x forward, per sample-gradient."""
+        return 3 * self.flops_per_sample * self.sample_grads
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["train_flops"] = self.train_flops
+        return d
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, device: str | torch.device = "auto", batch_size: int = 1024
+) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) of `model` on (x, y); y hard labels."""
+    device = resolve_device(device)
+    was_training = model.training
+    model.eval()
+    correct, total_loss = 0, 0.0
+    for i in range(0, len(x), batch_size):
+        xb, yb = x[i : i + batch_size].to(device), y[i : i + batch_size].to(device)
+        logits = model(xb)
+        total_loss += float(F.cross_entropy(logits, yb, reduction="sum"))
+        correct += int((logits.argmax(1) == yb).sum())
+    model.train(was_training)
+    n = max(len(x), 1)
+    return correct / n, total_loss / n
+
+
+def _lr_at(recipe: TrainRecipe, step: int, total: int) -> float:
+    if recipe.schedule == "step":
+        return recipe.lr * (0.1 if step >= total // 2 else 1.0)
+    if recipe.schedule == "cosine":
+        return recipe.lr * 0.5 * (1 + math.cos(math.pi * step / max(total, 1)))
+    return recipe.lr
+
+
+def _optimizer(model: nn.Module, recipe: TrainRecipe) -> torch.optim.Optimizer:
+    if recipe.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
+
+
+def fit(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    recipe: TrainRecipe,
+    *,
+    seed: int = 0,
+    device: str | torch.device = "auto",
+    eval_data: tuple[torch.Tensor, torch.Tensor] | None = None,
+    eval_every: int = 0,
+    on_eval: Callable[[int, float], None] | None = None,
+    show_progress: bool = False,
+    desc: str = "train",
+) -> TrainResult:
+    """Train `model` in place on (x, y) — y long class ids or a float [N, K] soft-label matrix.
+
+    With `eval_data`, accuracy is measured at the end and, if `eval_every` > 0, every that many
+    epochs (or steps with `recipe.steps`); `on_eval(index, accuracy)` may raise (e.g. optuna.TrialPruned).
+    """
+    device = resolve_device(device)
+    model.to(device)
+    res = TrainResult(params=param_count(model), flops_per_sample=forward_flops(model, tuple(x.shape[1:])))
+    if len(x) == 0:
+        raise NasddError("cannot train on an empty set")
+    gen = torch.Generator().manual_seed(seed)
+    augment = make_augment(recipe.augment)
+    opt = _optimizer(model, recipe)
+    x, y = x.to(device), y.to(device)
+    n, bs = len(x), min(recipe.batch_size, len(x))
+    per_epoch = math.ceil(n / bs)
+    total = recipe.total_steps(n)
+    step, start = 0, time.perf_counter()
+    bar = progress(total=total, desc=desc, disable=not show_progress or None)
+    model.train()
+    while step < total:
+        perm = torch.randperm(n, generator=gen).to(device)
+        for i in range(per_epoch):
+            if step >= total:
+                break
+            idx = perm[i * bs : (i + 1) * bs]
+            xb = x[idx]
+            if augment is not None:
+                xb = augment(xb, int(torch.randint(2**31, (1,), generator=gen)))
+            for group in opt.param_groups:
+                group["lr"] = _lr_at(recipe, step, total)
+            loss = F.cross_entropy(model(xb), y[idx])
+            if not torch.isfinite(loss):
+                res.status, res.error = "failed", f"non-finite training loss ({float(loss)}) at step {step}"
+                break
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            res.sample_grads += len(idx)
+            res.train_loss = float(loss.detach())
+            step += 1
+            bar.update(1)
+            unit = step if recipe.steps is not None else (step // per_epoch if step % per_epoch == 0 else 0)
+            if eval_data is not None and eval_every and unit and unit % eval_every == 0 and step < total:
+                acc, _ = evaluate(model, *eval_data, device=device, batch_size=recipe.eval_batch_size)
+                res.eval_samples += len(eval_data[0])
+                res.history.append((unit, acc))
+                if on_eval is not None:
+                    on_eval(unit, acc)
+        if res.status == "failed":
+            break
+    bar.close()
+    res.steps = step
+    if res.ok and eval_data is not None:
+        res.accuracy, res.loss = evaluate(model, *eval_data, device=device, batch_size=recipe.eval_batch_size)
+        res.eval_samples += len(eval_data[0])
+        if not math.isfinite(res.loss):
+            res.status, res.error = "failed", "non-finite evaluation loss"
+    res.seconds = time.perf_counter() - start
+    return res
+
+
+def build_seeded(spec: ArchSpec, shape: tuple[int, int, int], num_classes: int, seed: int) -> nn.Module:
+    """Build a model whose initial weights depend only on `seed`."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build(spec, shape[0], shape[1], num_classes)
+
+
+def train_arch(
+    spec: ArchSpec,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    recipe: TrainRecipe,
+    *,
+    num_classes: int,
+    seed: int = 0,
+    device: str | torch.device = "auto",
+    eval_data: tuple[torch.Tensor, torch.Tensor] | None = None,
+    **fit_kwargs: object,
+) -> TrainResult:
+    """Build `spec` with weights seeded by `seed`, then `fit` it. Build errors become failed results."""
+    try:
+        model = build_seeded(spec, tuple(x.shape[1:]), num_classes, seed)
+    except (RuntimeError, ValueError) as exc:
+        return TrainResult(status="failed", error=f"cannot build {spec}: {exc}")
+    return fit(model, x, y, recipe, seed=seed, device=device, eval_data=eval_data, **fit_kwargs)
