@@ -31,6 +31,7 @@ from nasdd.errors import NasddError
 from nasdd.utils import progress
 
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
+optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def open_storage(url: str | None) -> optuna.storages.BaseStorage:
@@ -106,7 +107,9 @@ class ResultStore:
                 continue
             if "result" in t.user_attrs:
                 done.setdefault(key, t.user_attrs["result"])
-            elif t.state == TrialState.RUNNING and _alive(t.user_attrs.get("worker", ""), t.datetime_start, self.stale_after):
+            elif t.state == TrialState.RUNNING and _alive(
+                t.user_attrs.get("worker", ""), t.datetime_start, self.stale_after
+            ):
                 claims.setdefault(key, []).append(t)  # a dead or stale claim is ignored (taken over)
         return done, claims
 

@@ -79,9 +79,7 @@ def naswot(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, i
         kernel.add_(c @ c.T + (1 - c) @ (1 - c).T)
 
     handles = [
-        m.register_forward_pre_hook(hook)
-        for m in model.modules()
-        if isinstance(m, nn.ReLU | nn.LeakyReLU | nn.Sigmoid)
+        m.register_forward_pre_hook(hook) for m in model.modules() if isinstance(m, nn.ReLU | nn.LeakyReLU | nn.Sigmoid)
     ]
     try:
         with torch.no_grad():
