@@ -97,11 +97,14 @@ class ResultStore:
             )
         return self._studies[group]
 
-    def _scan(self, study: optuna.Study) -> tuple[dict[str, dict], dict[str, list[FrozenTrial]]]:
+    def _study_id(self, study: optuna.Study) -> int:
+        return self.storage.get_study_id_from_name(study.study_name)
+
+    def _scan(self, study_id: int) -> tuple[dict[str, dict], dict[str, list[FrozenTrial]]]:
         """(finished results by job key, live claims by job key, earliest first)."""
         done: dict[str, dict] = {}
         claims: dict[str, list[FrozenTrial]] = {}
-        for t in study.get_trials(deepcopy=False):
+        for t in self.storage.get_all_trials(study_id, deepcopy=False):
             key = t.user_attrs.get("job")
             if key is None:
                 continue
@@ -115,45 +118,48 @@ class ResultStore:
 
     def results(self, group: Sequence[str]) -> dict[str, dict]:
         """Every finished job of a group, by job key."""
-        return self._scan(self.study(group))[0]
+        return self._scan(self._study_id(self.study(group)))[0]
 
-    def _attempt(self, study: optuna.Study, job: Job, compute: Compute) -> dict | None:
-        """Claim and compute `job`; None if another worker holds an earlier live claim."""
-        trial = study.ask()
-        trial.set_user_attr("job", job.key)
-        trial.set_user_attr("worker", WORKER)
-        done, claims = self._scan(study)
-        if job.key in done or claims.get(job.key, [trial])[0].number != trial.number:
-            trial.set_user_attr("released", True)
-            study.tell(trial, state=TrialState.FAIL)
+    def _attempt(self, study_id: int, job: Job, compute: Compute) -> dict | None:
+        """Claim and compute `job`; None if another worker holds an earlier live claim.
+
+        The claim is a RUNNING trial carrying the job; it becomes the result (COMPLETE, or FAIL for a
+        failed training) or, when released, a FAIL trial without a result. Storage calls are kept few:
+        each one is a transaction.
+        """
+        attrs = {"job": job.key, "worker": WORKER, "arch": job.arch.to_json(), "seed": job.seed, "split": job.split}
+        template = optuna.trial.create_trial(state=TrialState.RUNNING, user_attrs=attrs)
+        tid = self.storage.create_new_trial(study_id, template_trial=template)
+        done, claims = self._scan(study_id)
+        live = claims.get(job.key, [])
+        if job.key in done or not live or live[0]._trial_id != tid:
+            self.storage.set_trial_state_values(tid, TrialState.FAIL)
             return done.get(job.key)
-        told = False
+        finished = False
         try:
             value, result = compute(job)
-            trial.set_user_attr("arch", job.arch.to_json())
-            trial.set_user_attr("seed", job.seed)
-            trial.set_user_attr("split", job.split)
-            trial.set_user_attr("result", json.loads(json.dumps(result, default=float)))
+            self.storage.set_trial_user_attr(tid, "result", json.loads(json.dumps(result, default=float)))
             ok = value is not None and math.isfinite(value)
-            study.tell(trial, value if ok else None, state=TrialState.COMPLETE if ok else TrialState.FAIL)
-            told = True
+            self.storage.set_trial_state_values(
+                tid, TrialState.COMPLETE if ok else TrialState.FAIL, [value] if ok else None
+            )
+            finished = True
             return result
         finally:
-            if not told:
-                trial.set_user_attr("released", True)
-                study.tell(trial, state=TrialState.FAIL)
+            if not finished:
+                self.storage.set_trial_state_values(tid, TrialState.FAIL)
 
     def run(self, group: Sequence[str], jobs: Sequence[Job], compute: Compute, *, desc: str = "") -> dict[str, dict]:
         """The result of every job (by job key): cached ones read back, the rest computed once."""
-        study = self.study(group)
-        done, _ = self._scan(study)
+        study_id = self._study_id(self.study(group))
+        done, _ = self._scan(study_id)
         todo = [j for j in dict.fromkeys(jobs) if j.key not in done]
         bar = progress(total=len(todo), desc=desc, unit="job")
         while todo:
             deferred = []
             for job in todo:
                 bar.set_postfix_str(f"{job.arch.short()} seed {job.seed}", refresh=True)
-                result = self._attempt(study, job, compute)
+                result = self._attempt(study_id, job, compute)
                 if result is None:
                     deferred.append(job)
                 else:
@@ -162,7 +168,7 @@ class ResultStore:
             if deferred:
                 bar.set_postfix_str(f"waiting for {len(deferred)} jobs of other workers", refresh=True)
                 time.sleep(self.poll_seconds)
-                done.update(self._scan(study)[0])
+                done.update(self._scan(study_id)[0])
             todo = [j for j in deferred if j.key not in done]
         bar.close()
         return {j.key: done[j.key] for j in jobs}
