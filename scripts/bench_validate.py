@@ -73,6 +73,7 @@ def main() -> None:
         proxy_seeds=args.proxy_seeds,
         budgets=[float(b) for b in args.budgets.split(",") if b] or None,
         ipc=args.ipc,
+        subset_preset=args.preset,
         storage=f"sqlite:///{(work / 'results.db').resolve()}",
         out=work / "out",
         device=args.device,

@@ -61,14 +61,16 @@ def _labels(proxies: Sequence[Any]) -> list[str]:
     return [f"{n}-{p.id[-6:]}" if names.count(n) > 1 else n for n, p in zip(names, proxies, strict=True)]
 
 
-def _subset(bundle: DatasetBundle, method: str, ipc: int, out: Path | None) -> Any:
-    """The coreset peer's ProxySet (seed 0), saved under out/peers and reused when already there."""
-    from nasdd.distill import ProxySet, distill
+def _subset(bundle: DatasetBundle, method: str, ipc: int, out: Path | None, preset: str | None) -> Any:
+    """The coreset peer's ProxySet (seed 0), saved under out/peers and reused when already there.
+    `preset` is used where the method has it (e.g. `cpu`: a shorter feature-network training)."""
+    from nasdd.distill import METHODS, ProxySet, distill
 
     folder = None if out is None else out / "peers" / f"{method}-ipc{ipc}"
     if folder is not None and (folder / "proxy.json").exists():
         return ProxySet.load(folder, bundle)
-    return distill(bundle, method, ipc, seed=0, out=folder)
+    preset = preset if preset in METHODS.get(method).presets else None
+    return distill(bundle, method, ipc, seed=0, out=folder, preset=preset)
 
 
 def _train_proxy(ctx: dict, proxy: Any, name: str, kind: str, recipe: TrainRecipe) -> Scores:
@@ -228,6 +230,7 @@ def validate(
     proxy_epochs: Sequence[int] | None = None,
     budgets: Sequence[float] | None = None,
     ipc: int | None = None,
+    subset_preset: str | None = None,
     storage: str | None = None,
     out: str | Path | None = None,
     device: str = "auto",
@@ -241,7 +244,8 @@ def validate(
     Every training is cached in `storage` (an Optuna storage URL; default `<out>/results.db`, or in
     memory without `out`), so a rerun or another worker trains nothing twice. `proxy_epochs` sweeps the
     proxy training length (one row per proxy and length). Subset peers use `ipc` (default: the
-    proxies' ipcs, else 10). Returns the tables; with `out`, also writes per_arch.csv, summary.csv,
+    proxies' ipcs, else 10) and the distillation preset `subset_preset` where the method
+    has it. Returns the tables; with `out`, also writes per_arch.csv, summary.csv,
     config.json and pool.jsonl there.
     """
     pool = list(dict.fromkeys(pool))
@@ -282,7 +286,7 @@ def validate(
     for peer in peer_list:
         if peer.kind == "subset":
             for i in ipcs:
-                subset = _subset(bundle, peer.name, i, out)
+                subset = _subset(bundle, peer.name, i, out, subset_preset)
                 if any(subset.id == p.id for p in proxies):
                     continue  # the same set is already audited as a proxy
                 label = f"{peer.name}-ipc{i}" + ("-peer" if f"{peer.name}-ipc{i}" in _labels(proxies) else "")
@@ -302,6 +306,7 @@ def validate(
         "pool": [a.to_dict() for a in pool],
         "proxies": [{"id": p.id, "provenance": p.provenance} for p in proxies],
         "peers": [p.name for p in peer_list],
+        "subset_preset": subset_preset,
         "truth_recipe": asdict(truth_recipe),
         "truth_seeds": truth_seeds,
         "proxy_recipes": {sfx or "default": asdict(r) for sfx, r in recipes},

@@ -36,6 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--proxies", nargs="*", default=[], metavar="DIR", help="ProxySet folders to audit")
     parser.add_argument("--peers", default="all", help="comma-separated peers or 'all' (see `nasdd list peers`)")
     parser.add_argument("--ipc", type=int, default=None, help="ipc of the subset peers (default: the proxies')")
+    parser.add_argument("--subset-preset", default=None, help="distillation preset of the subset peers (e.g. cpu)")
     parser.add_argument("--truth-seeds", type=int, default=2, help="ground-truth seeds (default 2)")
     parser.add_argument("--truth-recipe", default="full", help="truth training recipe (default 'full')")
     parser.add_argument("--proxy-recipe", default="proxy", help="proxy training recipe (default 'proxy')")
@@ -85,6 +86,7 @@ def command(args: argparse.Namespace) -> int:
         proxy_epochs=args.proxy_epochs,
         budgets=args.budgets,
         ipc=args.ipc,
+        subset_preset=args.subset_preset,
         storage=storage,
         out=out,
         device=args.device,
