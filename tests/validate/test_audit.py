@@ -19,7 +19,7 @@ OPTS = dict(
     truth_recipe="full,epochs=1,batch_size=128",
     proxy_recipe="proxy,epochs=5",
     budgets=[0.1],
-    n_resamples=50,
+    n_resamples=20,
     device="cpu",
 )
 
