@@ -198,7 +198,10 @@ def _stage_debian_fashion_mnist(root: Path) -> None:
 def _fashion_mnist(root: Path, **kw: object) -> RawData:
     if DEBIAN_FASHION_MNIST.is_dir():
         _stage_debian_fashion_mnist(root)
-    return _tv_source("FashionMNIST")(root)
+    try:
+        return _tv_source("FashionMNIST")(root)
+    except NasddError as exc:
+        raise NasddError(f"{exc}; on Debian/Ubuntu, `apt install dataset-fashion-mnist` gives it offline") from exc
 
 
 SOURCES.register("mnist")(_tv_source("MNIST"))

@@ -152,8 +152,9 @@ def test_svhn_adapter_reads_mat_files(tmp_path, no_md5, offline):
 @pytest.mark.parametrize("name", ["mnist", "kmnist", "fashion_mnist", "cifar10", "cifar100", "svhn"])
 def test_missing_files_offline_say_how_to_get_them(tmp_path, monkeypatch, offline, name):
     monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "absent")
-    with pytest.raises(NasddError, match="could not be downloaded.*--data-root"):
+    with pytest.raises(NasddError, match="could not be downloaded.*--data-root") as err:
         load_dataset(name, root=tmp_path)
+    assert ("apt install dataset-fashion-mnist" in str(err.value)) == (name == "fashion_mnist")
 
 
 def test_max_per_class_caps_train_pool_only(tmp_path, offline):
