@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from nasdd.data import load_dataset
+from nasdd.utils import set_quiet
 
 
 @pytest.fixture(scope="session")
@@ -13,6 +14,8 @@ def digits():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+    yield
+    set_quiet(False)  # `--quiet` in a CLI test must not silence the next test's progress bars
 
 
 @pytest.fixture
