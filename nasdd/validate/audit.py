@@ -110,7 +110,8 @@ def _zero_cost(ctx: dict, name: str, batch_size: int) -> Scores:
         return r.score, r.to_dict()
 
     group = (bundle.key, f"zerocost-{name}", stable_hash({"batch_size": batch_size}, 12))
-    results = ctx["store"].run(group, [Job(a, 0, "train") for a in pool], compute, desc=f"zero-cost {name}")
+    jobs = [Job(a, 0, "train") for a in pool]
+    results = ctx["store"].run(group, jobs, compute, desc=f"zero-cost {name}", claim=False)
     sc = collect(name, "peer:zerocost", pool, [0], "train", results, "score")
     sc.info = {"method": name}
     return sc

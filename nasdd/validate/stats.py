@@ -151,8 +151,8 @@ def bootstrap_table(
             dist = np.atleast_2d(res.bootstrap_distribution)
             alpha = (1 - level) / 2 * 100
             lows, highs = np.nanpercentile(dist, [alpha, 100 - alpha], axis=-1)
-    for i, name in enumerate(names):
-        out[name], out[f"{name}_low"], out[f"{name}_high"] = float(point[i]), float(lows[i]), float(highs[i])
+    for i, name in enumerate(names):  # rounded: regrets of 1e-16 are float noise, not a result
+        out[name], out[f"{name}_low"], out[f"{name}_high"] = (round(float(v[i]), 12) for v in (point, lows, highs))
     return out
 
 

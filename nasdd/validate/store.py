@@ -149,8 +149,25 @@ class ResultStore:
             if not finished:
                 self.storage.set_trial_state_values(tid, TrialState.FAIL)
 
-    def run(self, group: Sequence[str], jobs: Sequence[Job], compute: Compute, *, desc: str = "") -> dict[str, dict]:
-        """The result of every job (by job key): cached ones read back, the rest computed once."""
+    def _record(self, study_id: int, job: Job, compute: Compute) -> dict:
+        """Compute `job` without claiming it and record the result in one transaction (cheap jobs)."""
+        value, result = compute(job)
+        ok = value is not None and math.isfinite(value)
+        attrs = {"job": job.key, "worker": WORKER, "arch": job.arch.to_json(), "seed": job.seed, "split": job.split}
+        attrs["result"] = json.loads(json.dumps(result, default=float))
+        state = TrialState.COMPLETE if ok else TrialState.FAIL
+        template = optuna.trial.create_trial(state=state, value=value if ok else None, user_attrs=attrs)
+        self.storage.create_new_trial(study_id, template_trial=template)
+        return result
+
+    def run(
+        self, group: Sequence[str], jobs: Sequence[Job], compute: Compute, *, desc: str = "", claim: bool = True
+    ) -> dict[str, dict]:
+        """The result of every job (by job key): cached ones read back, the rest computed once.
+
+        `claim=False` skips the claim protocol for cheap jobs (e.g. zero-cost scores): two workers may
+        then both compute a job, and the first recorded result is the one read back.
+        """
         study_id = self._study_id(self.study(group))
         done, _ = self._scan(study_id)
         todo = [j for j in dict.fromkeys(jobs) if j.key not in done]
@@ -159,7 +176,7 @@ class ResultStore:
             deferred = []
             for job in todo:
                 bar.set_postfix_str(f"{job.arch.short()} seed {job.seed}", refresh=True)
-                result = self._attempt(study_id, job, compute)
+                result = self._attempt(study_id, job, compute) if claim else self._record(study_id, job, compute)
                 if result is None:
                     deferred.append(job)
                 else:

@@ -85,3 +85,10 @@ def test_live_claim_of_another_worker_is_waited_for(tmp_path):
 def test_bad_storage_url():
     with pytest.raises(NasddError, match="cannot open storage"):
         ResultStore("nosuchdialect://x")
+
+
+def test_unclaimed_jobs_are_recorded_once(tmp_path):
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    calls, compute = counting()
+    first = ResultStore(url).run(GROUP, JOBS, compute, claim=False)
+    assert ResultStore(url).run(GROUP, JOBS, compute) == first and len(calls) == 4
