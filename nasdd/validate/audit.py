@@ -140,12 +140,15 @@ def _early(ctx: dict, steps: int) -> Scores:
 
 
 def _budget_steps(ctx: dict, budgets: Sequence[float] | None, proxy_grads: list[int]) -> list[int]:
-    """Early-stopping lengths in steps: `budgets` in epochs of full data, or 0.5x/1x/2x the proxy cost."""
+    """Early-stopping lengths in steps: `budgets` in epochs of full data, or 0.5x/1x/2x the proxy cost
+    (those shorter than the truth training; half of it if none is)."""
     bs, n = ctx["truth_recipe"].batch_size, len(ctx["bundle"].y_train)
     if budgets:
         return sorted({max(1, round(b * n / bs)) for b in budgets})
     base = float(np.median(proxy_grads)) if proxy_grads else float(n)
-    return sorted({max(1, round(f * base / bs)) for f in (0.5, 1.0, 2.0)})
+    steps = sorted({max(1, round(f * base / bs)) for f in (0.5, 1.0, 2.0)})
+    full = ctx["truth_recipe"].total_steps(n)
+    return [s for s in steps if s < full] or [max(1, full // 2)]  # as long as the truth is not early
 
 
 def _per_arch(pool: Sequence[ArchSpec], space: SearchSpace | None, truth: Scores, rows: list[Scores]) -> pd.DataFrame:

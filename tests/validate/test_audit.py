@@ -117,3 +117,13 @@ def test_budget_matching():
     assert audit._proxy_grads(recipe, 100) == 3000
     # 100 images in batches of 64: epochs of 64 + 36; 7 steps = 3 epochs + one batch of 64
     assert audit._proxy_grads(audit._recipe("proxy,steps=7,batch_size=64", "proxy"), 100) == 3 * 100 + 64
+
+
+def test_auto_budgets_match_proxy_cost_and_stay_early(digits):
+    ctx = {"truth_recipe": audit._recipe("full,epochs=3,batch_size=100", "full"), "bundle": digits}
+    n = len(digits.y_train)  # 1295: 13 steps per epoch, 39 in all
+    assert audit._budget_steps(ctx, [1.0], []) == [13]
+    # proxy cost 1000 sample-gradients: 0.5x, 1x, 2x = 5, 10, 20 steps of 100
+    assert audit._budget_steps(ctx, None, [1000]) == [5, 10, 20]
+    assert audit._budget_steps(ctx, None, [3000]) == [15, 30]  # 60 steps would not stop early
+    assert audit._budget_steps(ctx, None, [100 * n]) == [19]
