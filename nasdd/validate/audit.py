@@ -290,11 +290,10 @@ def validate(
     for peer in peer_list:
         if peer.kind == "subset":
             for i in ipcs:
+                if any(p.provenance.get("method") == peer.name and p.ipc == i for p in proxies):
+                    continue  # this coreset is already audited as a proxy
                 subset = _subset(bundle, peer.name, i, out, subset_preset)
-                if any(subset.id == p.id for p in proxies):
-                    continue  # the same set is already audited as a proxy
-                label = f"{peer.name}-ipc{i}" + ("-peer" if f"{peer.name}-ipc{i}" in _labels(proxies) else "")
-                rows += [_train_proxy(ctx, subset, label + s, "peer:subset", r) for s, r in recipes]
+                rows += [_train_proxy(ctx, subset, f"{peer.name}-ipc{i}{s}", "peer:subset", r) for s, r in recipes]
         elif peer.kind == "zerocost":
             rows.append(_zero_cost(ctx, peer.name, zc_batch))
     if any(p.kind == "early" for p in peer_list):

@@ -41,12 +41,12 @@ def calls(monkeypatch):
 def test_validate_tables_and_rerun_trains_nothing(digits, tmp_path, calls):
     proxy = distill(digits, "random", 2, seed=1)
     kw = dict(OPTS, peers="random,early,params,naswot", storage=f"sqlite:///{tmp_path / 'r.db'}", out=tmp_path / "o")
-    first = validate(digits, POOL, [proxy], truth_seeds=2, ipc=2, **kw)
-    # truth 4 archs x 2 seeds, the proxy 4, the random peer (another subset) 4, early stopping 4
+    first = validate(digits, POOL, [proxy], truth_seeds=2, ipc=3, **kw)
+    # truth 4 archs x 2 seeds, the proxy 4, the random peer (ipc 3) 4, early stopping 4
     assert len(calls) == 20
     per_arch, summary = first.per_arch, first.summary
     assert list(per_arch["arch_key"]) == [a.key() for a in POOL]
-    assert {"truth_s0", "truth_s1", "truth_mean", "random-ipc2", "random-ipc2-peer", "early-0.099ep", "naswot"} <= set(
+    assert {"truth_s0", "truth_s1", "truth_mean", "random-ipc2", "random-ipc3", "early-0.099ep", "naswot"} <= set(
         per_arch.columns
     )
     assert np.allclose(per_arch["truth_mean"], per_arch[["truth_s0", "truth_s1"]].mean(axis=1))
@@ -64,11 +64,11 @@ def test_validate_tables_and_rerun_trains_nothing(digits, tmp_path, calls):
 
     # a rerun (another process would do the same) reads everything back from the storage
     n = len(calls)
-    again = validate(digits, POOL, [proxy], truth_seeds=2, ipc=2, **kw)
+    again = validate(digits, POOL, [proxy], truth_seeds=2, ipc=3, **kw)
     assert len(calls) == n
     pd.testing.assert_frame_equal(again.per_arch, per_arch)
     # a third truth seed trains only the new seed
-    validate(digits, POOL, [proxy], truth_seeds=3, ipc=2, **{**kw, "peers": "params"})
+    validate(digits, POOL, [proxy], truth_seeds=3, ipc=3, **{**kw, "peers": "params"})
     assert sorted(calls[n:]) == sorted((a.key(), 2) for a in POOL)
 
 
@@ -127,3 +127,9 @@ def test_auto_budgets_match_proxy_cost_and_stay_early(digits):
     assert audit._budget_steps(ctx, None, [1000]) == [5, 10, 20]
     assert audit._budget_steps(ctx, None, [3000]) == [15, 30]  # 60 steps would not stop early
     assert audit._budget_steps(ctx, None, [100 * n]) == [19]
+
+
+def test_coreset_peer_already_audited_as_proxy_is_skipped(digits):
+    proxy = distill(digits, "random", 2, seed=1)
+    res = validate(digits, POOL[:3], [proxy], peers="random", truth_seeds=1, **OPTS)
+    assert list(res.summary["name"]) == ["ground_truth", "random-ipc2"]
