@@ -29,6 +29,7 @@ import socket
 import time
 import warnings
 from dataclasses import asdict, dataclass, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +97,7 @@ def training_data(proxy: Any, bundle: DatasetBundle, device: torch.device) -> Tr
             from nasdd.distill.proxy import ProxySet
 
             proxy = ProxySet.load(proxy, bundle)
-        x, y, lr, pid, prov = proxy.images, proxy.labels, proxy.lr, proxy.id, dict(proxy.provenance)
+        (x, y), lr, pid, prov = proxy.train_data(), proxy.lr, proxy.id, dict(proxy.provenance)
         x_val = proxy.input_transform(x_val)
     to = lambda t: t.detach().to(device)  # noqa: E731
     return TrainingData(to(x), to(y), to(x_val), to(y_val), bundle.num_classes, lr, pid, prov)
@@ -177,7 +178,7 @@ def parse_objective(text: str) -> list[str]:
 # ---------------------------------------------------------------------------------------------------
 # Trial bookkeeping shared by every worker through the storage.
 
-WORKER = f"{socket.gethostname()}:{os.getpid()}"
+ORPHAN_S = 60.0  # a running trial without a worker after this long was orphaned at creation
 
 
 def is_counted(t: FrozenTrial) -> bool:
@@ -199,24 +200,35 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _orphaned(t: FrozenTrial, host: str) -> bool:
+    """A RUNNING trial whose worker on this host has ended, or that never got a worker (killed at birth)."""
+    worker = t.user_attrs.get("worker")
+    if worker is None:
+        return t.datetime_start is not None and (datetime.now() - t.datetime_start).total_seconds() > ORPHAN_S
+    h, _, pid = str(worker).rpartition(":")
+    return h == host and pid.isdigit() and not _pid_alive(int(pid))
+
+
 def fail_dead_trials(study: optuna.Study) -> list[int]:
-    """Mark FAIL (not counted) the RUNNING trials whose worker process on this host has ended."""
+    """Mark FAIL (not counted) the RUNNING trials left by workers that died; return their numbers."""
     host = socket.gethostname()
-    dead = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        h, _, pid = str(t.user_attrs.get("worker", "")).rpartition(":")
-        if h == host and pid.isdigit() and not _pid_alive(int(pid)):
-            study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
-            dead.append(t.number)
+    dead = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if _orphaned(t, host)]
+    for number in dead:
+        study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
     return dead
 
 
 def _busy(study: optuna.Study, before: int | None = None) -> int:
-    """Counted plus running trials (only those numbered below `before` when given)."""
+    """Counted plus running trials (only those numbered below `before` when given).
+
+    A running trial counts once its worker has claimed it (the first thing a trial does), so a trial
+    orphaned between its creation and that claim never holds a place.
+    """
     return sum(
         1
         for t in study.get_trials(deepcopy=False)
-        if (before is None or t.number < before) and (is_counted(t) or t.state == TrialState.RUNNING)
+        if (before is None or t.number < before)
+        and (is_counted(t) or (t.state == TrialState.RUNNING and "worker" in t.user_attrs))
     )
 
 
@@ -253,7 +265,7 @@ class Objective:
         return self.recipe.key()
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
-        trial.set_user_attr("worker", WORKER)
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         if _busy(trial.study, before=trial.number) >= self.target:
             trial.set_user_attr("surplus", "the study already had its trials when this one started")
             trial.study.stop()
@@ -342,8 +354,9 @@ def _default_recipe(proxy: Any) -> str:
 
 
 def _fingerprint(
-    space: SearchSpace, bundle: DatasetBundle, data: TrainingData, recipe: TrainRecipe, objectives: list[str], seed: int
+    space: SearchSpace, bundle: DatasetBundle, data: TrainingData, recipe: TrainRecipe, objectives: list[str]
 ) -> dict:
+    """What a resumed or joining worker must share with the study (the seed may differ per worker)."""
     return {
         "space": space.name,
         "family": space.family,
@@ -351,7 +364,6 @@ def _fingerprint(
         "proxy_id": data.proxy_id,
         "recipe_key": recipe.key(),
         "objective": ",".join(objectives),
-        "seed": seed,
     }
 
 
@@ -402,11 +414,14 @@ def search(
         study_name,
         storage,
         out,
-        sampler=make_sampler(sampler, space, seed=seed, trials=trials, multi=multi),
         pruner=make_pruner(pruner, multi=multi, resource=resource, every=every),
         directions=[OBJECTIVES[o] for o in objectives],
-        fingerprint=_fingerprint(space, bundle, data, train_recipe, objectives, seed),
+        fingerprint=_fingerprint(space, bundle, data, train_recipe, objectives),
     )
+    # A resumed (or joining) worker continues the sampler's randomness instead of replaying it; the grid
+    # sampler's order must be the same in every worker (it maps trial numbers to grid points).
+    sampler_seed = seed if sampler == "grid" else seed + len(study.get_trials(deepcopy=False))
+    study.sampler = make_sampler(sampler, space, seed=sampler_seed, trials=trials, multi=multi)
     config = {
         "version": __version__,
         "study": study_name,
@@ -428,6 +443,7 @@ def search(
         "timeout": timeout,
         "jobs": jobs,
         "seed": seed,
+        "sampler_seed": sampler_seed,
         "device": str(device),
     }
     write_json(out / "config.json", config)
