@@ -300,8 +300,8 @@ class Objective:
         def on_eval(unit: int, acc: float) -> None:
             trial.report(acc, unit)
             if trial.should_prune():
-                trial.set_user_attr("pruned_at", unit)
-                trial.set_user_attr("seconds", time.perf_counter() - start)
+                per_unit = len(d.x) if self.recipe.steps is None else min(self.recipe.batch_size, len(d.x))
+                _set_attrs(trial, pruned_at=unit, seconds=time.perf_counter() - start, sample_grads=unit * per_unit)
                 raise optuna.TrialPruned(f"val accuracy {acc:.4f} at {unit}")
 
         try:

@@ -307,3 +307,9 @@ def test_grid_needs_a_finite_space_and_cmaes_one_objective(digits, proxy, tmp_pa
     with pytest.raises(NasddError, match="grid sampler needs a finite"):
         S.make_sampler("grid", floaty, seed=0, trials=6, multi=False)
     assert [n for n, _ in S.catalog()] == list(S.SAMPLERS)
+
+
+def test_parallel_jobs_in_one_process(digits, proxy, tmp_path):
+    study = run(digits, proxy, tmp_path, trials=6, sampler="random", jobs=2)
+    done = counted(study)
+    assert len(done) == 6 and not study.get_trials(states=(TrialState.RUNNING,))
