@@ -317,7 +317,7 @@ class Objective:
                 eval_every=self.eval_every,
                 on_eval=on_eval,
             )
-        except (RuntimeError, ValueError, NasddError) as exc:  # OOM is a RuntimeError too
+        except (RuntimeError, ValueError, MemoryError, NasddError) as exc:  # CUDA OOM is a RuntimeError
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
             res = None
