@@ -10,7 +10,9 @@ test. Optuna does the sampling, pruning, storage and parallelism:
 - resume and sharing: `trials` is the number of *finished* trials (complete, pruned, or failed with a
   recorded reason) the study should hold; every worker runs only the missing ones, so a rerun after a
   crash and several processes on one storage end with exactly that many (a trial left running by a
-  dead process on this host is marked failed and not counted);
+  dead process on this host is marked failed and not counted; workers on other hosts are trusted to
+  be alive; a trial that finds the study already full is marked FAIL with a `surplus` attribute and not
+  counted; two workers creating trials in the same millisecond may, rarely, finish one trial more);
 - cache: an ArchSpec already trained on the same proxy, recipe and seed is served from the study's
   finished trials instead of trained again (this works across processes through the storage);
 - failures (NaN, out of memory, build errors) end the trial as FAIL with `fail_reason` and the search
