@@ -1,0 +1,63 @@
+"""Distillation: every method is a Distiller subclass registered in METHODS (see base.py).
+
+Method modules in this package are imported automatically, so adding a method is adding a module.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from pathlib import Path
+from typing import Any
+
+from nasdd.data import DatasetBundle
+from nasdd.distill.base import METHODS, Distiller, register
+from nasdd.distill.proxy import ProxySet
+from nasdd.errors import NasddError
+
+_NOT_METHODS = {"base", "proxy", "cli", "evaluate"}
+for _m in pkgutil.iter_modules(__path__):
+    if _m.name not in _NOT_METHODS:
+        importlib.import_module(f"{__name__}.{_m.name}")
+
+
+def distill(
+    bundle: DatasetBundle,
+    method: str,
+    ipc: int,
+    seed: int = 0,
+    *,
+    out: str | Path | None = None,
+    resume: bool = False,
+    preset: str | None = None,
+    **kwargs: Any,
+) -> ProxySet:
+    """Distil `bundle` with `method` into `ipc` images per class; with `out`, save the proxy and its grid.
+
+    `preset` names one of the method's presets (e.g. `quick`, `cpu`); explicit keyword arguments win.
+    """
+    cls = METHODS.get(method)
+    if preset is not None:
+        if preset not in cls.presets:
+            raise NasddError(
+                f"method {method} has no preset {preset!r}; valid presets: {', '.join(cls.presets) or 'none'}"
+            )
+        kwargs = {**cls.presets[preset], **{k: v for k, v in kwargs.items() if v is not None}}
+    distiller = cls(ipc=ipc, seed=seed, **kwargs)
+    proxy = distiller.run(bundle, out=out, resume=resume)
+    if out is not None:
+        proxy.save(out)
+        proxy.save_grid(Path(out) / "grid.png")
+    return proxy
+
+
+def catalog() -> list[tuple[str, str]]:
+    """(name, 'family — paper [note]') for `nasdd list methods`."""
+    rows = []
+    for name, cls in METHODS.items():
+        text = f"{cls.family}: {cls.paper}"
+        rows.append((name, f"{text} [{cls.note}]" if cls.note else text))
+    return rows
+
+
+__all__ = ["METHODS", "Distiller", "ProxySet", "catalog", "distill", "register"]

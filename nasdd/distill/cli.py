@@ -1,0 +1,88 @@
+"""`nasdd distill`: distil a dataset into a ProxySet folder, optionally evaluating it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+
+import yaml
+
+from nasdd.arch import ArchSpec
+from nasdd.cli import add_data_args, load_data_from_args
+from nasdd.distill import METHODS, distill
+from nasdd.distill.evaluate import evaluate_proxy
+from nasdd.errors import NasddError
+from nasdd.train import RECIPES, TrainRecipe
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_data_args(p)
+    p.add_argument("--method", required=True, help=f"one of: {', '.join(METHODS.names())}")
+    p.add_argument("--ipc", type=int, required=True, help="images per class")
+    p.add_argument("--iterations", type=int, default=None, help="outer iterations (method default if omitted)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init", default="real", choices=["real", "noise"], help="initialise from real images or noise")
+    p.add_argument("--arch", default=None, help="matching network as ArchSpec JSON (default: the DC ConvNet)")
+    p.add_argument("--lr-img", type=float, default=None, help="learning rate of the synthetic images")
+    p.add_argument("--preset", default=None, help="a named method preset (e.g. quick, cpu); flags override it")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="method option (repeatable)")
+    p.add_argument("--checkpoint-every", type=int, default=100, help="iterations between checkpoints")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--out", required=True, help="folder for proxy.pt, proxy.json and grid.png")
+    p.add_argument("--evaluate", action="store_true", help="train the default ConvNet on the proxy 5 times")
+    p.add_argument("--eval-recipe", default="proxy", help="recipe for --evaluate (preset and/or key=value)")
+
+
+def parse_options(pairs: list[str]) -> dict:
+    """`key=value` strings -> dict, values parsed as YAML scalars (numbers, booleans, strings)."""
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise NasddError(f"--option expects KEY=VALUE, got {pair!r}")
+        k, v = pair.split("=", 1)
+        out[k.strip().replace("-", "_")] = yaml.safe_load(v)
+    return out
+
+
+def _summary(name: str, accs: list[float]) -> str:
+    sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
+    return f"{name:>8}: test accuracy {100 * statistics.mean(accs):.2f} ± {100 * sd:.2f} % over {len(accs)} seeds"
+
+
+def command(args: argparse.Namespace) -> int:
+    bundle = load_data_from_args(args)
+    arch = ArchSpec.from_json(args.arch) if args.arch else None
+    try:
+        proxy = distill(
+            bundle,
+            args.method,
+            args.ipc,
+            args.seed,
+            out=args.out,
+            resume=args.resume,
+            preset=args.preset,
+            iterations=args.iterations,
+            init=args.init,
+            arch=arch,
+            lr_img=args.lr_img,
+            device=args.device,
+            checkpoint_every=args.checkpoint_every,
+            **parse_options(args.option),
+        )
+    except json.JSONDecodeError as exc:
+        raise NasddError(f"--arch is not valid ArchSpec JSON: {exc}") from exc
+    cost = proxy.provenance["cost"]
+    print(
+        f"{args.method}: {len(proxy.images)} images ({args.ipc} per class) -> {args.out} "
+        f"[{cost['seconds']:.1f} s, {cost['sample_grads']:,} sample-gradients]"
+    )
+    if args.evaluate:
+        recipe = TrainRecipe.parse(args.eval_recipe, RECIPES["proxy"])
+        accs = [r.accuracy for r in evaluate_proxy(proxy, bundle, recipe=recipe, device=args.device)]
+        print(_summary(args.method, accs))
+        if args.method != "random":
+            baseline = distill(bundle, "random", args.ipc, args.seed)
+            ref = [r.accuracy for r in evaluate_proxy(baseline, bundle, recipe=recipe, device=args.device)]
+            print(_summary("random", ref))
+    return 0

@@ -1,0 +1,167 @@
+"""ProxySet: a distilled (or selected) training set, saved as one tensor file plus a JSON sidecar.
+
+`proxy.pt` holds the tensors; `proxy.json` holds provenance, dataset metadata and the file's SHA-256.
+Loading verifies the checksum and the stored shapes, and refuses a truncated or altered file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nasdd import __version__
+from nasdd.errors import NasddError
+from nasdd.utils import atomic_open, atomic_path, ensure_dir, file_sha256, stable_hash, write_json
+
+DATA_FILE, SIDECAR = "proxy.pt", "proxy.json"
+FORMAT = 1
+
+
+@dataclass(eq=False)
+class ProxySet:
+    """Images (normalised like the dataset), hard [N] or soft [N, K] labels, optional learned lr,
+    optional ZCA whitening (`zca`: [D, D] applied to flattened images) and provenance."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    meta: dict[str, Any]
+    provenance: dict[str, Any] = field(default_factory=dict)
+    lr: float | None = None
+    zca: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        self.images = self.images.detach().cpu().float()
+        self.labels = self.labels.detach().cpu()
+        if self.zca is not None:
+            self.zca = self.zca.detach().cpu().float()
+        if len(self.images) != len(self.labels):
+            raise NasddError(f"proxy has {len(self.images)} images but {len(self.labels)} labels")
+
+    @property
+    def soft(self) -> bool:
+        return self.labels.is_floating_point()
+
+    @property
+    def hard_labels(self) -> torch.Tensor:
+        return self.labels.argmax(1) if self.soft else self.labels
+
+    @property
+    def ipc(self) -> int:
+        return int(self.provenance.get("ipc", len(self.images) // max(self.meta.get("num_classes", 1), 1)))
+
+    @property
+    def id(self) -> str:
+        """Stable content id: equal proxies (same tensors and lr) have the same id."""
+        zca = None if self.zca is None else _tensor_digest(self.zca)
+        digest = stable_hash([_tensor_digest(self.images), _tensor_digest(self.labels), self.lr, zca], 12)
+        return f"{self.provenance.get('method', 'proxy')}-ipc{self.ipc}-{digest}"
+
+    def input_transform(self, x: torch.Tensor) -> torch.Tensor:
+        """Map real (normalised) images into the proxy's input space: ZCA whitening when recorded."""
+        if self.zca is None:
+            return x
+        z = self.zca.to(x.device, x.dtype)
+        return (x.flatten(1) @ z).view_as(x)
+
+    def train_data(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(images, labels) to hand to the trainer."""
+        return self.images, self.labels
+
+    def check_compatible(self, bundle: Any) -> None:
+        """Refuse a proxy made for another dataset (channels, image size or classes differ)."""
+        want = {k: bundle.meta()[k] for k in ("dataset", "channels", "image_size", "num_classes")}
+        have = {k: self.meta.get(k) for k in want}
+        if want != have:
+            raise NasddError(
+                f"proxy was made for {have['dataset']} ({have['channels']}x{have['image_size']}px, "
+                f"{have['num_classes']} classes) but the dataset is {want['dataset']} ({want['channels']}x"
+                f"{want['image_size']}px, {want['num_classes']} classes); distil a proxy for this dataset"
+            )
+
+    # ------------------------------------------------------------------ files
+    def save(self, out: str | Path) -> Path:
+        """Write `proxy.pt` and `proxy.json` into the folder `out` (atomically); return the folder."""
+        out = ensure_dir(out)
+        buf = io.BytesIO()
+        torch.save({"images": self.images, "labels": self.labels, "zca": self.zca}, buf)
+        with atomic_open(out / DATA_FILE, "wb") as f:
+            f.write(buf.getvalue())
+        sidecar = {
+            "format": FORMAT,
+            "sha256": file_sha256(out / DATA_FILE),
+            "id": self.id,
+            "images_shape": list(self.images.shape),
+            "labels_shape": list(self.labels.shape),
+            "soft_labels": self.soft,
+            "lr": self.lr,
+            "zca": self.zca is not None,
+            "meta": self.meta,
+            "provenance": {"nasdd_version": __version__, **self.provenance},
+        }
+        write_json(out / SIDECAR, sidecar)
+        return out
+
+    @classmethod
+    def load(cls, path: str | Path, bundle: Any | None = None) -> ProxySet:
+        """Load and verify a proxy folder (or its proxy.json / proxy.pt); with `bundle`, check it matches."""
+        folder = Path(path)
+        if folder.is_file():
+            folder = folder.parent
+        data, side = folder / DATA_FILE, folder / SIDECAR
+        if not data.exists() or not side.exists():
+            raise NasddError(f"{folder} is not a proxy folder: expected {DATA_FILE} and {SIDECAR} inside")
+        try:
+            sidecar = json.loads(side.read_text())
+            expected = sidecar["sha256"]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise NasddError(f"{side} is damaged ({exc}); distil the proxy again") from exc
+        if file_sha256(data) != expected:
+            raise NasddError(f"{data} is damaged: its checksum does not match {side}; distil the proxy again")
+        try:
+            tensors = torch.load(data, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises many types for damaged archives
+            raise NasddError(f"{data} cannot be read ({exc}); distil the proxy again") from exc
+        proxy = cls(
+            images=tensors["images"],
+            labels=tensors["labels"],
+            meta=sidecar["meta"],
+            provenance=sidecar.get("provenance", {}),
+            lr=sidecar.get("lr"),
+            zca=tensors.get("zca"),
+        )
+        if list(proxy.images.shape) != sidecar["images_shape"] or list(proxy.labels.shape) != sidecar["labels_shape"]:
+            raise NasddError(f"{data} does not hold the shapes {side} records; distil the proxy again")
+        if bundle is not None:
+            proxy.check_compatible(bundle)
+        return proxy
+
+    def save_grid(self, path: str | Path, max_per_class: int = 10) -> Path:
+        """A PNG grid, one row per class (de-normalised; whitened proxies are shown min-max scaled)."""
+        from torchvision.utils import save_image
+
+        imgs = self.images
+        if self.zca is None:
+            mean = torch.tensor(self.meta["mean"]).view(1, -1, 1, 1)
+            std = torch.tensor(self.meta["std"]).view(1, -1, 1, 1)
+            imgs = (imgs * std + mean).clamp(0, 1)
+        else:
+            lo, hi = imgs.amin(dim=(1, 2, 3), keepdim=True), imgs.amax(dim=(1, 2, 3), keepdim=True)
+            imgs = (imgs - lo) / (hi - lo + 1e-8)
+        labels = self.hard_labels
+        k = int(self.meta.get("num_classes", int(labels.max()) + 1))
+        rows = [imgs[labels == c][:max_per_class] for c in range(k)]
+        ncol = max(len(r) for r in rows)
+        grid = torch.cat([torch.cat([r, r.new_ones(ncol - len(r), *r.shape[1:])]) for r in rows])
+        with atomic_path(path) as tmp:
+            save_image(grid, tmp, nrow=ncol, padding=1, pad_value=1.0)
+        return Path(path)
+
+
+def _tensor_digest(t: torch.Tensor) -> str:
+    return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
