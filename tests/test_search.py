@@ -313,3 +313,24 @@ def test_parallel_jobs_in_one_process(digits, proxy, tmp_path):
     study = run(digits, proxy, tmp_path, trials=6, sampler="random", jobs=2)
     done = counted(study)
     assert len(done) == 6 and not study.get_trials(states=(TrialState.RUNNING,))
+
+
+@pytest.mark.postgres
+def test_postgresql_storage_resumes(digits, proxy, tmp_path, postgres_url):
+    name = f"pg-{tmp_path.name}-{os.getpid()}"
+    S.search(TINY, str(proxy), digits, study_name=name, trials=3, storage=postgres_url, sampler="random",
+             recipe=RECIPE, out=tmp_path / "out", show_progress=False, device="cpu")  # fmt: skip
+    study = S.search(TINY, str(proxy), digits, study_name=name, trials=5, storage=postgres_url, sampler="random",
+                     recipe=RECIPE, out=tmp_path / "out", show_progress=False, device="cpu")  # fmt: skip
+    assert len(counted(optuna.load_study(study_name=name, storage=postgres_url))) == 5 == len(counted(study))
+    assert (tmp_path / "out" / "trials.csv").exists() and not (tmp_path / "out" / "study.db").exists()
+
+
+def test_whitened_proxy_scores_on_transformed_val(digits):
+    base = distill(digits, "random", ipc=1, seed=0)
+    d = digits.x_val[0].numel()
+    p = ProxySet(base.images, base.labels, base.meta, base.provenance, zca=2 * torch.eye(d))
+    data = S.training_data(p, digits, torch.device("cpu"))
+    assert torch.allclose(data.x_val, 2 * digits.x_val) and torch.equal(data.x, base.images)
+    full = S.training_data("full", digits, torch.device("cpu"))
+    assert len(full.x) == len(digits.y_train) and full.proxy_id == f"full-{digits.key}" and full.lr is None
