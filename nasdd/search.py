@@ -738,8 +738,11 @@ def command(args: argparse.Namespace) -> int:
     counted = counted_trials(study)
     states = pd.Series([t.state.name for t in counted]).value_counts().to_dict()
     print(f"study {args.study}: {len(counted)} finished trials {states}; outputs in {out}")
+    if len(study.directions) > 1 and counted:
+        print(f"Pareto front: {len(study.best_trials)} trials (listed first in top.csv, by val accuracy)")
     for t in top_trials(study, 1):
-        print(f"best: trial {t.number} {ArchSpec.from_json(t.user_attrs['arch'])} val {t.values[0]:.4f}")
+        extra = f" {args.objective.split(',')[1]} {t.values[1]:g}" if len(t.values) > 1 else ""
+        print(f"best: trial {t.number} {ArchSpec.from_json(t.user_attrs['arch'])} val {t.values[0]:.4f}{extra}")
     if args.retrain_top and (out / "retrain.csv").exists():
         df = pd.read_csv(out / "retrain.csv")
         if "winner" in df and df["winner"].any():
