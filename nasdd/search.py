@@ -495,9 +495,8 @@ def _optimize(
 
     def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
         counted = counted_trials(study)
-        bar.n = min(len(counted), trials)
         bar.set_postfix_str(_best_text(study, counted), refresh=False)
-        bar.refresh()
+        bar.update(max(0, min(len(counted), trials) - bar.n))  # through update() so tqdm's ETA sees the rate
         if _busy(study) >= trials:
             study.stop()
 
