@@ -25,7 +25,7 @@ def postgres_url():
 
     url = os.environ.get("NASDD_TEST_POSTGRES")
     if not url:
-        pytest.skip("no PostgreSQL server: set NASDD_TEST_POSTGRES (`eval \"$(bash .ci/postgres.sh start)\"`)")
+        pytest.skip('no PostgreSQL server: set NASDD_TEST_POSTGRES (`eval "$(bash .ci/postgres.sh start)"`)')
     import sqlalchemy
 
     try:
