@@ -119,3 +119,12 @@ def test_beats_random_at_ipc1(digits, buffer_root):
             r.accuracy for r in evaluate_proxy(proxy, digits, recipe=recipe, seeds=range(3), device="cpu")
         )
     assert accs["mtt"] > accs["random"], accs
+
+
+def test_resume_continues_exactly(digits, buffer_root, tmp_path):
+    kw = {"learn_labels": True, "lr_labels": 10.0, "checkpoint_every": 2}
+    straight = _mtt(digits, buffer_root, iterations=4, **kw)
+    _mtt(digits, buffer_root, iterations=2, out=tmp_path, **kw)
+    resumed = _mtt(digits, buffer_root, iterations=4, out=tmp_path, resume=True, **kw)
+    assert torch.equal(straight.images, resumed.images) and torch.equal(straight.labels, resumed.labels)
+    assert straight.lr == resumed.lr
