@@ -25,6 +25,7 @@ class RandomSubset(Distiller):
     family = "coreset"
     paper = "stratified random subset (the baseline of every distillation paper)"
     iterative = False
+    presets = {"quick": {}, "cpu": {}}
 
     def select(self, bundle: DatasetBundle, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         return sample_real(bundle, self.ipc, gen)
