@@ -13,10 +13,11 @@ synthetic set (the one trainer, one epoch at a time, lr 0.01) until its query ac
 lambda_2, so the network neither under- nor over-fits the synthetic set.
 
 CPU deviations (also in `note`): the outer and inner loops are capped (`max_outer`, `max_inner`), the
-query batch is 32 per class instead of 128 and the `cpu` preset uses 64 real images per class instead of 256,
-a window of 5 and 40 rounds. The authors' code trains without augmentation by default (`dsa_strategy`
-enables DSA, the CAFE+DSA variant). Cost: real and query images are forward-only (one sample-gradient each),
-synthetic images forward+backward, inner training as the trainer counts it.
+query batch is 32 per class instead of 128; the `cpu` preset uses 10 rounds, 64 real images and 16 query
+images per class, a window of 3, at most 10 outer and 5 inner steps per round. The authors' code trains
+without augmentation by default (`dsa_strategy` enables DSA, the CAFE+DSA variant).
+Cost: real and query images are forward-only (one sample-gradient each), synthetic images forward+backward,
+inner training as the trainer counts it.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class CAFE(Distiller):
     name = "cafe"
     family = "distribution matching"
     paper = "Wang et al., CAFE: Learning to Condense Dataset by Aligning Features, CVPR 2022"
-    note = "outer/inner loops capped; cpu preset: 64 real/class, 32 query/class, window 5, 40 rounds"
+    note = "outer/inner loops capped; cpu preset: 10 rounds, 64 real + 16 query/class, window 3, <=10 outer, <=5 inner"
     default_iterations = 2000
     default_lr_img = 0.1
     defaults = {
@@ -69,7 +70,14 @@ class CAFE(Distiller):
             "max_outer": 10,
             "max_inner": 5,
         },
-        "cpu": {"iterations": 40, "batch_real": 64, "window": 5, "max_outer": 20, "max_inner": 20},
+        "cpu": {
+            "iterations": 10,
+            "batch_real": 64,
+            "query_per_class": 16,
+            "window": 3,
+            "max_outer": 10,
+            "max_inner": 5,
+        },
     }
 
     def setup(self, bundle: DatasetBundle) -> None:

@@ -75,13 +75,13 @@ class DistributionMatching(Distiller):
     name = "dm"
     family = "distribution matching"
     paper = "Zhao & Bilen, Dataset Condensation with Distribution Matching, WACV 2023"
-    note = "one DSA draw per iteration for all classes; cpu preset: 64 real images per class, 1,000 iterations"
+    note = "one DSA draw per iteration for all classes; cpu preset: 64 real images per class, 400 iterations"
     default_iterations = 20000
     default_lr_img = 1.0
     defaults = {"batch_real": 256, "momentum": 0.5, "dsa_strategy": DEFAULT_STRATEGY}
     presets = {
-        "quick": {"iterations": 60, "batch_real": 32},
-        "cpu": {"iterations": 1000, "batch_real": 64},
+        "quick": {"iterations": 60, "batch_real": 16},
+        "cpu": {"iterations": 400, "batch_real": 64},
     }
 
     def setup(self, bundle: DatasetBundle) -> None:
