@@ -123,10 +123,12 @@ def random_level(folder: Path, bundle, ipc: int, recipe: TrainRecipe, recipe_tex
 def bench_one(method: str, bundle, ipc: int, recipe: TrainRecipe, recipe_text: str, folder: Path, args, random_acc):
     cls = METHODS.get(method)
     preset = args.preset if args.preset in cls.presets else None
+    iterations = args.iterations if cls.iterative else None
+    label = (preset or "default") + (f"+it{iterations}" if iterations is not None else "")
     dev = resolve_device(args.device)
-    print(f"[{time.strftime('%H:%M:%S')}] {method} ipc {ipc} preset {preset}: distilling", flush=True)
+    print(f"[{time.strftime('%H:%M:%S')}] {method} ipc {ipc} preset {label}: distilling", flush=True)
     with PeakMemory(dev) as mem:
-        proxy = distill(bundle, method, ipc, args.seed, preset=preset, device=args.device)
+        proxy = distill(bundle, method, ipc, args.seed, preset=preset, device=args.device, iterations=iterations)
     cost = proxy.provenance["cost"]
     print(f"  {cost['seconds']:.1f} s, {cost['sample_grads']:,} sample-grads; evaluating", flush=True)
     accs = _accuracies(proxy, bundle, recipe, args.eval_seeds, args.device)
@@ -134,7 +136,7 @@ def bench_one(method: str, bundle, ipc: int, recipe: TrainRecipe, recipe_text: s
     row = {
         "method": method,
         "ipc": ipc,
-        "preset": preset or "default",
+        "preset": label,
         "iterations": proxy.provenance["config"]["iterations"],
         "distill_seconds": cost["seconds"],
         "distill_sample_grads": cost["sample_grads"],
@@ -197,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", default="random", help="comma-separated method names")
     p.add_argument("--ipc", default="1,10", help="comma-separated images per class")
     p.add_argument("--preset", default="cpu", help="method preset (methods without it use their defaults)")
+    p.add_argument("--iterations", type=int, default=None, help="override the preset's iterations (noted in preset)")
     p.add_argument("--eval-seeds", type=int, default=5)
     p.add_argument("--eval-recipe", default="proxy", help="recipe preset and/or key=value pairs")
     p.add_argument("--max-per-class", type=int, default=None)
