@@ -59,10 +59,10 @@ class RealSampler:
         return self.x[pick], self.y[pick]
 
 
-def matching_net(self: Distiller, bundle: DatasetBundle) -> nn.Module:
+def matching_net(distiller: Distiller, bundle: DatasetBundle) -> nn.Module:
     """The matching network on the distiller's device, parameters frozen (images are what learns)."""
     shape = (bundle.channels, bundle.image_size, bundle.image_size)
-    net = build_seeded(self.arch, shape, bundle.num_classes, self.seed).to(self.dev)
+    net = build_seeded(distiller.arch, shape, bundle.num_classes, distiller.seed).to(distiller.dev)
     for p in net.parameters():
         p.requires_grad_(False)
     return net

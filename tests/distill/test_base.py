@@ -74,4 +74,5 @@ def test_every_method_has_the_class_attributes(name):
     cls = METHODS.get(name)
     assert cls.family in ("coreset", "distribution matching", "parameter matching", "performance matching")
     assert cls.paper and "quick" in cls.presets and "cpu" in cls.presets
-    assert all(set(p) <= set(cls.defaults) | {"iterations", "lr_img"} for p in cls.presets.values())
+    common = {"iterations", "lr_img", "init", "arch", "checkpoint_every"}
+    assert all(set(p) <= set(cls.defaults) | common for p in cls.presets.values())
