@@ -83,8 +83,9 @@ class DSA:
     def _crop(self, x: torch.Tensor, g: torch.Generator, n: int) -> torch.Tensor:
         """Translate by up to 1/8 of the image size with zero padding (the paper's crop)."""
         h, w = x.shape[2:]
-        dy = torch.randint(-int(h * 0.125), int(h * 0.125) + 1, (n,), generator=g)
-        dx = torch.randint(-int(w * 0.125), int(w * 0.125) + 1, (n,), generator=g)
+        sy, sx = int(h * 0.125 + 0.5), int(w * 0.125 + 0.5)  # rounded as in the DSA code (28 px -> 4)
+        dy = torch.randint(-sy, sy + 1, (n,), generator=g)
+        dx = torch.randint(-sx, sx + 1, (n,), generator=g)
         theta = torch.zeros(n, 2, 3)
         theta[:, 0, 0] = theta[:, 1, 1] = 1.0
         theta[:, 0, 2], theta[:, 1, 2] = 2 * dx / max(w - 1, 1), 2 * dy / max(h - 1, 1)
@@ -95,9 +96,9 @@ class DSA:
         ch, cw = int(h * 0.5 + 0.5), int(w * 0.5 + 0.5)
         cy = torch.randint(0, h + (1 - ch % 2), (n, 1, 1), generator=g)
         cx = torch.randint(0, w + (1 - cw % 2), (n, 1, 1), generator=g)
-        ys = torch.arange(h).view(1, h, 1)
-        xs = torch.arange(w).view(1, 1, w)
-        inside = ((ys - cy).abs() <= ch // 2) & ((xs - cx).abs() <= cw // 2)
+        ys = torch.arange(h).view(1, h, 1) - cy + ch // 2  # position inside the ch x cw square
+        xs = torch.arange(w).view(1, 1, w) - cx + cw // 2
+        inside = (ys >= 0) & (ys < ch) & (xs >= 0) & (xs < cw)
         mask = (~inside).to(device=x.device, dtype=x.dtype).unsqueeze(1)
         return x * mask
 

@@ -10,16 +10,16 @@ KINDS = ("datasets", "spaces", "families", "methods", "peers", "samplers")
 
 def _rows(kind: str) -> list[tuple[str, str]]:
     if kind == "datasets":
-        from nasdd.data import dataset_names
+        from nasdd.data import dataset_catalog
 
-        return [(n, "") for n in dataset_names()]
+        return dataset_catalog()
     if kind == "spaces":
         from nasdd.spaces import load_space, space_names
 
         out = []
         for n in space_names():
             s = load_space(n)
-            out.append((n, f"{s.family}, {s.size} members: {s.description}"))
+            out.append((n, f"{s.family}, {s.size:,} members: {s.description}"))
         return out
     if kind == "families":
         from nasdd.models import FAMILIES

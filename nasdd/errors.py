@@ -7,4 +7,5 @@ class NasddError(Exception):
 
 def unknown_name(kind: str, name: str, valid: list[str] | tuple[str, ...]) -> NasddError:
     """An error for an unknown registry key that lists the valid ones."""
-    return NasddError(f"unknown {kind} {name!r}; valid {kind}s: {', '.join(sorted(valid))}")
+    plural = f"{kind[:-1]}ies" if kind.endswith("y") else f"{kind}s"
+    return NasddError(f"unknown {kind} {name!r}; valid {plural}: {', '.join(sorted(valid))}")

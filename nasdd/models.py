@@ -133,13 +133,17 @@ class Cell201(nn.Module):
 
 
 class _ResBlock(nn.Module):
-    """NAS-Bench-201's reduction block: two ReLU-conv-BN (first with stride 2) plus a pooled shortcut."""
+    """NAS-Bench-201's reduction block: two ReLU-conv-BN (first with stride 2) plus a pooled shortcut.
+
+    The shortcut pools with `ceil_mode` so odd feature maps (e.g. 10x10 -> 5x5 -> 3x3) match the strided
+    conv; on even sizes (all NAS-Bench-201 inputs) it is NAS-Bench-201's plain 2x2 average pool.
+    """
 
     def __init__(self, c_in: int, c_out: int) -> None:
         super().__init__()
         self.a = _ReLUConvBN(c_in, c_out, 3, 2)
         self.b = _ReLUConvBN(c_out, c_out, 3, 1)
-        self.shortcut = nn.Sequential(nn.AvgPool2d(2, 2), nn.Conv2d(c_in, c_out, 1, bias=False))
+        self.shortcut = nn.Sequential(nn.AvgPool2d(2, 2, ceil_mode=True), nn.Conv2d(c_in, c_out, 1, bias=False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.b(self.a(x)) + self.shortcut(x)

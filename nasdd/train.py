@@ -88,6 +88,8 @@ def _unknown_recipe(name: str) -> TrainRecipe:
 
 def _coerce(key: str, value: str, typ: str) -> object:
     if value.lower() in ("none", "null", ""):
+        if "None" not in typ:
+            raise NasddError(f"recipe key {key} needs a value, got {value!r}")
         return None
     try:
         if typ.startswith("int"):
@@ -106,6 +108,9 @@ RECIPES: dict[str, TrainRecipe] = {
     # Full-data training (ground truth, `--proxy full`): a few epochs suffice on the small sets here.
     "full": TrainRecipe(epochs=8, batch_size=64, lr=0.01, schedule="cosine"),
 }
+
+
+SYNC_EVERY = 32  # CUDA steps between host syncs for the non-finite-loss check
 
 
 @dataclass
@@ -148,15 +153,16 @@ def evaluate(
     device = resolve_device(device)
     was_training = model.training
     model.eval()
-    correct, total_loss = 0, 0.0
-    for i in range(0, len(x), batch_size):
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    total_loss = torch.zeros((), dtype=torch.float64, device=device)
+    for i in range(0, len(x), batch_size):  # sums stay on the device: one host sync at the end
         xb, yb = x[i : i + batch_size].to(device), y[i : i + batch_size].to(device)
         logits = model(xb)
-        total_loss += float(F.cross_entropy(logits, yb, reduction="sum"))
-        correct += int((logits.argmax(1) == yb).sum())
+        total_loss += F.cross_entropy(logits, yb, reduction="sum").double()
+        correct += (logits.argmax(1) == yb).sum()
     model.train(was_training)
     n = max(len(x), 1)
-    return correct / n, total_loss / n
+    return int(correct) / n, float(total_loss) / n
 
 
 def _lr_at(recipe: TrainRecipe, step: int, total: int) -> float:
@@ -205,7 +211,11 @@ def fit(
     per_epoch = math.ceil(n / bs)
     total = recipe.total_steps(n)
     step, start = 0, time.perf_counter()
-    bar = progress(total=total, desc=desc, disable=not show_progress or None)
+    bar = progress(total=total, desc=desc, disable=not show_progress)
+    # On CUDA the finiteness check (a host sync) runs every SYNC_EVERY steps; elsewhere every step.
+    check_every = SYNC_EVERY if device.type == "cuda" else 1
+    bad: torch.Tensor | None = None  # on the device: was any loss so far non-finite?
+    last_loss: torch.Tensor | None = None
     model.train()
     while step < total:
         perm = torch.randperm(n, generator=gen).to(device)
@@ -219,14 +229,16 @@ def fit(
             for group in opt.param_groups:
                 group["lr"] = _lr_at(recipe, step, total)
             loss = F.cross_entropy(model(xb), y[idx])
-            if not torch.isfinite(loss):
-                res.status, res.error = "failed", f"non-finite training loss ({float(loss)}) at step {step}"
+            nonfinite = ~torch.isfinite(loss.detach())
+            bad = nonfinite if bad is None else bad | nonfinite
+            if (step % check_every == 0 or step == total - 1) and bool(bad):
+                res.status, res.error = "failed", f"non-finite training loss ({float(loss.detach())}) by step {step}"
                 break
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             res.sample_grads += len(idx)
-            res.train_loss = float(loss.detach())
+            last_loss = loss.detach()
             step += 1
             bar.update(1)
             unit = step if recipe.steps is not None else (step // per_epoch if step % per_epoch == 0 else 0)
@@ -240,6 +252,8 @@ def fit(
             break
     bar.close()
     res.steps = step
+    if last_loss is not None:
+        res.train_loss = float(last_loss)
     if res.ok and eval_data is not None:
         res.accuracy, res.loss = evaluate(model, *eval_data, device=device, batch_size=recipe.eval_batch_size)
         res.eval_samples += len(eval_data[0])

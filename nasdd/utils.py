@@ -28,8 +28,8 @@ def set_quiet(quiet: bool) -> None:
 
 
 def progress(*args: Any, **kwargs: Any) -> tqdm:
-    """A tqdm progress bar (with ETA) that `--quiet` silences."""
-    kwargs.setdefault("disable", _QUIET)
+    """A tqdm progress bar (with ETA) that `--quiet` silences (even where the caller asked for one)."""
+    kwargs["disable"] = True if _QUIET else kwargs.get("disable", False)
     kwargs.setdefault("dynamic_ncols", True)
     kwargs.setdefault("leave", False)
     return tqdm(*args, **kwargs)

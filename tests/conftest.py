@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from nasdd.data import load_dataset
+from nasdd.utils import set_quiet
 
 
 @pytest.fixture(scope="session")
@@ -13,3 +14,22 @@ def digits():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+    yield
+    set_quiet(False)  # `--quiet` in a CLI test must not silence the next test's progress bars
+
+
+@pytest.fixture
+def postgres_url():
+    """A PostgreSQL storage URL from NASDD_TEST_POSTGRES (set by .ci/run); skips when none is reachable."""
+    import os
+
+    url = os.environ.get("NASDD_TEST_POSTGRES")
+    if not url:
+        pytest.skip('no PostgreSQL server: set NASDD_TEST_POSTGRES (`eval "$(bash .ci/postgres.sh start)"`)')
+    import sqlalchemy
+
+    try:
+        sqlalchemy.create_engine(url).connect().close()
+    except Exception as exc:  # driver missing or server down
+        pytest.skip(f"PostgreSQL at {url} is not reachable: {exc}")
+    return url

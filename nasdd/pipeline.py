@@ -1,0 +1,182 @@
+"""`nasdd run`: distil -> search -> validate -> report in one command, every output in one folder.
+
+Each stage skips what is already done (proxies on disk, finished search trials, cached trainings in
+the validation store), so rerunning the same command resumes where it stopped. The search space's
+default member is the matching network of the distillers and the network the proxies are judged with,
+so a CPU-sized space gives a CPU-sized run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from nasdd.cli import add_data_args, load_data_from_args
+from nasdd.data import DatasetBundle
+from nasdd.distill import METHODS, ProxySet, distill
+from nasdd.errors import NasddError
+from nasdd.spaces import load_space
+from nasdd.utils import ensure_dir, write_json
+
+
+@dataclass(frozen=True)
+class Preset:
+    """How big each stage is."""
+
+    distill_preset: str  # the methods' preset name
+    space: str
+    search_trials: int
+    pool: int
+    truth_seeds: int
+    truth_recipe: str
+    proxy_recipe: str
+    peers: str
+    resamples: int
+
+
+PRESETS = {
+    # seconds on `digits`: for tests
+    "tiny": Preset("quick", "convnet_cpu", 3, 5, 2, "full,epochs=1", "epochs=20", "random,early,synflow,params", 100),
+    # minutes on mnist5k with 2 CPU cores
+    "quick": Preset(
+        "quick",
+        "convnet_cpu",
+        8,
+        10,
+        2,
+        "full,epochs=2",
+        "epochs=50",
+        "random,early,synflow,naswot,grad_norm,params",
+        500,
+    ),
+    # the standard audit: larger pool, full recipes
+    "standard": Preset("cpu", "convnet_cpu", 30, 24, 2, "full", "proxy", "all", 1000),
+}
+
+
+def _proxies(
+    bundle: DatasetBundle, methods: list[str], ipc: int, preset: Preset, out: Path, arch, seed: int, device: str
+) -> list[tuple[str, Path]]:
+    done = []
+    for method in methods:
+        folder = out / "proxies" / f"{method}-ipc{ipc}"
+        if not (folder / "proxy.json").exists():
+            cls = METHODS.get(method)
+            kwargs = {"arch": arch, "device": device}
+            name = preset.distill_preset if preset.distill_preset in cls.presets else None
+            distill(bundle, method, ipc, seed, out=folder, resume=True, preset=name, **kwargs)
+        done.append((method, folder))
+    return done
+
+
+def run_pipeline(
+    bundle: DatasetBundle,
+    *,
+    methods: list[str],
+    ipc: int = 10,
+    preset: str = "quick",
+    out: str | Path,
+    space: str | None = None,
+    seed: int = 0,
+    device: str = "auto",
+) -> dict[str, Path]:
+    """Run every stage into `out`; return the report files."""
+    from nasdd.report import write_report
+    from nasdd.search import search
+    from nasdd.validate import validate
+    from nasdd.validate.pool import draw_pool
+
+    if preset not in PRESETS:
+        raise NasddError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
+    p = PRESETS[preset]
+    if space:
+        p = replace(p, space=space)
+    for m in methods:
+        METHODS.get(m)
+    out = ensure_dir(out)
+    sp = load_space(p.space)
+    arch = sp.default_arch()
+    write_json(
+        out / "run_config.json",
+        {
+            "dataset": bundle.meta(),
+            "methods": methods,
+            "ipc": ipc,
+            "preset": preset,
+            "settings": asdict(p),
+            "seed": seed,
+            "matching_arch": arch.to_dict(),
+        },
+    )
+    t0 = time.perf_counter()
+    _stage("1/4 distil", methods)
+    proxies = _proxies(bundle, methods, ipc, p, out, arch, seed, device)
+    distilled = [f for m, f in proxies if METHODS.get(m).family != "coreset"] or [proxies[0][1]]
+    _stage("2/4 search", f"{p.search_trials} trials on {distilled[0].name}")
+    search(
+        sp,
+        str(distilled[0]),
+        bundle,
+        study_name="search",
+        trials=p.search_trials,
+        seed=seed,
+        recipe=p.proxy_recipe,
+        out=out / "search",
+        storage=f"sqlite:///{(out / 'search' / 'study.db').resolve()}",
+        device=device,
+        show_progress=True,
+    )
+    _stage("3/4 validate", f"pool of {p.pool} from {sp.name}")
+    validate(
+        bundle,
+        draw_pool(sp, p.pool, seed),
+        [ProxySet.load(f, bundle) for _, f in proxies],
+        space=sp,
+        peers=p.peers,
+        truth_seeds=p.truth_seeds,
+        truth_recipe=p.truth_recipe,
+        proxy_recipe=p.proxy_recipe,
+        n_resamples=p.resamples,
+        out=out / "validate",
+        device=device,
+        ipc=ipc,
+    )
+    _stage("4/4 report", str(out))
+    files = write_report(out / "validate", search_dir=out / "search", proxy_dirs=[f for _, f in proxies], out=out)
+    print(f"done in {time.perf_counter() - t0:.0f} s")
+    return files
+
+
+def _stage(name: str, what: object) -> None:
+    print(f"[{name}] {what}", flush=True)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_data_args(p)
+    p.add_argument("--methods", default="dm,random", help="comma list of distillation methods (default dm,random)")
+    p.add_argument("--ipc", type=int, default=10, help="images per class (default 10)")
+    p.add_argument("--preset", default="quick", choices=list(PRESETS), help="size of every stage (default quick)")
+    p.add_argument("--space", default=None, help="search space (default: the preset's, convnet_cpu)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="output folder (default results/run-<time>)")
+
+
+def command(args: argparse.Namespace) -> int:
+    out = Path(args.out or f"results/run-{time.strftime('%Y%m%d-%H%M%S')}")
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if not methods:
+        raise NasddError("--methods is empty; give at least one method (see `nasdd list methods`)")
+    files = run_pipeline(
+        load_data_from_args(args),
+        methods=methods,
+        ipc=args.ipc,
+        preset=args.preset,
+        out=out,
+        space=args.space,
+        seed=args.seed,
+        device=args.device,
+    )
+    print(f"report: {files.get('html', files.get('md'))}")
+    return 0

@@ -1,0 +1,191 @@
+import math
+
+import optuna
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nasdd.arch import ArchSpec
+from nasdd.data import load_dataset
+from nasdd.errors import NasddError
+from nasdd.models import DEFAULT_ARCH, forward_flops
+from nasdd.train import RECIPES, TrainRecipe, _lr_at, build_seeded, evaluate, fit, train_arch
+
+SMALL = ArchSpec.make("convnet", depth=2, width=16, normalization="instancenorm", pooling="avgpool")
+
+
+def _subset(bundle, n: int = 300):
+    return bundle.x_train[:n], bundle.y_train[:n]
+
+
+def test_default_convnet_on_digits(digits):
+    """The DC ConvNet-3 trained on all of digits' train split reaches >= 90% test accuracy."""
+    res = train_arch(
+        DEFAULT_ARCH,
+        digits.x_train,
+        digits.y_train,
+        TrainRecipe.parse("full,lr=0.05"),
+        num_classes=10,
+        eval_data=digits.split("test"),
+    )
+    assert res.ok and res.accuracy >= 0.90, res
+    assert res.sample_grads == 8 * len(digits.y_train)
+
+
+@pytest.mark.slow
+def test_default_convnet_on_mnist5k():
+    """ConvNet-3 on mnist5k, 3 epochs of the full-data recipe: >= 93% test accuracy (about 96%)."""
+    bundle = load_dataset("mnist5k")
+    recipe = TrainRecipe.parse("full,epochs=3")
+    res = train_arch(
+        DEFAULT_ARCH, bundle.x_train, bundle.y_train, recipe, num_classes=10, eval_data=bundle.split("test")
+    )
+    assert res.ok and res.accuracy >= 0.93, res
+
+
+def test_same_seed_same_result(digits):
+    x, y = _subset(digits)
+    recipe = TrainRecipe(epochs=2, batch_size=64, lr=0.05, augment="dsa")
+    runs = [train_arch(SMALL, x, y, recipe, num_classes=10, seed=s, eval_data=digits.split("val")) for s in (3, 3, 4)]
+    a, b, c = (r.to_dict() for r in runs)
+    for d in (a, b, c):
+        d.pop("seconds")
+    assert a == b
+    assert a["train_loss"] != c["train_loss"]
+
+
+def test_same_seed_same_weights(digits):
+    x, y = _subset(digits, 128)
+    models = [build_seeded(SMALL, (1, 8, 8), 10, seed=5) for _ in range(2)]
+    for m in models:
+        fit(m, x, y, TrainRecipe(steps=6, batch_size=32, augment="dsa"), seed=1)
+    for p, q in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+def test_nan_loss_gives_a_failed_result_not_a_crash(digits):
+    x, y = _subset(digits, 128)
+    res = train_arch(SMALL, x, y, TrainRecipe(epochs=3, lr=1e30), num_classes=10, eval_data=digits.split("val"))
+    assert res.status == "failed" and not res.ok
+    assert "non-finite training loss" in res.error
+    assert math.isnan(res.accuracy) and res.steps < 3
+
+
+def test_soft_labels(digits):
+    x, y = _subset(digits)
+    recipe = TrainRecipe(steps=5, batch_size=64, lr=0.05)
+    hard, soft = build_seeded(SMALL, (1, 8, 8), 10, 0), build_seeded(SMALL, (1, 8, 8), 10, 0)
+    fit(hard, x, y, recipe, seed=0)
+    fit(soft, x, F.one_hot(y, 10).float(), recipe, seed=0)
+    for p, q in zip(hard.parameters(), soft.parameters(), strict=True):
+        assert torch.allclose(p, q, atol=1e-5)  # one-hot soft labels train exactly as hard labels
+    smoothed = F.one_hot(y, 10).float() * 0.8 + 0.02
+    res = train_arch(
+        SMALL,
+        x,
+        smoothed,
+        TrainRecipe(epochs=15, batch_size=32, lr=0.05),
+        num_classes=10,
+        eval_data=digits.split("val"),
+    )
+    assert res.ok and res.accuracy > 0.8, res
+
+
+def test_cost_accounting(digits):
+    x, y = digits.x_train[:100], digits.y_train[:100]
+    res = train_arch(SMALL, x, y, TrainRecipe(epochs=2, batch_size=32), num_classes=10, eval_data=digits.split("val"))
+    assert res.steps == 2 * 4 and res.sample_grads == 2 * 100
+    assert res.eval_samples == len(digits.y_val)
+    assert res.flops_per_sample == forward_flops(build_seeded(SMALL, (1, 8, 8), 10, 0), (1, 8, 8)) > 0
+    assert res.train_flops == 3 * res.flops_per_sample * res.sample_grads
+    assert res.params > 0 and res.seconds > 0
+    res = train_arch(SMALL, x, y, TrainRecipe(steps=5, batch_size=32), num_classes=10)
+    # an epoch is batches of 32, 32, 32 and 4; step 5 starts the second epoch
+    assert res.steps == 5 and res.sample_grads == 100 + 32 and math.isnan(res.accuracy) and res.ok
+
+
+def test_eval_every_and_pruning(digits):
+    x, y = _subset(digits, 128)
+    seen = []
+    res = train_arch(
+        SMALL,
+        x,
+        y,
+        TrainRecipe(epochs=3, batch_size=64),
+        num_classes=10,
+        eval_data=digits.split("val"),
+        eval_every=1,
+        on_eval=lambda i, acc: seen.append((i, acc)),
+    )
+    assert [i for i, _ in seen] == [1, 2] and res.history == seen  # the final evaluation is res.accuracy
+    assert res.eval_samples == 3 * len(digits.y_val)
+
+    def prune(i, acc):
+        raise optuna.TrialPruned()
+
+    with pytest.raises(optuna.TrialPruned):
+        train_arch(
+            SMALL,
+            x,
+            y,
+            TrainRecipe(steps=4),
+            num_classes=10,
+            eval_data=digits.split("val"),
+            eval_every=2,
+            on_eval=prune,
+        )
+
+
+def test_evaluate_matches_direct_computation(digits):
+    model = build_seeded(SMALL, (1, 8, 8), 10, 0)
+    x, y = digits.split("val")
+    acc, loss = evaluate(model, x, y, batch_size=50)
+    model.eval()
+    with torch.no_grad():
+        logits = model(x)
+    assert acc == pytest.approx(float((logits.argmax(1) == y).float().mean()))
+    assert loss == pytest.approx(float(F.cross_entropy(logits, y)), rel=1e-5)
+
+
+def test_empty_training_set_is_an_error():
+    with pytest.raises(NasddError, match="empty"):
+        train_arch(SMALL, torch.zeros(0, 1, 8, 8), torch.zeros(0, dtype=torch.long), TrainRecipe(), num_classes=10)
+
+
+def test_schedules():
+    assert _lr_at(TrainRecipe(lr=0.1, schedule="step"), 49, 100) == 0.1
+    assert _lr_at(TrainRecipe(lr=0.1, schedule="step"), 50, 100) == pytest.approx(0.01)
+    assert _lr_at(TrainRecipe(lr=0.1, schedule="cosine"), 0, 100) == pytest.approx(0.1)
+    assert _lr_at(TrainRecipe(lr=0.1, schedule="cosine"), 50, 100) == pytest.approx(0.05)
+    assert _lr_at(TrainRecipe(lr=0.1, schedule="constant"), 99, 100) == 0.1
+
+
+def test_recipe_parse():
+    assert TrainRecipe.parse("proxy") == RECIPES["proxy"]
+    assert TrainRecipe.parse("full,epochs=5") == TrainRecipe(epochs=5, batch_size=64, lr=0.01, schedule="cosine")
+    r = TrainRecipe.parse("epochs=50, lr=0.02, augment=dsa:crop_flip, steps=none")
+    assert (r.epochs, r.lr, r.augment, r.steps) == (50, 0.02, "dsa:crop_flip", None)
+    assert r.key() == TrainRecipe.parse("epochs=50,lr=0.02,augment=dsa:crop_flip").key() != TrainRecipe().key()
+    assert TrainRecipe(epochs=3, batch_size=10).total_steps(25) == 9
+    assert TrainRecipe(steps=7).total_steps(25) == 7
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("fast", "unknown recipe 'fast'; valid recipes: proxy, full"),
+        ("epochz=3", "unknown recipe key 'epochz'; valid keys: epochs"),
+        ("epochs=three", "recipe key epochs expects a number"),
+        ("epochs=none", "recipe key epochs needs a value"),
+        ("optimizer=rmsprop", "unknown optimizer 'rmsprop'"),
+        ("schedule=linear", "unknown schedule 'linear'"),
+        ("lr=0", "learning rate must be a positive finite number"),
+        ("lr=nan", "learning rate must be a positive finite number"),
+        ("batch_size=0", "batch_size >= 1"),
+        ("augment=mixup", "unknown augmentation 'mixup'"),
+        ("augment=dsa:crop_blur", "unknown augmentation .'blur'."),
+    ],
+)
+def test_bad_recipes(text, message):
+    with pytest.raises(NasddError, match=message):
+        TrainRecipe.parse(text)

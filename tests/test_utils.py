@@ -1,0 +1,107 @@
+import hashlib
+import json
+import os
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from nasdd.errors import NasddError
+from nasdd.utils import (
+    atomic_open,
+    atomic_path,
+    ensure_dir,
+    file_sha256,
+    progress,
+    resolve_device,
+    seed_everything,
+    set_quiet,
+    stable_hash,
+    write_json,
+)
+
+
+def test_stable_hash_is_fixed_and_order_free():
+    obj = {"b": [1, 2.5, "x"], "a": None}
+    assert stable_hash(obj) == "cacedc786abc936f"  # the same on every machine and in every process
+    assert stable_hash({"a": None, "b": [1, 2.5, "x"]}) == stable_hash(obj)
+    assert stable_hash(obj, 8) == "cacedc78"
+    assert stable_hash({"a": 1}) != stable_hash({"a": "1"})
+
+
+def test_atomic_open_replaces_whole_file_or_nothing(tmp_path):
+    path = tmp_path / "sub" / "out.txt"
+    with atomic_open(path) as f:
+        f.write("first")
+    assert path.read_text() == "first"
+    with pytest.raises(RuntimeError), atomic_open(path) as f:
+        f.write("half-writ")
+        raise RuntimeError("crash mid-write")
+    assert path.read_text() == "first"
+    assert os.listdir(path.parent) == ["out.txt"]  # no temporary file left behind
+    with atomic_open(path, "wb") as f:
+        f.write(b"\x00\x01")
+    assert path.read_bytes() == b"\x00\x01"
+
+
+def test_atomic_path(tmp_path):
+    target = tmp_path / "model.pt"
+    with atomic_path(target) as tmp:
+        assert tmp.parent == tmp_path and tmp.suffix == ".pt" and tmp != target
+        torch.save({"w": torch.ones(2)}, tmp)
+        assert not target.exists()
+    assert torch.equal(torch.load(target)["w"], torch.ones(2))
+    with pytest.raises(KeyError), atomic_path(target) as tmp:
+        tmp.write_bytes(b"partial")
+        raise KeyError("fail")
+    assert torch.equal(torch.load(target)["w"], torch.ones(2))
+    assert os.listdir(tmp_path) == ["model.pt"]
+
+
+def test_write_json_and_file_sha256(tmp_path):
+    path = tmp_path / "a.json"
+    write_json(path, {"z": 1, "a": [1, 2], "p": tmp_path})
+    text = path.read_text()
+    assert text.endswith("\n") and text.index('"a"') < text.index('"z"')
+    assert json.loads(text)["p"] == str(tmp_path)
+    assert file_sha256(path) == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_ensure_dir(tmp_path):
+    assert ensure_dir(tmp_path / "a" / "b").is_dir()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NasddError, match="is a file; choose another --out"):
+        ensure_dir(tmp_path / "file")
+
+
+def test_resolve_device():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device(torch.device("cpu")) == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(NasddError, match="unknown device 'tpu'; valid devices: auto, cpu, cuda"):
+        resolve_device("tpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_gpu_is_a_clear_error():
+    with pytest.raises(NasddError, match="no CUDA GPU is available; use --device cpu or auto"):
+        resolve_device("cuda")
+
+
+def test_seed_everything():
+    draws = []
+    for _ in range(2):
+        g = seed_everything(11)
+        draws.append((random.random(), np.random.rand(), torch.rand(1).item(), torch.rand(1, generator=g).item()))
+    assert draws[0] == draws[1]
+
+
+def test_quiet_silences_every_progress_bar():
+    assert not progress(range(3), disable=False).disable
+    set_quiet(True)
+    try:
+        assert progress(range(3)).disable and progress(range(3), disable=False).disable
+    finally:
+        set_quiet(False)
+    assert progress(range(3), disable=True).disable
