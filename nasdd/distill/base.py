@@ -144,7 +144,7 @@ class Distiller:
         if not self.iterative:
             images, labels = self.select(bundle, gen)
             self.images, self.labels, self.syn_lr = images, labels, None
-            self.seconds = time.perf_counter() - start
+            self.seconds += time.perf_counter() - start
             return self.to_proxy()
         x, y = sample_real(bundle, self.ipc, gen)
         if self.init == "noise":

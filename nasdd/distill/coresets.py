@@ -7,6 +7,8 @@ on the whole training set extracts the features; Euclidean distance).
 
 from __future__ import annotations
 
+import time
+
 import torch
 
 from nasdd.data import DatasetBundle
@@ -14,7 +16,7 @@ from nasdd.distill.base import Distiller, register, sample_real
 from nasdd.train import TrainRecipe, build_seeded, fit
 from nasdd.utils import stable_hash
 
-_FEATURES: dict[str, tuple[torch.Tensor, int]] = {}
+_FEATURES: dict[str, tuple[torch.Tensor, int, float]] = {}
 
 
 @register
@@ -44,16 +46,17 @@ class _FeatureCoreset(Distiller):
 
     def embed(self, bundle: DatasetBundle) -> torch.Tensor:
         """[N, D] features of every training image (cached per process: herding and k-center share them;
-        the cost is recorded as if computed)."""
+        their cost, sample-gradients and seconds, is recorded as if computed)."""
         key = stable_hash([bundle.key, self.arch.to_dict(), self.seed, self.options, str(self.dev)])
         if key not in _FEATURES:
             _FEATURES.clear()
-            before = self.sample_grads
+            before, start = self.sample_grads, time.perf_counter()
             feats = self._embed(bundle)
-            _FEATURES[key] = (feats, self.sample_grads - before)
+            _FEATURES[key] = (feats, self.sample_grads - before, time.perf_counter() - start)
             return feats
-        feats, cost = _FEATURES[key]
+        feats, cost, seconds = _FEATURES[key]
         self.count(cost)
+        self.seconds += seconds
         return feats
 
     def _embed(self, bundle: DatasetBundle) -> torch.Tensor:
