@@ -6,7 +6,7 @@ Writes `results/distill_<dataset>/<method>.csv` (one row per ipc and preset; row
 in the file are kept) and rebuilds `results/distill_<dataset>.csv` and `.png` from every per-method file present.
 Every proxy (random included) is evaluated with the same recipe (`--eval-recipe`, default the DC recipe
 `proxy`) and the same seeds; `random_acc_mean` is the stratified random subset of the same ipc under that
-recipe (computed once per ipc/recipe/seeds and reused from `random.csv` when present).
+recipe (computed once per ipc and recipe, and reused from `random.csv` when it holds at least as many seeds).
 Peak memory: CUDA max_memory_allocated on GPU; on CPU the growth of the process's peak resident set during
 distillation (VmHWM reset through /proc/self/clear_refs; ru_maxrss growth where that is unavailable).
 """
@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nasdd.data import load_dataset  # noqa: E402
 from nasdd.distill import METHODS, distill  # noqa: E402
+from nasdd.distill.cli import parse_options  # noqa: E402
 from nasdd.distill.evaluate import evaluate_proxy  # noqa: E402
 from nasdd.errors import NasddError  # noqa: E402
 from nasdd.train import RECIPES, TrainRecipe  # noqa: E402
@@ -114,7 +115,7 @@ def _upsert(path: Path, row: dict) -> None:
 def random_level(folder: Path, bundle, ipc: int, recipe: TrainRecipe, recipe_text: str, args) -> float:
     """Mean accuracy of a random subset under `recipe` (reused from random.csv when it matches)."""
     df = _read(folder / "random.csv")
-    hit = df[(df["ipc"] == ipc) & (df["eval_recipe"] == recipe_text) & (df["acc_seeds"] == args.eval_seeds)]
+    hit = df[(df["ipc"] == ipc) & (df["eval_recipe"] == recipe_text) & (df["acc_seeds"] >= args.eval_seeds)]
     if len(hit):
         return float(hit["acc_mean"].iloc[-1])
     return bench_one("random", bundle, ipc, recipe, recipe_text, folder, args, random_acc=None)["acc_mean"]
@@ -123,10 +124,16 @@ def random_level(folder: Path, bundle, ipc: int, recipe: TrainRecipe, recipe_tex
 def bench_one(method: str, bundle, ipc: int, recipe: TrainRecipe, recipe_text: str, folder: Path, args, random_acc):
     cls = METHODS.get(method)
     preset = args.preset if args.preset in cls.presets else None
+    iterations = args.iterations if cls.iterative else None
+    options = {k: v for k, v in args.options.items() if k in cls.defaults}
+    label = (preset or "default") + (f"+it{iterations}" if iterations is not None else "")
+    label += "".join(f"+{k}={v}" for k, v in options.items())
     dev = resolve_device(args.device)
-    print(f"[{time.strftime('%H:%M:%S')}] {method} ipc {ipc} preset {preset}: distilling", flush=True)
+    print(f"[{time.strftime('%H:%M:%S')}] {method} ipc {ipc} preset {label}: distilling", flush=True)
     with PeakMemory(dev) as mem:
-        proxy = distill(bundle, method, ipc, args.seed, preset=preset, device=args.device)
+        proxy = distill(
+            bundle, method, ipc, args.seed, preset=preset, device=args.device, iterations=iterations, **options
+        )
     cost = proxy.provenance["cost"]
     print(f"  {cost['seconds']:.1f} s, {cost['sample_grads']:,} sample-grads; evaluating", flush=True)
     accs = _accuracies(proxy, bundle, recipe, args.eval_seeds, args.device)
@@ -134,7 +141,7 @@ def bench_one(method: str, bundle, ipc: int, recipe: TrainRecipe, recipe_text: s
     row = {
         "method": method,
         "ipc": ipc,
-        "preset": preset or "default",
+        "preset": label,
         "iterations": proxy.provenance["config"]["iterations"],
         "distill_seconds": cost["seconds"],
         "distill_sample_grads": cost["sample_grads"],
@@ -197,6 +204,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", default="random", help="comma-separated method names")
     p.add_argument("--ipc", default="1,10", help="comma-separated images per class")
     p.add_argument("--preset", default="cpu", help="method preset (methods without it use their defaults)")
+    p.add_argument("--iterations", type=int, default=None, help="override the preset's iterations (noted in preset)")
+    p.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="method option for the methods that have it (noted in preset; repeatable)",
+    )
     p.add_argument("--eval-seeds", type=int, default=5)
     p.add_argument("--eval-recipe", default="proxy", help="recipe preset and/or key=value pairs")
     p.add_argument("--max-per-class", type=int, default=None)
@@ -214,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         for m in methods:
             METHODS.get(m)
         ipcs = [int(i) for i in args.ipc.split(",")]
+        args.options = parse_options(args.option)
         recipe = TrainRecipe.parse(args.eval_recipe, RECIPES["proxy"])
         bundle = load_dataset(args.dataset, max_per_class=args.max_per_class)
     except (NasddError, ValueError) as exc:
