@@ -10,6 +10,7 @@ from nasdd.errors import NasddError
 from nasdd.train import TrainRecipe
 
 METHODS_GM = ["dc", "dsa"]
+SMALL = ArchSpec.make("convnet", depth=2, width=8)
 
 
 @pytest.mark.parametrize("method", METHODS_GM)
@@ -70,8 +71,22 @@ def test_paper_loops():
     assert paper_loops(12) == (10, 50)
 
 
+def test_inner_training_between_matching_steps(digits):
+    d = GradientMatching(ipc=2, seed=0, iterations=1, outer_loop=3, inner_loop=2, batch_real=8, arch=SMALL)
+    proxy = d.run(digits)
+    assert torch.isfinite(proxy.images).all()
+    # 3 matching passes (8 real + 2x2 synthetic per class) and 2 trainings of 2 epochs on the 20 images
+    assert d.sample_grads == 3 * 10 * (8 + 2 * 2) + 2 * 2 * 20
+
+
+def test_iterations_per_ipc():
+    d = GradientMatching(ipc=10, iterations={1: 50, 10: 8})
+    assert d.iterations == 8
+    assert GradientMatching(ipc=2, iterations={1: 50, 10: 8}).iterations == 50
+
+
 def test_batchnorm_statistics_frozen_from_real_data(digits):
-    arch = ArchSpec.make("convnet", depth=2, width=8, normalization="batchnorm")
+    arch = ArchSpec.make("convnet", depth=2, width=8, normalization="batchnorm")  # BN: the stats are frozen
     d = GradientMatching(ipc=1, seed=0, iterations=1, arch=arch, bn_per_class=4)
     proxy = d.run(digits)
     assert torch.isfinite(proxy.images).all()
