@@ -213,6 +213,7 @@ class GradientMatching(Distiller):
         if self.dsa is not None:
             seeds = torch.randint(2**31 - 1, (k,)).tolist()
             real, syn = siamese_augment(self.dsa, real, syn, seeds)
+            real = real.detach()  # its augmentation shares a graph with syn; keep the real gradients constant
         classes = torch.arange(k, device=self.dev)[:, None]
         params = {n: p.detach() for n, p in self.net.named_parameters()}
         buffers = dict(self.net.named_buffers())
@@ -227,7 +228,7 @@ class GradientMatching(Distiller):
         one = grad(self._loss)
         y = torch.zeros(real.shape[1], dtype=torch.long, device=self.dev)
         grads = [one(params, buffers, real[c], y + c) for c in range(self.k)]
-        return {n: torch.stack([g[n] for g in grads]) for n in params}
+        return {n: torch.stack([g[n] for g in grads]).detach() for n in params}
 
     def _train_net(self) -> None:
         seed = int(torch.randint(2**31 - 1, (1,)))

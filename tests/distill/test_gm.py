@@ -116,3 +116,13 @@ def test_bad_options_are_refused(digits):
         distill(digits, "dc", 1, batch_real=0)
     with pytest.raises(NasddError, match="unknown augmentation"):
         distill(digits, "dsa", 1, dsa_strategy="color_blur", iterations=1)
+
+
+def test_real_gradients_are_constants(digits):
+    d = METHODS.get("dsa")(ipc=1, iterations=0, batch_real=4, arch=SMALL)
+    d.run(digits)
+    params = {n: p.detach() for n, p in d.net.named_parameters()}
+    real = d.real_batch(4).requires_grad_(True)  # e.g. augmented together with the synthetic images
+    grads = d.real_grads(params, dict(d.net.named_buffers()), real)
+    assert not any(g.requires_grad for g in grads.values())
+    assert d.match_loss().requires_grad
