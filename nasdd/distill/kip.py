@@ -5,7 +5,9 @@ Every outer iteration: draw a real batch (x_t, y_t), build the kernel between th
 images and x_t, predict `K_ts (K_ss + lambda I)^-1 Y_s` with `lambda = reg * mean(diag K_ss)`, and
 minimise the MSE to the one-hot `y_t` (`loss="mse"`, KIP's choice) or the cross-entropy of the
 prediction divided by `label_temperature` (`loss="ce"`) with respect to the images (Adam) and,
-with `learn_labels`, the support targets Y_s. The three methods differ only in the kernel:
+with `learn_labels`, the support targets Y_s. The three methods differ only in the kernel (the kernel
+networks of krr and kip have no normalisation layers by default, like the infinite-width ConvNet
+kernels of KIP and RFAD; instance norm on small feature maps gave a much noisier kernel on digits):
 
 - `krr`: conjugate kernel (NNGP of the readout) of the matching ConvNet estimated from random finite
   networks, as in RFAD (Loo et al., NeurIPS 2022): the features (before the classifier) of `models`
@@ -66,7 +68,7 @@ class KernelDistiller(SoftLabels, Distiller):
         models = o.get("models", 1)
         if not (isinstance(models, int) and models >= 1):
             raise NasddError(f"option models must be a positive integer, got {models!r}")
-        self.inner = with_width(self.arch, o["width"])
+        self.inner = with_width(self.arch, o["width"], o["normalization"])
         self.init_targets()
         self.x_real, self.y_real = bundle.x_train.to(self.dev), bundle.y_train.to(self.dev)
         self.opt = torch.optim.Adam([{"params": [self.images], "lr": self.lr_img}, *self.label_groups()])
@@ -117,11 +119,15 @@ class RandomFeatureKRR(KernelDistiller):
     paper = "KIP objective (Nguyen et al., ICLR 2021) with RFAD random features (Loo et al., NeurIPS 2022)"
     note = (
         "kernel = conjugate/NNGP kernel estimated by the features of `models` random finite ConvNets of "
-        "`width` (resampled each iteration); MSE to one-hot by default; learned labels stored as softmax(Y/T)"
+        "`width`, no normalisation (resampled each iteration); MSE to one-hot by default; "
+        "learned labels stored as softmax(Y/T)"
     )
     default_iterations = 1000
-    defaults = {**KRR_DEFAULTS, "models": 4, "width": 64}
-    presets = {"quick": {"iterations": 100, "batch_real": 128}, "cpu": {"iterations": 500}}
+    defaults = {**KRR_DEFAULTS, "models": 4, "width": 64, "normalization": "none"}
+    presets = {
+        "quick": {"iterations": 100, "batch_real": 128},
+        "cpu": {"iterations": 300, "batch_real": 128, "models": 2},
+    }
 
     def kernels(self, x_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         fs, ft = [], []
@@ -144,12 +150,13 @@ class KernelInducingPoints(KernelDistiller):
     paper = "Nguyen, Chen & Lee, Dataset Meta-Learning from Kernel Ridge-Regression (ICLR 2021)"
     note = (
         "kernel = empirical NTK (per-sample parameter Jacobians, torch.func) of `models` random narrow "
-        "scalar-output ConvNets of `width`, resampled each iteration, instead of the infinite-width NTK; "
+        "scalar-output ConvNets of `width` without normalisation, resampled each iteration, instead of the "
+        "infinite-width NTK; "
         "MSE to one-hot by default; learned labels stored as softmax(Y/T)"
     )
     default_iterations = 1000
-    defaults = {**KRR_DEFAULTS, "models": 2, "width": 16}
-    presets = {"quick": {"iterations": 100, "batch_real": 128}, "cpu": {"iterations": 300}}
+    defaults = {**KRR_DEFAULTS, "models": 2, "width": 16, "normalization": "none"}
+    presets = {"quick": {"iterations": 100, "batch_real": 128}, "cpu": {"iterations": 300, "batch_real": 128}}
 
     def kernels(self, x_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         k_ss, k_ts = 0.0, 0.0
@@ -183,8 +190,15 @@ class FRePo(KernelDistiller):
         "`max_online_steps`; MSE to one-hot by default"
     )
     default_iterations = 1000
-    defaults = {**KRR_DEFAULTS, "width": 64, "pool_size": 4, "train_steps": 1, "max_online_steps": 100}
-    presets = {"quick": {"iterations": 100, "batch_real": 128}, "cpu": {"iterations": 500}}
+    defaults = {
+        **KRR_DEFAULTS,
+        "width": 64,
+        "normalization": None,
+        "pool_size": 4,
+        "train_steps": 1,
+        "max_online_steps": 100,
+    }
+    presets = {"quick": {"iterations": 100, "batch_real": 128}, "cpu": {"iterations": 500, "batch_real": 128}}
 
     def setup(self, bundle: DatasetBundle) -> None:
         super().setup(bundle)

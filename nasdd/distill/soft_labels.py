@@ -18,18 +18,26 @@ import torch.nn.functional as F
 from nasdd.arch import ArchSpec
 from nasdd.distill.proxy import ProxySet
 from nasdd.errors import NasddError
+from nasdd.models import NORMS
 
 LABEL_DEFAULTS: dict[str, Any] = {"learn_labels": False, "label_temperature": 0.1, "lr_label": 0.01}
 
 
-def with_width(arch: ArchSpec, width: int | None) -> ArchSpec:
-    """`arch` with every ConvNet block `width` wide (None or a non-ConvNet family: unchanged)."""
-    if width is None or arch.family != "convnet":
+def with_width(arch: ArchSpec, width: int | None, normalization: str | None = None) -> ArchSpec:
+    """`arch` with every ConvNet block `width` wide and the given normalisation (None: unchanged;
+    non-ConvNet families are returned as they are)."""
+    if arch.family != "convnet":
         return arch
-    if not (isinstance(width, int) and width >= 1):
+    if width is not None and not (isinstance(width, int) and width >= 1):
         raise NasddError(f"option width must be a positive integer or None, got {width!r}")
-    params = {k: v for k, v in arch.to_dict().items() if k != "family" and not k.startswith("width_")}
-    return ArchSpec.make("convnet", **{**params, "width": width})
+    if normalization is not None and normalization not in NORMS:
+        raise NasddError(f"unknown normalization {normalization!r}; valid: {', '.join(NORMS)}")
+    params = {k: v for k, v in arch.to_dict().items() if k != "family"}
+    if width is not None:
+        params = {k: v for k, v in params.items() if not k.startswith("width_")} | {"width": width}
+    if normalization is not None:
+        params["normalization"] = normalization
+    return ArchSpec.make("convnet", **params)
 
 
 class SoftLabels:
