@@ -1,0 +1,250 @@
+"""Performance matching by kernel ridge regression (KRR): the proxy is the support set of a KRR whose
+predictions on real batches are optimised (KIP, Nguyen, Chen & Lee, ICLR 2021).
+
+Every outer iteration: draw a real batch (x_t, y_t), build the kernel between the support (synthetic)
+images and x_t, predict `K_ts (K_ss + lambda I)^-1 Y_s` with `lambda = reg * mean(diag K_ss)`, and
+minimise the MSE to the one-hot `y_t` (`loss="mse"`, KIP's choice) or the cross-entropy of the
+prediction divided by `label_temperature` (`loss="ce"`) with respect to the images (Adam) and,
+with `learn_labels`, the support targets Y_s. The three methods differ only in the kernel (kip's kernel
+networks have no normalisation layers by default, like the infinite-width ConvNet kernels of KIP;
+with instance norm its empirical NTK was much noisier on digits; krr keeps the matching network's
+instance norm, which measured better for the random-feature kernel on digits and mnist5k):
+
+- `krr`: conjugate kernel (NNGP of the readout) of the matching ConvNet estimated from random finite
+  networks, as in RFAD (Loo et al., NeurIPS 2022): the features (before the classifier) of `models`
+  freshly initialised ConvNets of `width`, scaled by 1/sqrt(dim) and concatenated; kernel = inner
+  product; networks resampled every iteration.
+- `kip`: empirical neural tangent kernel of `models` freshly initialised narrow scalar-output ConvNets
+  (`torch.func.vmap(jacrev)` per-sample parameter Jacobians, kernel = J J^T / #params, averaged over
+  the networks, resampled every iteration) — a finite-width Monte-Carlo estimate of the ConvNet NTK
+  that KIP computes in closed form (neural-tangents) for infinitely wide networks.
+- `frepo`: FRePo (Zhou, Nezhadarya & Ba, NeurIPS 2022): the conjugate kernel of the last-layer
+  features of a pool of `pool_size` networks that are being trained on the synthetic set (one random
+  network per iteration; after its use it takes `train_steps` SGD steps on the current proxy with the
+  evaluation recipe's optimiser, cross-entropy on the proxy's label probabilities; a network is
+  re-initialised after `max_online_steps` steps).
+
+Labels: learned targets are KRR regression targets. The ProxySet stores `softmax(Y_s /
+label_temperature)`, the trainer's cross-entropy targets (one-hot targets give ~hard labels at the
+default temperature 0.1). Sample-gradient count: every real or synthetic image passed through a
+network counts once per network (forward-only feature passes included), the support once more for
+the backward to the images; for `kip` each Jacobian row counts once more (it is a backward pass).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, jacrev, vmap
+
+from nasdd.data import DatasetBundle
+from nasdd.distill.base import Distiller, register
+from nasdd.distill.soft_labels import LABEL_DEFAULTS, SoftLabels, with_width
+from nasdd.errors import NasddError
+from nasdd.models import build
+
+KRR_DEFAULTS: dict[str, Any] = {"batch_real": 256, "reg": 1e-4, "loss": "mse", **LABEL_DEFAULTS}
+
+
+def krr_predict(k_ss: torch.Tensor, k_ts: torch.Tensor, y_s: torch.Tensor, reg: float) -> torch.Tensor:
+    """Kernel ridge regression prediction K_ts (K_ss + reg * mean(diag K_ss) I)^-1 Y_s."""
+    ridge = reg * k_ss.diagonal().mean() * torch.eye(len(k_ss), device=k_ss.device, dtype=k_ss.dtype)
+    return k_ts @ torch.linalg.solve(k_ss + ridge, y_s)
+
+
+class KernelDistiller(SoftLabels, Distiller):
+    """Shared KRR objective; subclasses provide `kernels(x_t) -> (K_ss, K_ts)`."""
+
+    family = "performance matching"
+    default_lr_img = 0.01
+
+    def setup(self, bundle: DatasetBundle) -> None:
+        o = self.options
+        if o["loss"] not in ("mse", "ce"):
+            raise NasddError(f"unknown loss {o['loss']!r}; valid losses: mse, ce")
+        models = o.get("models", 1)
+        if not (isinstance(models, int) and models >= 1):
+            raise NasddError(f"option models must be a positive integer, got {models!r}")
+        self.inner = with_width(self.arch, o["width"], o["normalization"])
+        self.init_targets()
+        self.x_real, self.y_real = bundle.x_train.to(self.dev), bundle.y_train.to(self.dev)
+        self.opt = torch.optim.Adam([{"params": [self.images], "lr": self.lr_img}, *self.label_groups()])
+
+    def new_net(self, outputs: int) -> nn.Module:
+        """A freshly initialised matching network (global RNG, seeded per iteration by the base)."""
+        return build(self.inner, self.bundle.channels, self.bundle.image_size, outputs).to(self.dev)
+
+    def kernels(self, x_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def step(self, it: int) -> float:
+        o = self.options
+        idx = torch.randint(len(self.x_real), (o["batch_real"],), device=self.dev)
+        x_t, y_t = self.x_real[idx], self.y_real[idx]
+        k_ss, k_ts = self.kernels(x_t)
+        pred = krr_predict(k_ss, k_ts, self.targets, o["reg"])
+        if o["loss"] == "mse":
+            loss = 0.5 * (pred - F.one_hot(y_t, self.bundle.num_classes).float()).pow(2).sum(1).mean()
+        else:
+            loss = F.cross_entropy(pred / o["label_temperature"], y_t)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward(inputs=[self.images, *([self.targets] if o["learn_labels"] else [])])
+        self.opt.step()
+        self.after_step()
+        return float(loss.detach())
+
+    def after_step(self) -> None:
+        pass
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"opt": self.opt.state_dict()}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.restore_targets()
+        self.opt.load_state_dict(state["opt"])
+
+
+def _feature_kernels(fs: torch.Tensor, ft: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return fs @ fs.T, ft @ fs.T
+
+
+@register
+class RandomFeatureKRR(KernelDistiller):
+    """KRR with the random-feature conjugate kernel of freshly initialised ConvNets (RFAD-style)."""
+
+    name = "krr"
+    paper = "KIP objective (Nguyen et al., ICLR 2021) with RFAD random features (Loo et al., NeurIPS 2022)"
+    note = (
+        "kernel = conjugate/NNGP kernel estimated by the features of `models` random finite ConvNets of "
+        "`width` (resampled each iteration); MSE to one-hot by default; "
+        "learned labels stored as softmax(Y/T)"
+    )
+    default_iterations = 1000
+    defaults = {**KRR_DEFAULTS, "models": 4, "width": 64, "normalization": None}
+    presets = {
+        "quick": {"iterations": 100, "batch_real": 128},
+        "cpu": {"iterations": 300, "batch_real": 128, "models": 2, "lr_img": 0.03, "learn_labels": True},
+    }
+
+    def kernels(self, x_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        fs, ft = [], []
+        for _ in range(self.options["models"]):
+            net = self.new_net(self.bundle.num_classes)
+            net.requires_grad_(False)
+            scale = 1 / math.sqrt(net.feature_dim)
+            fs.append(net.features(self.images) * scale)
+            with torch.no_grad():
+                ft.append(net.features(x_t) * scale)
+        self.count(self.options["models"] * (2 * len(self.images) + len(x_t)))
+        return _feature_kernels(torch.cat(fs, 1), torch.cat(ft, 1))
+
+
+@register
+class KernelInducingPoints(KernelDistiller):
+    """KIP with the empirical NTK of narrow random scalar-output ConvNets (finite-width estimate)."""
+
+    name = "kip"
+    paper = "Nguyen, Chen & Lee, Dataset Meta-Learning from Kernel Ridge-Regression (ICLR 2021)"
+    note = (
+        "kernel = empirical NTK (per-sample parameter Jacobians, torch.func) of `models` random narrow "
+        "scalar-output ConvNets of `width` without normalisation, resampled each iteration, instead of the "
+        "infinite-width NTK; "
+        "MSE to one-hot by default; learned labels stored as softmax(Y/T)"
+    )
+    default_iterations = 1000
+    defaults = {**KRR_DEFAULTS, "models": 2, "width": 16, "normalization": "none"}
+    presets = {"quick": {"iterations": 100, "batch_real": 128}, "cpu": {"iterations": 300, "batch_real": 128}}
+
+    def kernels(self, x_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        k_ss, k_ts = 0.0, 0.0
+        for _ in range(self.options["models"]):
+            net = self.new_net(1)
+            params = {k: p.detach() for k, p in net.named_parameters()}
+            n_params = sum(p.numel() for p in params.values())
+
+            def f(p: dict[str, torch.Tensor], x: torch.Tensor, net: nn.Module = net) -> torch.Tensor:
+                return functional_call(net, p, (x.unsqueeze(0),)).squeeze()
+
+            jac = vmap(jacrev(f), in_dims=(None, 0))
+            js = torch.cat([j.flatten(1) for j in jac(params, self.images).values()], 1)
+            with torch.no_grad():
+                jt = torch.cat([j.flatten(1) for j in jac(params, x_t).values()], 1)
+            k_ss = k_ss + js @ js.T / n_params
+            k_ts = k_ts + jt @ js.T / n_params
+        self.count(self.options["models"] * (3 * len(self.images) + 2 * len(x_t)))
+        return k_ss, k_ts
+
+
+@register
+class FRePo(KernelDistiller):
+    """FRePo: KRR on the last-layer features of a pool of networks trained online on the proxy."""
+
+    name = "frepo"
+    paper = "Zhou, Nezhadarya & Ba, Dataset Distillation using Neural Feature Regression (NeurIPS 2022)"
+    note = (
+        "kernel = conjugate kernel of the last-layer features of one of `pool_size` ConvNets of `width` "
+        "trained online on the proxy (SGD 0.01, momentum 0.9, CE on softmax(Y/T)), reset after "
+        "`max_online_steps`; MSE to one-hot by default"
+    )
+    default_iterations = 1000
+    defaults = {
+        **KRR_DEFAULTS,
+        "width": 64,
+        "normalization": None,
+        "pool_size": 4,
+        "train_steps": 1,
+        "max_online_steps": 100,
+    }
+    presets = {"quick": {"iterations": 100, "batch_real": 128}, "cpu": {"iterations": 500, "batch_real": 128}}
+
+    def setup(self, bundle: DatasetBundle) -> None:
+        super().setup(bundle)
+        o = self.options
+        if not (isinstance(o["pool_size"], int) and o["pool_size"] >= 1):
+            raise NasddError(f"option pool_size must be a positive integer, got {o['pool_size']!r}")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            self.pool = [self._fresh() for _ in range(o["pool_size"])]
+        self.ages = [0] * o["pool_size"]
+
+    def _fresh(self) -> tuple[nn.Module, torch.optim.Optimizer]:
+        net = self.new_net(self.bundle.num_classes)
+        return net, torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+
+    def kernels(self, x_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.current = int(torch.randint(len(self.pool), (1,)))
+        net = self.pool[self.current][0]
+        fs = net.features(self.images)
+        with torch.no_grad():
+            ft = net.features(x_t)
+        self.count(2 * len(self.images) + len(x_t))
+        return _feature_kernels(fs, ft)
+
+    def after_step(self) -> None:
+        i, o = self.current, self.options
+        net, opt = self.pool[i]
+        x, y = self.images.detach(), self.target_probs().detach()
+        for _ in range(o["train_steps"]):
+            loss = F.cross_entropy(net(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        self.count(o["train_steps"] * len(x))
+        self.ages[i] += o["train_steps"]
+        if self.ages[i] >= o["max_online_steps"]:
+            self.pool[i], self.ages[i] = self._fresh(), 0
+
+    def extra_state(self) -> dict[str, Any]:
+        pool = [{"net": net.state_dict(), "opt": opt.state_dict()} for net, opt in self.pool]
+        return {**super().extra_state(), "pool": pool, "ages": list(self.ages)}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        super().load_extra_state(state)
+        for (net, opt), saved in zip(self.pool, state["pool"], strict=True):
+            net.load_state_dict(saved["net"])
+            opt.load_state_dict(saved["opt"])
+        self.ages = list(state["ages"])

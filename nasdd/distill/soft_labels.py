@@ -1,0 +1,75 @@
+"""Shared by the performance-matching methods (dd, kip, krr, frepo): learned soft labels and a narrower
+copy of the matching network.
+
+Learned labels are real-valued targets `y` ([N, K], initialised one-hot). They enter each method's
+objective as the targets it regresses on (KRR) or as probabilities `softmax(y / label_temperature)`
+(cross-entropy, dd). The ProxySet always stores the probabilities `softmax(y / label_temperature)`,
+which the trainer uses as cross-entropy targets; for KRR targets this is a choice (regression targets
+are not probabilities), documented in each method and in `nasdd list methods`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from nasdd.arch import ArchSpec
+from nasdd.distill.proxy import ProxySet
+from nasdd.errors import NasddError
+from nasdd.models import NORMS
+
+LABEL_DEFAULTS: dict[str, Any] = {"learn_labels": False, "label_temperature": 0.1, "lr_label": 0.01}
+
+
+def with_width(arch: ArchSpec, width: int | None, normalization: str | None = None) -> ArchSpec:
+    """`arch` with every ConvNet block `width` wide and the given normalisation (None: unchanged;
+    non-ConvNet families are returned as they are)."""
+    if arch.family != "convnet":
+        return arch
+    if width is not None and not (isinstance(width, int) and width >= 1):
+        raise NasddError(f"option width must be a positive integer or None, got {width!r}")
+    if normalization is not None and normalization not in NORMS:
+        raise NasddError(f"unknown normalization {normalization!r}; valid: {', '.join(NORMS)}")
+    params = {k: v for k, v in arch.to_dict().items() if k != "family"}
+    if width is not None:
+        params = {k: v for k, v in params.items() if not k.startswith("width_")} | {"width": width}
+    if normalization is not None:
+        params["normalization"] = normalization
+    return ArchSpec.make("convnet", **params)
+
+
+class SoftLabels:
+    """Mixin for a Distiller: one-hot targets, optionally learned; the proxy stores their softmax."""
+
+    def init_targets(self) -> None:
+        """Create `self.targets` (float [N, K], one-hot); learnable labels replace `self.labels` by it."""
+        temperature = self.options["label_temperature"]
+        if not (isinstance(temperature, int | float) and temperature > 0):
+            raise NasddError(f"option label_temperature must be a positive number, got {temperature!r}")
+        onehot = F.one_hot(self.labels, self.bundle.num_classes).float()
+        self.targets = onehot.requires_grad_(bool(self.options["learn_labels"]))
+        if self.options["learn_labels"]:
+            self.labels = self.targets
+
+    def label_groups(self) -> list[dict[str, Any]]:
+        """The optimiser parameter group for learned labels (empty when labels are fixed)."""
+        return [{"params": [self.targets], "lr": self.options["lr_label"]}] if self.options["learn_labels"] else []
+
+    def target_probs(self) -> torch.Tensor:
+        """The targets as probabilities (what the trainer sees)."""
+        return torch.softmax(self.targets / self.options["label_temperature"], dim=1)
+
+    def restore_targets(self) -> None:
+        """After a resume replaced `self.labels` by the checkpoint's tensor, copy it into the learned targets."""
+        if self.options["learn_labels"] and self.labels is not self.targets:
+            with torch.no_grad():
+                self.targets.copy_(self.labels)
+            self.labels = self.targets
+
+    def to_proxy(self) -> ProxySet:
+        proxy = super().to_proxy()  # type: ignore[misc]
+        if self.options["learn_labels"]:
+            proxy.labels = self.target_probs().detach().cpu()
+        return proxy
