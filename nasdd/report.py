@@ -50,14 +50,27 @@ TABLE_COLUMNS = [
 ]
 
 
+def _coreset_proxies_as_peers(summary: pd.DataFrame) -> pd.DataFrame:
+    """A proxy made by a coreset method (random, herding, ...) is shown and judged as a coreset peer."""
+    from nasdd.distill import METHODS
+
+    coreset = {n for n, cls in METHODS.items() if cls.family == "coreset"}
+    summary = summary.copy()
+    if "method" in summary:
+        summary.loc[(summary["kind"] == "proxy") & summary["method"].isin(coreset), "kind"] = "peer:subset"
+    return summary
+
+
 def load_validation(folder: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    """(summary, per_arch, config) of a validation folder, with a clear error when files are missing."""
+    """(summary, per_arch, config) of a validation folder, with a clear error when files are missing.
+
+    Coreset proxies appear as coreset peers in the summary returned."""
     folder = Path(folder)
     missing = [f for f in ("summary.csv", "per_arch.csv", "config.json") if not (folder / f).exists()]
     if missing:
         raise NasddError(f"{folder} is not a validation folder (missing {', '.join(missing)}); run `nasdd validate`")
     return (
-        pd.read_csv(folder / "summary.csv"),
+        _coreset_proxies_as_peers(pd.read_csv(folder / "summary.csv")),
         pd.read_csv(folder / "per_arch.csv"),
         json.loads((folder / "config.json").read_text()),
     )
