@@ -268,12 +268,15 @@ def param_count(model: nn.Module) -> int:
 
 
 def forward_flops(model: nn.Module, input_shape: tuple[int, int, int]) -> int:
-    """Forward FLOPs for one sample (torch's FLOP counter: matmuls and convolutions)."""
+    """Forward FLOPs for one sample (torch's FLOP counter: matmuls and convolutions).
+
+    Counted on two samples and halved: a batch of one cannot pass an instance norm on a 1x1 map.
+    """
     p = next(model.parameters(), None)
-    x = torch.zeros(1, *input_shape, device=p.device if p is not None else "cpu")
+    x = torch.zeros(2, *input_shape, device=p.device if p is not None else "cpu")
     was_training = model.training
     model.eval()
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(x)
     model.train(was_training)
-    return int(counter.get_total_flops())
+    return int(counter.get_total_flops()) // 2

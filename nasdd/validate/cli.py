@@ -1,0 +1,99 @@
+"""`nasdd validate`: the audit from the command line (see `nasdd.validate.audit.validate`)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from nasdd.cli import add_data_args, load_data_from_args
+from nasdd.errors import NasddError
+from nasdd.validate.stats import DEFAULT_KS
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_data_args(parser)
+    parser.add_argument("--space", help="search space name or YAML path (needed with --pool and --study)")
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--pool", type=int, help="draw this many architectures spread over the space's factors")
+    src.add_argument("--archs", help="JSON-lines file of ArchSpec dicts")
+    src.add_argument("--study", help="use the architectures of this Optuna study's completed trials")
+    parser.add_argument("--pool-seed", type=int, default=0, help="seed of the pool draw (default 0)")
+    parser.add_argument("--study-storage", help="storage URL of --study (default: --storage)")
+    parser.add_argument("--proxies", nargs="*", default=[], metavar="DIR", help="ProxySet folders to audit")
+    parser.add_argument("--peers", default="all", help="comma-separated peers or 'all' (see `nasdd list peers`)")
+    parser.add_argument("--ipc", type=int, default=None, help="ipc of the subset peers (default: the proxies')")
+    parser.add_argument("--subset-preset", default=None, help="distillation preset of the subset peers (e.g. cpu)")
+    parser.add_argument("--truth-seeds", type=int, default=2, help="ground-truth seeds (default 2)")
+    parser.add_argument("--truth-recipe", default="full", help="truth training recipe (default 'full')")
+    parser.add_argument("--proxy-recipe", default="proxy", help="proxy training recipe (default 'proxy')")
+    parser.add_argument("--proxy-seeds", type=int, default=1, help="training seeds per proxy, averaged (default 1)")
+    parser.add_argument("--proxy-epochs", type=_ints, default=None, help="sweep of proxy epochs, e.g. 50,300")
+    parser.add_argument("--budgets", type=_floats, default=None, help="early-stopping budgets in full-data epochs")
+    parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    parser.add_argument(
+        "--storage",
+        default=None,
+        help="Optuna storage URL of the result cache (default: "
+        "sqlite file results.db in --out); journal:FILE for many workers on a shared disk",
+    )
+    parser.add_argument("--out", required=True, help="output folder")
+
+
+def command(args: argparse.Namespace) -> int:
+    from nasdd.distill import ProxySet
+    from nasdd.spaces import load_space
+    from nasdd.utils import ensure_dir
+    from nasdd.validate import pool as pools
+    from nasdd.validate.audit import validate
+
+    space = load_space(args.space) if args.space else None
+    out = ensure_dir(args.out)
+    storage = args.storage or f"sqlite:///{(Path(out) / 'results.db').resolve()}"
+    if args.pool is not None:
+        if space is None:
+            raise NasddError("--pool needs --space (the space to draw from)")
+        pool = pools.draw_pool(space, args.pool, args.pool_seed)
+    elif args.archs:
+        pool = pools.read_archs(args.archs)
+    else:
+        pool = pools.study_pool(args.study, args.study_storage or storage, space)
+    bundle = load_data_from_args(args)
+    proxies = [ProxySet.load(p, bundle) for p in args.proxies]
+    result = validate(
+        bundle,
+        pool,
+        proxies,
+        space=space,
+        peers=args.peers,
+        truth_seeds=args.truth_seeds,
+        truth_recipe=args.truth_recipe,
+        proxy_recipe=args.proxy_recipe,
+        proxy_seeds=args.proxy_seeds,
+        proxy_epochs=args.proxy_epochs,
+        budgets=args.budgets,
+        ipc=args.ipc,
+        subset_preset=args.subset_preset,
+        storage=storage,
+        out=out,
+        device=args.device,
+        ks=DEFAULT_KS,
+        n_resamples=args.resamples,
+    )
+    cols = ["name", "tau", "tau_low", "tau_high", "rho", "p@5", "regret@1", "speedup_sample_grads"]
+    print(result.summary[[c for c in cols if c in result.summary]].to_string(index=False, float_format="%.3f"))
+    print(f"wrote {out}/per_arch.csv, summary.csv, config.json")
+    return 0
