@@ -92,8 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"nasdd {args.subcommand}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"nasdd {args.subcommand}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        detail = f": {exc}" if str(exc) else "; finished work is saved, rerun the same command to resume"
+        print(f"nasdd {args.subcommand}: interrupted{detail}", file=sys.stderr)
         return 130
 
 
