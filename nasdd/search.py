@@ -164,7 +164,15 @@ def open_storage(url: str | None, out: Path, *, heartbeat: int | None = HEARTBEA
     except NasddError:
         raise
     except Exception as exc:  # SQLAlchemy and driver errors: a bad URL or an unreachable server
-        raise NasddError(f"cannot open storage {url!r}: {exc}") from exc
+        raise NasddError(
+            f"cannot open storage {url!r}: {_first_line(exc)}; check the URL and that the server is up"
+        ) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of an exception message, without SQLAlchemy's '(driver.Error)' prefix."""
+    text = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+    return text.split(") ", 1)[1] if text.startswith("(") and ") " in text else text
 
 
 def make_sampler(name: str, space: SearchSpace, *, seed: int, trials: int, multi: bool) -> optuna.samplers.BaseSampler:
@@ -448,6 +456,8 @@ def search(
     """
     if trials < 1 or jobs < 1 or top < 0 or retrain_top < 0:
         raise NasddError("--trials and --jobs must be >= 1, --top and --retrain-top >= 0")
+    if timeout is not None and not timeout > 0:
+        raise NasddError(f"--timeout must be > 0 seconds, got {timeout:g}; leave it out for no limit")
     space = load_space(space) if isinstance(space, str | Path) else space
     bundle = load_dataset(bundle) if isinstance(bundle, str) else bundle
     device = resolve_device(device)
@@ -825,6 +835,12 @@ def command(args: argparse.Namespace) -> int:
     )
     out = Path(args.out or Path("results") / args.study)
     counted = counted_trials(study)
+    if counted and all(t.state == TrialState.FAIL for t in counted):
+        reason = counted[0].user_attrs.get("fail_reason", "unknown")
+        raise NasddError(
+            f"every trial failed ({len(counted)}; the first: {reason}); lower the recipe's lr or check the proxy, "
+            "then search with a new --study"
+        )
     states = pd.Series([t.state.name for t in counted]).value_counts().to_dict()
     print(f"study {args.study}: {len(counted)} finished trials {states}; outputs in {out}")
     if len(study.directions) > 1 and counted:

@@ -52,8 +52,8 @@ def _summary(name: str, accs: list[float]) -> str:
 
 def command(args: argparse.Namespace) -> int:
     bundle = load_data_from_args(args)
-    arch = ArchSpec.from_json(args.arch) if args.arch else None
     try:
+        arch = ArchSpec.from_json(args.arch) if args.arch else None
         proxy = distill(
             bundle,
             args.method,

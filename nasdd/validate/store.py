@@ -47,7 +47,10 @@ def open_storage(url: str | None) -> optuna.storages.BaseStorage:
         kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
         return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
     except Exception as exc:  # SQLAlchemy and driver errors come in many types
-        raise NasddError(f"cannot open storage {url!r}: {type(exc).__name__}: {exc}") from exc
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+        raise NasddError(
+            f"cannot open storage {url!r}: {type(exc).__name__}: {first}; check the URL and the server"
+        ) from exc
 
 
 @dataclass(frozen=True)
