@@ -55,6 +55,7 @@ from nasdd.arch import ArchSpec
 from nasdd.data import DatasetBundle, load_dataset
 from nasdd.errors import NasddError, unknown_name
 from nasdd.spaces import SearchSpace, load_space
+from nasdd.storage import rdb_storage
 from nasdd.train import TrainRecipe, build_seeded, evaluate, fit, train_arch
 from nasdd.utils import atomic_open, atomic_path, ensure_dir, progress, resolve_device, stable_hash, write_json
 
@@ -160,7 +161,7 @@ def open_storage(url: str | None, out: Path, *, heartbeat: int | None = HEARTBEA
             callback = "heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in params else None
             beat = {"heartbeat_interval": heartbeat, "grace_period": 2 * heartbeat}
             beat[callback or "failed_trial_callback"] = retry_trial
-        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, **beat)
+        return rdb_storage(url, engine_kwargs=kwargs, **beat)
     except NasddError:
         raise
     except Exception as exc:  # SQLAlchemy and driver errors: a bad URL or an unreachable server

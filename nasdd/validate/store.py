@@ -28,6 +28,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from nasdd.arch import ArchSpec
 from nasdd.errors import NasddError
+from nasdd.storage import rdb_storage
 from nasdd.utils import progress
 
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
@@ -45,7 +46,7 @@ def open_storage(url: str | None) -> optuna.storages.BaseStorage:
 
             return optuna.storages.JournalStorage(JournalFileBackend(url.split(":", 1)[1]))
         kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
-        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+        return rdb_storage(url, engine_kwargs=kwargs)
     except Exception as exc:  # SQLAlchemy and driver errors come in many types
         first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
         raise NasddError(
