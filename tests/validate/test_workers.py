@@ -4,14 +4,18 @@ a single worker's."""
 import os
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
 import optuna
 import pandas as pd
 import pytest
+from optuna.trial import TrialState
 
+from nasdd.arch import ArchSpec
 from nasdd.distill import distill
+from nasdd.validate.store import Job, ResultStore
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = str(ROOT / "tests" / "fixtures" / "tiny_space.yaml")
@@ -73,3 +77,26 @@ def test_three_workers_share_the_trainings_and_match_one(digits, tmp_path, kind,
     per_job = Counter((study, job) for study, job, _ in results if "/zerocost-" not in study)
     assert per_job and max(per_job.values()) == 1  # every training done once (zero-cost scores are unclaimed)
     assert len({w for _, _, w in results}) >= 2  # and the work was shared out
+
+
+def test_claim_whose_heartbeat_stopped_is_taken_over_and_failed(tmp_path):
+    """A worker killed on another host: its claim's beat stops; after three heartbeats another worker
+    marks it FAIL and does the job; a claim with a fresh beat is waited for instead."""
+    url = f"journal:{tmp_path / 'r.log'}"
+    group = ("digits-x", "train", "recipe")
+    jobs = [Job(ArchSpec.make("convnet", depth=d), 0, "test") for d in (1, 2)]
+    store = ResultStore(url, heartbeat=1.0, poll_seconds=0.2)
+    study = store.study(group)
+    for job, beat in ((jobs[0], time.time() - 10), (jobs[1], time.time())):  # dead, then alive
+        attrs = {"job": job.key, "worker": "another-host:1", "beat": beat, "beat_every": 1.0}
+        study.add_trial(optuna.trial.create_trial(state=TrialState.RUNNING, user_attrs=attrs))
+    calls = []
+
+    def compute(job):
+        calls.append(job.key)
+        return 1.0, {"accuracy": 1.0}
+
+    assert store.run(group, jobs[:1], compute) == {jobs[0].key: {"accuracy": 1.0}}
+    assert calls == [jobs[0].key]
+    states = {t.user_attrs["job"]: t.state for t in study.get_trials() if t.user_attrs["worker"] == "another-host:1"}
+    assert states == {jobs[0].key: TrialState.FAIL, jobs[1].key: TrialState.RUNNING}
