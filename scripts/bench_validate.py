@@ -6,7 +6,9 @@ Preset (CPU): truth = `full,epochs=2` (SGD, batch 64, cosine), 2 seeds, scored o
 coreset peers trained with `proxy,epochs=30` (batch 256, step schedule), 1 seed, scored on val;
 early stopping at 0.4 and 0.8 epochs of full data (0.8 matches one proxy training's sample-gradients).
 
-    OMP_NUM_THREADS=1 python scripts/bench_validate.py --methods random
+    OMP_NUM_THREADS=1 PYTHONPATH=. python scripts/bench_validate.py --methods random,herding,kcenter
+
+Every training is cached in <work>/results.db: adding a method later trains only that method's candidates.
 """
 
 from __future__ import annotations

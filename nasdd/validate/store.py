@@ -223,7 +223,7 @@ class ResultStore:
         study_id = self._study_id(self.study(group))
         done, _ = self._scan(study_id)
         todo = [j for j in dict.fromkeys(jobs) if j.key not in done]
-        bar = progress(total=len(todo), desc=desc, unit="job")
+        bar = progress(total=len(todo), desc=desc, unit="job", disable=not todo)
         while todo:
             deferred = []
             for job in todo:
