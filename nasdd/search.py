@@ -10,9 +10,9 @@ test. Optuna does the sampling, pruning, storage and parallelism:
 - resume and sharing: `trials` is the number of *finished* trials (complete, pruned, or failed with a
   recorded reason) the study should hold; every worker runs only the missing ones, so a rerun after a
   crash and several processes on one storage end with exactly that many (a trial left running by a
-  dead process on this host is marked failed and not counted; workers on other hosts are trusted to
-  be alive; a trial that finds the study already full is marked FAIL with a `surplus` attribute and not
-  counted; two workers creating trials in the same millisecond may, rarely, finish one trial more);
+  dead worker is marked failed, not counted, and redone: see crashes below; a trial that finds the
+  study already full is marked FAIL with a `surplus` attribute and not counted; two workers creating
+  trials in the same millisecond may, rarely, finish one trial more);
 - cache: an ArchSpec already trained on the same proxy, recipe and seed is served from the study's
   finished trials instead of trained again (this works across processes through the storage);
 - failures (NaN, out of memory, build errors) end the trial as FAIL with `fail_reason` and the search
@@ -22,8 +22,9 @@ test. Optuna does the sampling, pruning, storage and parallelism:
   power loss, any host) and is marked FAIL by the next worker that looks. Journal storages have no
   heartbeat in Optuna: there a dead worker is recognised by its process id (one host). Either way the
   dead trial is queued again with the same parameters (Optuna's RetryFailedTrialCallback) and another
-  worker redoes it; a worker whose share is done waits for the trials still running elsewhere, so the
-  study ends complete. SIGINT (Ctrl-C) fails and requeues the running trial and exits with code 130.
+  worker redoes it; a worker whose share is done waits for the trials still running elsewhere (with a
+  journal, only for those on its own host), so the study ends complete. SIGINT (Ctrl-C) fails and
+  requeues the running trial and exits with code 130.
 
 Trial user attributes: `arch` (JSON), `arch_key`, `proxy_id`, `recipe_key`, `params`, `flops`
 (forward FLOPs per sample), `seconds`, `sample_grads`, `train_flops`, and `cached_from` on cache hits.
@@ -568,7 +569,7 @@ def _optimize(
             missing = trials - _busy(study)
             waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
             if missing <= 0 and not waiting:
-                if len(counted_trials(study)) >= trials:
+                if len(counted_trials(study)) >= trials or not _awaited(study, heartbeat is not None):
                     break
                 time.sleep(poll)  # the rest is running in other workers: wait until it finishes or goes stale
                 continue
@@ -587,6 +588,15 @@ def _optimize(
         raise KeyboardInterrupt(_interrupted(study)) from None
     finally:
         bar.close()
+
+
+def _awaited(study: optuna.Study, heartbeat: bool) -> bool:
+    """Whether other workers run trials this one should wait for: any (a dead one's heartbeat stops and
+    its trial is redone), or without heartbeats only those on this host (a dead one's pid tells)."""
+    host = socket.gethostname()
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    workers = [str(t.user_attrs["worker"]) for t in running if "worker" in t.user_attrs]
+    return any(heartbeat or w.rpartition(":")[0] == host for w in workers)
 
 
 def _interrupted(study: optuna.Study) -> str:
