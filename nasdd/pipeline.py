@@ -13,6 +13,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from nasdd.arch import ArchSpec
 from nasdd.cli import add_data_args, load_data_from_args
 from nasdd.data import DatasetBundle
 from nasdd.distill import METHODS, ProxySet, distill
@@ -56,17 +57,25 @@ PRESETS = {
 }
 
 
-def _proxies(
-    bundle: DatasetBundle, methods: list[str], ipc: int, preset: Preset, out: Path, arch, seed: int, device: str
+def make_proxies(
+    bundle: DatasetBundle,
+    methods: list[str],
+    ipc: int,
+    distill_preset: str,
+    out: Path,
+    arch: ArchSpec,
+    seed: int = 0,
+    device: str = "auto",
 ) -> list[tuple[str, Path]]:
+    """Distil each method into `out/proxies/<method>-ipc<k>` (skipped when already there; resumes a
+    checkpoint) with the matching network `arch`; return (method, folder) pairs."""
     done = []
     for method in methods:
         folder = out / "proxies" / f"{method}-ipc{ipc}"
         if not (folder / "proxy.json").exists():
             cls = METHODS.get(method)
-            kwargs = {"arch": arch, "device": device}
-            name = preset.distill_preset if preset.distill_preset in cls.presets else None
-            distill(bundle, method, ipc, seed, out=folder, resume=True, preset=name, **kwargs)
+            name = distill_preset if distill_preset in cls.presets else None
+            distill(bundle, method, ipc, seed, out=folder, resume=True, preset=name, arch=arch, device=device)
         done.append((method, folder))
     return done
 
@@ -114,7 +123,7 @@ def run_pipeline(
     )
     t0 = time.perf_counter()
     _stage("1/4 distil", methods)
-    proxies = _proxies(bundle, methods, ipc, p, out, arch, seed, device)
+    proxies = make_proxies(bundle, methods, ipc, p.distill_preset, out, arch, seed, device)
     distilled = [f for m, f in proxies if METHODS.get(m).family != "coreset"] or [proxies[0][1]]
     _stage("2/4 search", f"{p.search_trials} trials on {distilled[0].name}")
     search(

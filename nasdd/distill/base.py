@@ -147,7 +147,7 @@ class Distiller:
         if not self.iterative:
             images, labels = self.select(bundle, gen)
             self.images, self.labels, self.syn_lr = images, labels, None
-            self.seconds = time.perf_counter() - start
+            self.seconds += time.perf_counter() - start
             return self.to_proxy()
         x, y = sample_real(bundle, self.ipc, gen)
         if self.init == "noise":
@@ -206,9 +206,11 @@ class Distiller:
             "extra": self.extra_state(),
         }
 
-    def _checkpoint(self, out: str | Path, iteration: int, elapsed: float) -> None:
+    def _checkpoint(self, out: str | Path, iteration: int, elapsed: float, extra: bool = True) -> None:
         state = self._state(iteration)
         state["seconds"] = self.seconds + elapsed
+        if not extra:
+            state["extra"] = {}
         with atomic_open(Path(out) / CHECKPOINT, "wb") as f:
             torch.save(state, f)
 
@@ -232,7 +234,8 @@ class Distiller:
             if state["syn_lr"] is not None and self.syn_lr is not None:
                 self.syn_lr.copy_(state["syn_lr"].to(self.dev))
         self.sample_grads, self.seconds = state["sample_grads"], state["seconds"]
-        self.load_extra_state(state["extra"])
+        if state["extra"]:  # empty after a divergence: optimiser states start afresh
+            self.load_extra_state(state["extra"])
         return min(int(state["iteration"]), self.iterations)
 
     def _diverged(self, it: int, loss: float, good: tuple[torch.Tensor, torch.Tensor], out, start: float) -> None:
@@ -241,7 +244,8 @@ class Distiller:
             self.labels = good[1]
         where = ""
         if out is not None:
-            self._checkpoint(out, it, time.perf_counter() - start)
+            # the optimiser states already took the failed step: they are not kept
+            self._checkpoint(out, it, time.perf_counter() - start, extra=False)
             where = f"; the last good images are kept in {Path(out) / CHECKPOINT}"
         raise NasddError(
             f"{self.name} diverged at iteration {it} (loss {loss}){where}; "

@@ -51,27 +51,28 @@ def _summary(name: str, accs: list[float]) -> str:
 
 
 def command(args: argparse.Namespace) -> int:
-    bundle = load_data_from_args(args)
     try:
         arch = ArchSpec.from_json(args.arch) if args.arch else None
-        proxy = distill(
-            bundle,
-            args.method,
-            args.ipc,
-            args.seed,
-            out=args.out,
-            resume=args.resume,
-            preset=args.preset,
-            iterations=args.iterations,
-            init=args.init,
-            arch=arch,
-            lr_img=args.lr_img,
-            device=args.device,
-            checkpoint_every=args.checkpoint_every,
-            **parse_options(args.option),
-        )
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise NasddError(f"--arch is not valid ArchSpec JSON: {exc}") from exc
+    options = parse_options(args.option)
+    bundle = load_data_from_args(args)
+    proxy = distill(
+        bundle,
+        args.method,
+        args.ipc,
+        args.seed,
+        out=args.out,
+        resume=args.resume,
+        preset=args.preset,
+        iterations=args.iterations,
+        init=args.init,
+        arch=arch,
+        lr_img=args.lr_img,
+        device=args.device,
+        checkpoint_every=args.checkpoint_every,
+        **options,
+    )
     cost = proxy.provenance["cost"]
     print(
         f"{args.method}: {len(proxy.images)} images ({args.ipc} per class) -> {args.out} "

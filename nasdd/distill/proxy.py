@@ -20,7 +20,7 @@ from nasdd.errors import NasddError
 from nasdd.utils import atomic_open, atomic_path, ensure_dir, file_sha256, stable_hash, write_json
 
 DATA_FILE, SIDECAR = "proxy.pt", "proxy.json"
-FORMAT = 1
+FORMAT = 2  # 2: the sidecar carries a digest of its own contents
 
 
 @dataclass(eq=False)
@@ -104,6 +104,7 @@ class ProxySet:
             "meta": self.meta,
             "provenance": {"nasdd_version": __version__, **self.provenance},
         }
+        sidecar["digest"] = stable_hash(sidecar, 64)
         write_json(out / SIDECAR, sidecar)
         return out
 
@@ -121,6 +122,8 @@ class ProxySet:
             expected = sidecar["sha256"]
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise NasddError(f"{side} is damaged ({exc}); distil the proxy again") from exc
+        if sidecar.get("format", 1) >= 2 and stable_hash(_without(sidecar, "digest"), 64) != sidecar.get("digest"):
+            raise NasddError(f"{side} was edited or damaged (its digest does not match its contents); distil again")
         if file_sha256(data) != expected:
             raise NasddError(f"{data} is damaged: its checksum does not match {side}; distil the proxy again")
         try:
@@ -161,6 +164,10 @@ class ProxySet:
         with atomic_path(path) as tmp:
             save_image(grid, tmp, nrow=ncol, padding=1, pad_value=1.0)
         return Path(path)
+
+
+def _without(d: dict[str, Any], key: str) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if k != key}
 
 
 def _tensor_digest(t: torch.Tensor) -> str:

@@ -1,0 +1,253 @@
+"""Benchmark distillation methods: distil, evaluate with one recipe, write CSVs and a bar chart.
+
+    python scripts/bench_distill.py --dataset mnist5k --methods dm,cafe --ipc 1,10 --preset cpu --eval-seeds 5
+
+Writes `results/distill_<dataset>/<method>.csv` (one row per ipc and preset; rows of other ipcs/presets already
+in the file are kept) and rebuilds `results/distill_<dataset>.csv` and `.png` from every per-method file present.
+Every proxy (random included) is evaluated with the same recipe (`--eval-recipe`, default the DC recipe
+`proxy`) and the same seeds; `random_acc_mean` is the stratified random subset of the same ipc under that
+recipe (computed once per ipc and recipe, and reused from `random.csv` when it holds at least as many seeds).
+Peak memory: CUDA max_memory_allocated on GPU; on CPU the growth of the process's peak resident set during
+distillation (VmHWM reset through /proc/self/clear_refs; ru_maxrss growth where that is unavailable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from nasdd.data import load_dataset  # noqa: E402
+from nasdd.distill import METHODS, distill  # noqa: E402
+from nasdd.distill.cli import parse_options  # noqa: E402
+from nasdd.distill.evaluate import evaluate_proxy  # noqa: E402
+from nasdd.errors import NasddError  # noqa: E402
+from nasdd.train import RECIPES, TrainRecipe  # noqa: E402
+from nasdd.utils import atomic_path, resolve_device, set_quiet  # noqa: E402
+
+COLUMNS = [
+    "method", "ipc", "preset", "iterations", "distill_seconds", "distill_sample_grads", "peak_mem_mb",
+    "eval_recipe", "acc_mean", "acc_std", "acc_seeds", "random_acc_mean", "published",
+]  # fmt: skip
+# Published ConvNet-3 test accuracies (%) at ipc 1 / 10 (DC, DSA, DM, CAFE papers; random from DC).
+PUBLISHED = {
+    "mnist5k": {},  # a 5,000-image subset: not comparable to full-MNIST numbers
+    "mnist": {"random": {1: 64.9, 10: 95.1}, "dc": {1: 91.7, 10: 97.4}, "dsa": {1: 88.7, 10: 97.8},
+              "dm": {1: 89.7, 10: 97.5}, "cafe": {1: 93.1, 10: 97.2}},
+    "fashion_mnist": {"random": {1: 51.4, 10: 73.8}, "dc": {1: 70.5, 10: 82.3}, "dsa": {1: 70.6, 10: 84.6},
+                      "dm": {1: 70.7, 10: 83.5}, "cafe": {1: 77.1, 10: 83.0}},
+}  # fmt: skip
+
+
+def _rss_kb(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+class PeakMemory:
+    """Peak memory growth (MB) inside a `with` block, on CUDA or CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.mb = device, float("nan")
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.base = torch.cuda.memory_allocated(self.device)
+            return self
+        self.hwm = False
+        try:
+            Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+            self.hwm, self.base = True, _rss_kb("VmRSS")
+        except OSError:
+            self.base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device.type == "cuda":
+            self.mb = (torch.cuda.max_memory_allocated(self.device) - self.base) / 2**20
+        elif self.hwm and self.base is not None:
+            self.mb = max((_rss_kb("VmHWM") or 0) - self.base, 0) / 1024
+        else:
+            self.mb = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - self.base, 0) / 1024
+
+
+def _accuracies(proxy, bundle, recipe: TrainRecipe, seeds: int, device) -> list[float]:
+    results = evaluate_proxy(proxy, bundle, recipe=recipe, seeds=range(seeds), device=device)
+    return [100 * r.accuracy if r.ok else float("nan") for r in results]
+
+
+def _stats(accs: list[float]) -> tuple[float, float]:
+    return statistics.mean(accs), statistics.stdev(accs) if len(accs) > 1 else 0.0
+
+
+def _read(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path) if path.exists() else pd.DataFrame(columns=COLUMNS)
+
+
+def _write(df: pd.DataFrame, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
+
+
+def _upsert(path: Path, row: dict) -> None:
+    """Replace the row of the same (ipc, preset) in a per-method CSV, keep the others."""
+    df = _read(path)
+    keep = df[~((df["ipc"] == row["ipc"]) & (df["preset"].astype(str) == str(row["preset"])))]
+    out = pd.concat([keep, pd.DataFrame([row])], ignore_index=True) if len(keep) else pd.DataFrame([row])
+    _write(out[COLUMNS].sort_values("ipc"), path)
+
+
+def random_level(folder: Path, bundle, ipc: int, recipe: TrainRecipe, recipe_text: str, args) -> float:
+    """Mean accuracy of a random subset under `recipe` (reused from random.csv when it matches)."""
+    df = _read(folder / "random.csv")
+    hit = df[(df["ipc"] == ipc) & (df["eval_recipe"] == recipe_text) & (df["acc_seeds"] >= args.eval_seeds)]
+    if len(hit):
+        return float(hit["acc_mean"].iloc[-1])
+    return bench_one("random", bundle, ipc, recipe, recipe_text, folder, args, random_acc=None)["acc_mean"]
+
+
+def bench_one(method: str, bundle, ipc: int, recipe: TrainRecipe, recipe_text: str, folder: Path, args, random_acc):
+    cls = METHODS.get(method)
+    preset = args.preset if args.preset in cls.presets else None
+    iterations = args.iterations if cls.iterative else None
+    options = {k: v for k, v in args.options.items() if k in cls.defaults}
+    label = (preset or "default") + (f"+it{iterations}" if iterations is not None else "")
+    label += "".join(f"+{k}={v}" for k, v in options.items())
+    dev = resolve_device(args.device)
+    print(f"[{time.strftime('%H:%M:%S')}] {method} ipc {ipc} preset {label}: distilling", flush=True)
+    with PeakMemory(dev) as mem:
+        proxy = distill(
+            bundle, method, ipc, args.seed, preset=preset, device=args.device, iterations=iterations, **options
+        )
+    cost = proxy.provenance["cost"]
+    print(f"  {cost['seconds']:.1f} s, {cost['sample_grads']:,} sample-grads; evaluating", flush=True)
+    accs = _accuracies(proxy, bundle, recipe, args.eval_seeds, args.device)
+    mean, std = _stats(accs)
+    row = {
+        "method": method,
+        "ipc": ipc,
+        "preset": label,
+        "iterations": proxy.provenance["config"]["iterations"],
+        "distill_seconds": cost["seconds"],
+        "distill_sample_grads": cost["sample_grads"],
+        "peak_mem_mb": round(mem.mb, 1),
+        "eval_recipe": recipe_text,
+        "acc_mean": round(mean, 2),
+        "acc_std": round(std, 2),
+        "acc_seeds": len(accs),
+        "random_acc_mean": round(mean if method == "random" else random_acc, 2),
+        "published": PUBLISHED.get(bundle.name, {}).get(method, {}).get(ipc, float("nan")),
+    }
+    print(f"  acc {mean:.2f} ± {std:.2f} (random {row['random_acc_mean']:.2f})", flush=True)
+    _upsert(folder / f"{method}.csv", row)
+    return row
+
+
+def combine(results: Path, dataset: str) -> pd.DataFrame:
+    """Rebuild `distill_<dataset>.csv` and `.png` from every per-method CSV present."""
+    folder = results / f"distill_{dataset}"
+    frames = [pd.read_csv(p) for p in sorted(folder.glob("*.csv"))]
+    if not frames:
+        return pd.DataFrame(columns=COLUMNS)
+    df = pd.concat(frames, ignore_index=True)[COLUMNS].sort_values(["ipc", "method"])
+    _write(df, results / f"distill_{dataset}.csv")
+    plot(df, results / f"distill_{dataset}.png", dataset)
+    return df
+
+
+def plot(df: pd.DataFrame, path: Path, dataset: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ipcs = sorted(df["ipc"].unique())
+    methods = [m for m in df["method"].unique() if m != "random"] or ["random"]
+    fig, axes = plt.subplots(1, len(ipcs), figsize=(max(4, 1.1 * len(methods) + 2) * len(ipcs), 4), squeeze=False)
+    for ax, ipc in zip(axes[0], ipcs, strict=True):
+        sub = df[df["ipc"] == ipc].drop_duplicates("method", keep="last").set_index("method")
+        names = [m for m in methods if m in sub.index]
+        ax.bar(names, sub.loc[names, "acc_mean"], yerr=sub.loc[names, "acc_std"], capsize=3, color="tab:blue")
+        level = sub["random_acc_mean"].dropna()
+        if len(level):
+            ax.axhline(float(level.iloc[0]), color="tab:red", ls="--", label=f"random {float(level.iloc[0]):.1f}")
+            ax.legend(loc="lower right")
+        lo = min([float(sub.loc[names, "acc_mean"].min()) if names else 100, *level.tolist()])
+        ax.set_ylim(max(0, lo - 10), 100)
+        ax.set_title(f"{dataset}, ipc {ipc}")
+        ax.set_ylabel("test accuracy (%)")
+        ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--dataset", default="mnist5k")
+    p.add_argument("--methods", default="random", help="comma-separated method names")
+    p.add_argument("--ipc", default="1,10", help="comma-separated images per class")
+    p.add_argument("--preset", default="cpu", help="method preset (methods without it use their defaults)")
+    p.add_argument("--iterations", type=int, default=None, help="override the preset's iterations (noted in preset)")
+    p.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="method option for the methods that have it (noted in preset; repeatable)",
+    )
+    p.add_argument("--eval-seeds", type=int, default=5)
+    p.add_argument("--eval-recipe", default="proxy", help="recipe preset and/or key=value pairs")
+    p.add_argument("--max-per-class", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0, help="distillation seed")
+    p.add_argument("--results", default="results")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args(argv)
+    set_quiet(args.quiet)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        for m in methods:
+            METHODS.get(m)
+        ipcs = [int(i) for i in args.ipc.split(",")]
+        args.options = parse_options(args.option)
+        recipe = TrainRecipe.parse(args.eval_recipe, RECIPES["proxy"])
+        bundle = load_dataset(args.dataset, max_per_class=args.max_per_class)
+    except (NasddError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    name = args.dataset if args.max_per_class is None else f"{args.dataset}_max{args.max_per_class}"
+    results = Path(args.results)
+    folder = results / f"distill_{name}"
+    folder.mkdir(parents=True, exist_ok=True)
+    for ipc in ipcs:
+        rand = random_level(folder, bundle, ipc, recipe, args.eval_recipe, args)
+        for m in methods:
+            if m != "random":
+                bench_one(m, bundle, ipc, recipe, args.eval_recipe, folder, args, rand)
+    df = combine(results, name)
+    print(df.to_string(index=False, float_format=lambda v: "nan" if math.isnan(v) else f"{v:g}"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,78 @@
+import math
+
+import pytest
+import torch
+
+from nasdd.distill import METHODS, distill
+from nasdd.distill.base import CHECKPOINT
+from nasdd.distill.dm import DistributionMatching
+from nasdd.errors import NasddError
+
+QUICK = {"iterations": 6, "batch_real": 16, "checkpoint_every": 2}
+
+
+class Interrupted(DistributionMatching):
+    def step(self, it: int) -> float:
+        if it == 5:
+            raise KeyboardInterrupt
+        return super().step(it)
+
+
+class Diverges(DistributionMatching):
+    def step(self, it: int) -> float:
+        loss = super().step(it)
+        if it == 3:
+            with torch.no_grad():
+                self.images[0, 0, 0, 0] = math.nan
+        return loss
+
+
+def test_resume_after_interruption_equals_an_uninterrupted_run(digits, tmp_path):
+    whole = distill(digits, "dm", 2, seed=4, **QUICK)
+    with pytest.raises(KeyboardInterrupt):
+        Interrupted(ipc=2, seed=4, **QUICK).run(digits, out=tmp_path)
+    assert torch.load(tmp_path / CHECKPOINT, weights_only=False)["iteration"] == 4
+    resumed = distill(digits, "dm", 2, seed=4, out=tmp_path, resume=True, **QUICK)
+    assert torch.equal(resumed.images, whole.images)
+    assert resumed.provenance["cost"]["sample_grads"] == whole.provenance["cost"]["sample_grads"]
+    assert (tmp_path / "proxy.pt").exists() and (tmp_path / "grid.png").exists()
+
+
+def test_resume_refuses_another_configuration(digits, tmp_path):
+    distill(digits, "dm", 1, seed=0, out=tmp_path, **QUICK)
+    with pytest.raises(NasddError, match="another configuration"):
+        distill(digits, "dm", 1, seed=1, out=tmp_path, resume=True, **QUICK)
+
+
+def test_nan_stops_with_a_message_and_keeps_the_last_good_images(digits, tmp_path):
+    with pytest.raises(NasddError, match=r"dm diverged at iteration 3 .*last good images are kept"):
+        Diverges(ipc=1, seed=2, **QUICK).run(digits, out=tmp_path)
+    state = torch.load(tmp_path / CHECKPOINT, weights_only=False)
+    good = distill(digits, "dm", 1, seed=2, **{**QUICK, "iterations": 3})
+    assert state["iteration"] == 3 and torch.equal(state["images"], good.images)
+
+
+@pytest.mark.parametrize("ipc", [0, -1, 10_000])
+def test_bad_ipc_is_refused(digits, ipc):
+    with pytest.raises(NasddError, match="ipc"):
+        distill(digits, "random", ipc)
+
+
+def test_unknown_option_preset_and_method_are_refused(digits):
+    with pytest.raises(NasddError, match="no option 'bogus'; valid options: batch_real"):
+        distill(digits, "dm", 1, bogus=1)
+    with pytest.raises(NasddError, match="no preset 'fast'; valid presets: quick, cpu"):
+        distill(digits, "dm", 1, preset="fast")
+    with pytest.raises(NasddError, match="unknown method 'nope'; valid methods: .*cafe.*dm.*herding"):
+        distill(digits, "nope", 1)
+    with pytest.raises(NasddError, match="init"):
+        distill(digits, "dm", 1, init="zeros", iterations=1)
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_every_method_has_the_class_attributes(name):
+    cls = METHODS.get(name)
+    assert cls.family in ("coreset", "distribution matching", "parameter matching", "performance matching")
+    assert cls.paper and "quick" in cls.presets and "cpu" in cls.presets
+    common = {"iterations", "lr_img", "init", "arch", "checkpoint_every"}
+    assert all(set(p) <= set(cls.defaults) | common for p in cls.presets.values())

@@ -1,0 +1,37 @@
+import json
+
+from nasdd import cli
+
+
+def test_distill_writes_a_proxy_and_evaluates(tmp_path, capsys):
+    out = tmp_path / "p"
+    argv = ["distill", "--dataset", "digits", "--method", "dm", "--ipc", "1", "--preset", "quick"]
+    argv += ["--option", "batch_real=8", "--iterations", "3", "--out", str(out), "--quiet"]
+    assert cli.main([*argv, "--evaluate", "--eval-recipe", "epochs=3"]) == 0
+    text = capsys.readouterr().out
+    assert "dm: 10 images (1 per class)" in text and "sample-gradients" in text
+    assert "dm: test accuracy" in text and "random: test accuracy" in text and "over 5 seeds" in text
+    side = json.loads((out / "proxy.json").read_text())
+    assert side["provenance"]["config"]["batch_real"] == 8 and side["provenance"]["config"]["iterations"] == 3
+    assert (out / "grid.png").stat().st_size > 0 and (out / "checkpoint.pt").exists()
+
+
+def test_unknown_method_lists_valid_ones_and_exits_2(tmp_path, capsys):
+    code = cli.main(["distill", "--dataset", "digits", "--method", "magic", "--ipc", "1", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "unknown method 'magic'; valid methods:" in err and "dm" in err and "random" in err
+
+
+def test_bad_option_and_arch_exit_2(tmp_path, capsys):
+    base = ["distill", "--dataset", "digits", "--method", "random", "--ipc", "1", "--out", str(tmp_path)]
+    assert cli.main([*base, "--option", "noequals"]) == 2
+    assert "KEY=VALUE" in capsys.readouterr().err
+    assert cli.main([*base, "--arch", "{bad"]) == 2
+    assert "--arch" in capsys.readouterr().err
+
+
+def test_list_methods_shows_family_and_paper(capsys):
+    assert cli.main(["list", "methods"]) == 0
+    out = capsys.readouterr().out
+    assert "dm" in out and "Zhao & Bilen" in out and "CVPR 2022" in out and "herding" in out

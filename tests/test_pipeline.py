@@ -1,0 +1,53 @@
+"""`nasdd run` end to end on digits with the tiny preset."""
+
+import pandas as pd
+from PIL import Image
+
+from nasdd.cli import main
+from nasdd.pipeline import PRESETS
+
+
+def test_run_end_to_end_on_digits(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["run", "--dataset", "digits", "--methods", "random", "--ipc", "2", "--preset", "tiny", "--out", str(out)]
+    assert main([*argv, "--quiet"]) == 0
+    assert f"report: {out / 'report.html'}" in capsys.readouterr().out
+    listed = [
+        "report.md",
+        "report.html",
+        "cost_vs_correlation.png",
+        "proxy_vs_truth.png",
+        "search_history.png",
+        "proxy_random-ipc2.png",
+        "run_config.json",
+        "proxies/random-ipc2/proxy.pt",
+        "search/trials.csv",
+        "validate/summary.csv",
+        "validate/per_arch.csv",
+        "validate/config.json",
+    ]
+    for name in listed:
+        assert (out / name).is_file(), name
+    for png in out.glob("*.png"):
+        with Image.open(png) as im:
+            im.verify()
+    summary = pd.read_csv(out / "validate" / "summary.csv")
+    scored = summary[~summary["kind"].isin(["truth", "noise_ceiling"])]
+    peers = PRESETS["tiny"].peers.split(",")
+    # one row per proxy and per peer (random is the proxy itself; early has one row per budget)
+    assert scored["name"].is_unique
+    assert set(scored.loc[scored["kind"] == "proxy", "method"]) == {"random"}
+    assert {p for p in peers if p not in ("random", "early")} <= set(scored["name"])
+    assert (scored["kind"] == "peer:early").sum() >= 1
+    assert (summary["kind"] == "noise_ceiling").sum() == 1
+    assert "noise ceiling" in (out / "report.md").read_text()
+
+    # a rerun resumes: nothing is distilled, searched or trained again, and the report is rewritten
+    before = (out / "validate" / "summary.csv").read_text()
+    assert main([*argv, "--quiet"]) == 0
+    assert (out / "validate" / "summary.csv").read_text() == before
+
+
+def test_unknown_preset_and_method_are_clear(tmp_path, capsys):
+    assert main(["run", "--dataset", "digits", "--methods", "nope", "--out", str(tmp_path / "r")]) == 2
+    assert "unknown method 'nope'" in capsys.readouterr().err

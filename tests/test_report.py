@@ -1,0 +1,69 @@
+"""The report's pieces on a small hand-made validation folder."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from nasdd.errors import NasddError
+from nasdd.report import pareto_front, verdict, write_report
+
+
+def _summary() -> pd.DataFrame:
+    rows = [
+        ("noise_ceiling", "noise_ceiling", None, 0.8, 0.7, 0.9, np.nan, np.nan),
+        ("ground_truth", "truth", None, np.nan, np.nan, np.nan, 1000, 10.0),
+        ("dm-ipc10", "proxy", "dm", 0.6, 0.45, 0.75, 100, 2.0),
+        ("random-ipc10", "peer:subset", "random", 0.3, 0.1, 0.4, 80, 1.5),
+        ("synflow", "peer:zerocost", "synflow", 0.1, -0.2, 0.35, 5, 0.1),
+    ]
+    df = pd.DataFrame(
+        rows, columns=["name", "kind", "method", "tau", "tau_low", "tau_high", "cost_sample_grads", "cost_seconds"]
+    )
+    for s in ("rho",):
+        df[s], df[f"{s}_low"], df[f"{s}_high"] = df["tau"] + 0.1, df["tau_low"] + 0.1, df["tau_high"] + 0.1
+    df["speedup_sample_grads"] = 1000 / df["cost_sample_grads"]
+    return df
+
+
+def test_pareto_front_marks_non_dominated_points():
+    cost = np.array([1.0, 2.0, 3.0, 4.0])
+    score = np.array([0.1, 0.5, 0.4, 0.6])
+    assert pareto_front(cost, score).tolist() == [True, True, False, True]
+
+
+def test_verdict_names_the_best_proxy_and_the_beaten_peers():
+    lines = verdict(_summary())
+    text = " ".join(lines)
+    assert "τ = 0.80" in lines[0]
+    assert "dm-ipc10" in text and "75% of the noise ceiling" in text
+    assert "beats random-ipc10, synflow outside their confidence intervals" in text
+    assert "not distinguishable from chance" in text  # synflow's CI includes 0
+
+
+def test_write_report(tmp_path):
+    folder = tmp_path / "val"
+    folder.mkdir()
+    _summary().to_csv(folder / "summary.csv", index=False)
+    rng = np.random.default_rng(0)
+    per_arch = pd.DataFrame({"arch_key": list("abcdef"), "truth_mean": rng.random(6)})
+    for name in ("dm-ipc10", "random-ipc10", "synflow"):
+        per_arch[name] = rng.random(6)
+    per_arch.to_csv(folder / "per_arch.csv", index=False)
+    (folder / "config.json").write_text(json.dumps({"pool": [{}] * 6, "dataset": {"dataset": "digits"}}))
+    files = write_report(folder)
+    for key in ("cost_vs_correlation", "proxy_vs_truth", "md", "html"):
+        assert files[key].is_file()
+    for key in ("cost_vs_correlation", "proxy_vs_truth"):
+        with Image.open(files[key]) as im:
+            im.verify()
+    html = files["html"].read_text()
+    assert html.count("data:image/png;base64,") == 2 and "dm-ipc10" in html
+    assert "6 architectures (pool.jsonl)" in files["md"].read_text()
+
+
+def test_missing_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(NasddError, match="not a validation folder"):
+        write_report(tmp_path)
