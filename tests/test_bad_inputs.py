@@ -27,6 +27,8 @@ DISTILL = ["distill", "--dataset", "digits", "--method", "random"]
 VALIDATE = ["validate", "--dataset", "digits", "--space", TINY, "--pool", "3", "--truth-recipe", "full,epochs=1"]
 VALIDATE_P = [*VALIDATE, "--proxies", "{proxy}", "--peers", "params", "--truth-seeds", "1"]
 
+EXPERTS = ["experts", "--dataset", "digits", "--buffer-root", "{tmp}/out"]
+
 # (case id, argv with {placeholders}, fragment the one-line message must contain)
 CASES = [
     (
@@ -149,6 +151,9 @@ CASES = [
         ["run", "--dataset", "digits", "--methods", "random", "--preset", "tiny"],
         "is a file; choose another --out",
     ),
+    ("experts-negative-count", [*EXPERTS, "--num-experts", "-1"], "num_experts and epochs must be >= 1, got -1"),
+    ("experts-zero-epochs", [*EXPERTS, "--epochs", "0"], "num_experts and epochs must be >= 1, got 5 and 0"),
+    ("experts-lr-nan", [*EXPERTS, "--recipe", "lr=nan"], "learning rate must be a positive finite number, got nan"),
     ("list-unknown-kind", ["list", "gadgets"], "argument what: invalid choice: 'gadgets'"),
 ]
 NEEDS_OUT = {"distill", "run", "validate", "search"}  # the table gives these an --out in tmp_path
@@ -224,7 +229,7 @@ def test_bad_input_gives_one_line(case, argv, fragment, inputs, tmp_path, capsys
 
 def test_table_is_wide():
     assert len(CASES) >= 25
-    assert {argv[0] for _, argv, _ in CASES} >= {"distill", "search", "validate", "report", "run", "list"}
+    assert {argv[0] for _, argv, _ in CASES} >= {"distill", "search", "validate", "report", "run", "list", "experts"}
 
 
 @pytest.mark.parametrize("case", ["proxy-bit-flipped", "unknown-sampler"])
