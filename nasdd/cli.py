@@ -49,10 +49,15 @@ def load_data_from_args(args: argparse.Namespace):  # noqa: ANN201 - returns Dat
     return load_dataset(args.dataset, root=args.data_root, max_per_class=args.max_per_class, image_size=args.image_size)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line usage error (exit code 2) that points at --help."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="nasdd", description="Neural architecture search on distilled proxy datasets, with an audit."
-    )
+    parser = _Parser(prog="nasdd", description="Neural architecture search on distilled proxy datasets, with an audit.")
     parser.add_argument("--version", action="version", version=f"nasdd {__version__}")
     sub = parser.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
     for name, (module, help_text) in SUBCOMMANDS.items():
@@ -92,8 +97,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"nasdd {args.subcommand}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"nasdd {args.subcommand}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        detail = f": {exc}" if str(exc) else "; finished work is saved, rerun the same command to resume"
+        print(f"nasdd {args.subcommand}: interrupted{detail}", file=sys.stderr)
         return 130
 
 

@@ -21,7 +21,7 @@ import torch
 
 from nasdd.errors import NasddError, unknown_name
 from nasdd.registry import Registry
-from nasdd.utils import stable_hash
+from nasdd.utils import atomic_open, stable_hash
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 DEFAULT_ROOT = Path("data")
@@ -187,11 +187,8 @@ def _stage_debian_fashion_mnist(root: Path) -> None:
     for gz in DEBIAN_FASHION_MNIST.glob("*-ubyte.gz"):
         target = raw / gz.name[:-3]
         if not target.exists():
-            raw.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_suffix(".part")
-            with gzip.open(gz, "rb") as src, open(tmp, "wb") as dst:
+            with gzip.open(gz, "rb") as src, atomic_open(target, "wb") as dst:  # safe with concurrent workers
                 shutil.copyfileobj(src, dst)
-            tmp.replace(target)
 
 
 @SOURCES.register("fashion_mnist")

@@ -104,6 +104,8 @@ def run_pipeline(
         p = replace(p, space=space)
     for m in methods:
         METHODS.get(m)
+    if ipc < 1:
+        raise NasddError(f"ipc must be a positive integer, got {ipc}")
     out = ensure_dir(out)
     sp = load_space(p.space)
     arch = sp.default_arch()

@@ -10,13 +10,21 @@ test. Optuna does the sampling, pruning, storage and parallelism:
 - resume and sharing: `trials` is the number of *finished* trials (complete, pruned, or failed with a
   recorded reason) the study should hold; every worker runs only the missing ones, so a rerun after a
   crash and several processes on one storage end with exactly that many (a trial left running by a
-  dead process on this host is marked failed and not counted; workers on other hosts are trusted to
-  be alive; a trial that finds the study already full is marked FAIL with a `surplus` attribute and not
-  counted; two workers creating trials in the same millisecond may, rarely, finish one trial more);
+  dead worker is marked failed, not counted, and redone: see crashes below; a trial that finds the
+  study already full is marked FAIL with a `surplus` attribute and not counted; two workers creating
+  trials in the same millisecond may, rarely, finish one trial more);
 - cache: an ArchSpec already trained on the same proxy, recipe and seed is served from the study's
   finished trials instead of trained again (this works across processes through the storage);
 - failures (NaN, out of memory, build errors) end the trial as FAIL with `fail_reason` and the search
-  goes on.
+  goes on;
+- crashes: with an RDB storage (SQLite, PostgreSQL) every running trial sends Optuna heartbeats
+  (`heartbeat` seconds apart); a trial silent for twice that long belonged to a dead worker (SIGKILL,
+  power loss, any host) and is marked FAIL by the next worker that looks. Journal storages have no
+  heartbeat in Optuna: there a dead worker is recognised by its process id (one host). Either way the
+  dead trial is queued again with the same parameters (Optuna's RetryFailedTrialCallback) and another
+  worker redoes it; a worker whose share is done waits for the trials still running elsewhere (with a
+  journal, only for those on its own host), so the study ends complete. SIGINT (Ctrl-C) fails and
+  requeues the running trial and exits with code 130.
 
 Trial user attributes: `arch` (JSON), `arch_key`, `proxy_id`, `recipe_key`, `params`, `flops`
 (forward FLOPs per sample), `seconds`, `sample_grads`, `train_flops`, and `cached_from` on cache hits.
@@ -25,6 +33,9 @@ Trial user attributes: `arch` (JSON), `arch_key`, `proxy_id`, `recipe_key`, `par
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
+import inspect
 import math
 import os
 import socket
@@ -45,6 +56,7 @@ from nasdd.arch import ArchSpec
 from nasdd.data import DatasetBundle, load_dataset
 from nasdd.errors import NasddError, unknown_name
 from nasdd.spaces import SearchSpace, load_space
+from nasdd.storage import rdb_storage
 from nasdd.train import TrainRecipe, build_seeded, evaluate, fit, train_arch
 from nasdd.utils import atomic_open, atomic_path, ensure_dir, progress, resolve_device, stable_hash, write_json
 
@@ -60,6 +72,8 @@ PRUNERS = ("none", "median", "hyperband")
 OBJECTIVES = {"accuracy": "maximize", "params": "minimize", "flops": "minimize"}
 REPORTS = 10  # intermediate validation accuracies per trial when a pruner is on
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
+HEARTBEAT_S = 60  # seconds between heartbeats of a running trial (RDB storages); stale after twice that
+MAX_RETRY = 3  # times a dead worker's trial is queued again
 
 
 def catalog() -> list[tuple[str, str]]:
@@ -109,8 +123,20 @@ def training_data(proxy: Any, bundle: DatasetBundle, device: torch.device) -> Tr
 # Optuna pieces: storage, sampler, pruner.
 
 
-def open_storage(url: str | None, out: Path) -> optuna.storages.BaseStorage:
-    """None: SQLite in `out`; `journal:PATH` or `*.log`: a journal file; anything else: an SQLAlchemy URL."""
+def retry_trial(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Queue a dead worker's trial again with the same parameters (Optuna's RetryFailedTrialCallback),
+    without the dead worker's user attributes (its `worker` would mark the retry as orphaned)."""
+    clean = copy.copy(trial)
+    clean.user_attrs = {}
+    retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)  # Optuna >= 4.9
+    (retry or optuna.storages.RetryFailedTrialCallback)(max_retry=MAX_RETRY)(study, clean)
+
+
+def open_storage(url: str | None, out: Path, *, heartbeat: int | None = HEARTBEAT_S) -> optuna.storages.BaseStorage:
+    """None: SQLite in `out`; `journal:PATH` or `*.log`: a journal file; anything else: an SQLAlchemy URL.
+
+    RDB storages get Optuna heartbeats every `heartbeat` seconds (None: off) with a grace period of
+    twice that, and `retry_trial` for the trials found stale."""
     if url is None:
         url = f"sqlite:///{(ensure_dir(out) / 'study.db').resolve()}"
     try:
@@ -128,11 +154,27 @@ def open_storage(url: str | None, out: Path) -> optuna.storages.BaseStorage:
         if url.startswith("sqlite:///"):
             ensure_dir(Path(url.removeprefix("sqlite:///")).parent)
             kwargs = {"connect_args": {"timeout": 60}}  # several workers on one file wait instead of failing
-        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+        if heartbeat is not None and heartbeat < 1:
+            raise NasddError(f"--heartbeat must be >= 1 second, got {heartbeat}")
+        beat: dict[str, Any] = {}
+        if heartbeat:
+            params = inspect.signature(optuna.storages.RDBStorage).parameters
+            callback = "heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in params else None
+            beat = {"heartbeat_interval": heartbeat, "grace_period": 2 * heartbeat}
+            beat[callback or "failed_trial_callback"] = retry_trial
+        return rdb_storage(url, engine_kwargs=kwargs, **beat)
     except NasddError:
         raise
     except Exception as exc:  # SQLAlchemy and driver errors: a bad URL or an unreachable server
-        raise NasddError(f"cannot open storage {url!r}: {exc}") from exc
+        raise NasddError(
+            f"cannot open storage {url!r}: {_first_line(exc)}; check the URL and that the server is up"
+        ) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of an exception message, without SQLAlchemy's '(driver.Error)' prefix."""
+    text = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+    return text.split(") ", 1)[1] if text.startswith("(") and ") " in text else text
 
 
 def make_sampler(name: str, space: SearchSpace, *, seed: int, trials: int, multi: bool) -> optuna.samplers.BaseSampler:
@@ -212,11 +254,26 @@ def _orphaned(t: FrozenTrial, host: str) -> bool:
 
 
 def fail_dead_trials(study: optuna.Study) -> list[int]:
-    """Mark FAIL (not counted) the RUNNING trials left by workers that died; return their numbers."""
+    """Mark FAIL (not counted) the RUNNING trials left by dead workers and queue them again; return their numbers.
+
+    Dead: a worker on this host whose process is gone, or (RDB storages) a trial whose heartbeat stopped.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)  # heartbeat storages; calls retry_trial itself
     host = socket.gethostname()
-    dead = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if _orphaned(t, host)]
-    for number in dead:
-        study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
+    dead = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if not _orphaned(t, host):
+            continue
+        try:
+            if not study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:  # another worker got there first
+            continue
+        dead.append(t.number)
+        if "worker" in t.user_attrs:  # it had started work; one orphaned at birth has nothing to redo
+            retry_trial(study, t)
     return dead
 
 
@@ -390,16 +447,19 @@ def search(
     out: str | Path | None = None,
     device: str | torch.device = "auto",
     show_progress: bool = True,
+    heartbeat: int | None = HEARTBEAT_S,
 ) -> optuna.Study:
     """Run (or resume) a search until the study holds `trials` finished trials; return the Optuna study.
 
     `proxy`: "full", a ProxySet folder or a ProxySet. `recipe`: a TrainRecipe or recipe text (default
     `proxy`, or `full` with `proxy="full"`); a learned proxy lr replaces the recipe's. Outputs go to
     `out` (default results/<study_name>): trials.csv, top.csv, PNG plots, config.json and, with
-    `retrain_top`, retrain.csv.
+    `retrain_top`, retrain.csv. `heartbeat`: seconds between trial heartbeats in RDB storages (module doc).
     """
     if trials < 1 or jobs < 1 or top < 0 or retrain_top < 0:
         raise NasddError("--trials and --jobs must be >= 1, --top and --retrain-top >= 0")
+    if timeout is not None and not timeout > 0:
+        raise NasddError(f"--timeout must be > 0 seconds, got {timeout:g}; leave it out for no limit")
     space = load_space(space) if isinstance(space, str | Path) else space
     bundle = load_dataset(bundle) if isinstance(bundle, str) else bundle
     device = resolve_device(device)
@@ -419,6 +479,7 @@ def search(
         pruner=make_pruner(pruner, multi=multi, resource=resource, every=every),
         directions=[OBJECTIVES[o] for o in objectives],
         fingerprint=_fingerprint(space, bundle, data, train_recipe, objectives),
+        heartbeat=heartbeat,
     )
     # A resumed (or joining) worker continues the sampler's randomness instead of replaying it; the grid
     # sampler's order must be the same in every worker (it maps trial numbers to grid points).
@@ -463,8 +524,10 @@ def _quiet_optuna() -> None:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
-def _open_study(name: str, storage: str | None, out: Path, *, fingerprint: dict, **kwargs: Any) -> optuna.Study:
-    store = open_storage(storage, out)
+def _open_study(
+    name: str, storage: str | None, out: Path, *, fingerprint: dict, heartbeat: int | None, **kwargs: Any
+) -> optuna.Study:
+    store = open_storage(storage, out, heartbeat=heartbeat)
     try:
         study = optuna.create_study(study_name=name, storage=store, load_if_exists=True, **kwargs)
     except ValueError as exc:
@@ -481,13 +544,13 @@ def _open_study(name: str, storage: str | None, out: Path, *, fingerprint: dict,
 def _optimize(
     study: optuna.Study, run: Objective, *, trials: int, timeout: float | None, jobs: int, show_progress: bool
 ) -> None:
-    fail_dead_trials(study)
-    done = len(counted_trials(study))
-    if _busy(study) >= trials:
-        return
+    """Run trials until the study holds `trials` counted ones; wait for (or redo) other workers' trials."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    heartbeat = study._storage.get_heartbeat_interval() if hasattr(study._storage, "get_heartbeat_interval") else None
+    poll = min(5.0, heartbeat or 5.0)
     bar = progress(
         total=trials,
-        initial=done,
+        initial=min(trials, len(counted_trials(study))),
         desc=f"search {study.study_name}",
         unit="trial",
         disable=None if show_progress else True,
@@ -501,17 +564,57 @@ def _optimize(
             study.stop()
 
     try:
-        study.optimize(
-            run,
-            n_trials=trials - done,
-            timeout=timeout,
-            n_jobs=jobs,
-            catch=(CandidateFailed, _Surplus),
-            callbacks=[after_trial],
-            gc_after_trial=False,
-        )
+        while deadline is None or time.monotonic() < deadline:
+            fail_dead_trials(study)
+            missing = trials - _busy(study)
+            waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+            if missing <= 0 and not waiting:
+                if len(counted_trials(study)) >= trials or not _awaited(study, heartbeat is not None):
+                    break
+                time.sleep(poll)  # the rest is running in other workers: wait until it finishes or goes stale
+                continue
+            if isinstance(study.sampler, optuna.samplers.GridSampler) and study.sampler.is_exhausted(study):
+                break
+            study.optimize(
+                run,
+                n_trials=max(missing, 1),
+                timeout=None if deadline is None else max(0.0, deadline - time.monotonic()),
+                n_jobs=jobs,
+                catch=(CandidateFailed, _Surplus),
+                callbacks=[after_trial],
+                gc_after_trial=False,
+            )
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(_interrupted(study)) from None
     finally:
         bar.close()
+
+
+def _awaited(study: optuna.Study, heartbeat: bool) -> bool:
+    """Whether other workers run trials this one should wait for: any (a dead one's heartbeat stops and
+    its trial is redone), or without heartbeats only those on this host (a dead one's pid tells)."""
+    host = socket.gethostname()
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    workers = [str(t.user_attrs["worker"]) for t in running if "worker" in t.user_attrs]
+    return any(heartbeat or w.rpartition(":")[0] == host for w in workers)
+
+
+def _interrupted(study: optuna.Study) -> str:
+    """Queue again the trials this worker was running when interrupted (Optuna marks them FAIL)."""
+    me = f"{socket.gethostname()}:{os.getpid()}"
+    trials = study.get_trials(deepcopy=False)
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    numbers = []
+    for t in trials:
+        mine = t.user_attrs.get("worker") == me and t.state in (TrialState.FAIL, TrialState.RUNNING)
+        if mine and not is_counted(t) and "surplus" not in t.user_attrs and t.number not in retried:
+            if t.state == TrialState.RUNNING:  # interrupted before Optuna could tell
+                with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                    study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+            retry_trial(study, t)
+            numbers.append(str(t.number))
+    what = f"trial {', '.join(numbers)} marked failed and queued again; " if numbers else ""
+    return f"{what}rerun the same command to finish the study"
 
 
 def _best_text(study: optuna.Study, counted: list[FrozenTrial]) -> str:
@@ -707,6 +810,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retrain-top", type=int, default=0, help="retrain the top K on the full data; name a winner")
     parser.add_argument("--retrain-recipe", default="full", help="recipe for --retrain-top (default full)")
     parser.add_argument("--out", default=None, help="study folder for outputs (default results/<study>)")
+    parser.add_argument(
+        "--heartbeat",
+        type=int,
+        default=HEARTBEAT_S,
+        help=f"seconds between heartbeats of a running trial in an RDB storage; a trial silent for twice that "
+        f"is failed and redone by another worker (default {HEARTBEAT_S})",
+    )
 
 
 def command(args: argparse.Namespace) -> int:
@@ -732,9 +842,16 @@ def command(args: argparse.Namespace) -> int:
         out=args.out,
         device=args.device,
         show_progress=not args.quiet,
+        heartbeat=args.heartbeat,
     )
     out = Path(args.out or Path("results") / args.study)
     counted = counted_trials(study)
+    if counted and all(t.state == TrialState.FAIL for t in counted):
+        reason = counted[0].user_attrs.get("fail_reason", "unknown")
+        raise NasddError(
+            f"every trial failed ({len(counted)}; the first: {reason}); lower the recipe's lr or check the proxy, "
+            "then search with a new --study"
+        )
     states = pd.Series([t.state.name for t in counted]).value_counts().to_dict()
     print(f"study {args.study}: {len(counted)} finished trials {states}; outputs in {out}")
     if len(study.directions) > 1 and counted:

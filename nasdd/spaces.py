@@ -265,5 +265,8 @@ def load_space(name_or_path: str | Path) -> SearchSpace:
     try:
         doc = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise NasddError(f"{path}: malformed YAML: {exc}") from exc
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise NasddError(f"{path}: malformed YAML{where}: {problem}; fix the file") from exc
     return parse_space(doc, str(path))

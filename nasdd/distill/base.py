@@ -126,7 +126,10 @@ class Distiller:
             raise NasddError(f"ipc must be a positive integer, got {self.ipc}")
         smallest = min(len(i) for i in bundle.class_indices())
         if self.ipc > smallest:
-            raise NasddError(f"ipc {self.ipc} exceeds the smallest class of {bundle.name} ({smallest} images)")
+            raise NasddError(
+                f"ipc {self.ipc} exceeds the smallest class of {bundle.name} ({smallest} images); "
+                f"use --ipc {smallest} or less"
+            )
         if self.iterations < 0:
             raise NasddError(f"iterations must be >= 0, got {self.iterations}")
         if self.init not in ("real", "noise"):

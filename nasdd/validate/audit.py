@@ -257,6 +257,8 @@ def validate(
         raise NasddError(f"a pool needs at least 3 architectures to rank, got {len(pool)}")
     if truth_seeds < 1 or proxy_seeds < 1:
         raise NasddError("--truth-seeds and --proxy-seeds must be at least 1")
+    if budgets and min(budgets) <= 0:
+        raise NasddError(f"early-stopping budgets must be > 0 full-data epochs, got {min(budgets):g}; fix --budgets")
     for p in proxies:
         p.check_compatible(bundle)
     out = ensure_dir(out) if out is not None else None

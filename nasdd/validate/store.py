@@ -7,16 +7,21 @@ again, whichever run, proxy or worker asks.
 
 Several workers may share one storage (SQLite on one machine, PostgreSQL or a journal file for many):
 a worker claims a job by creating a RUNNING trial, and only the earliest live claim of a job works on
-it; the others move on and later wait for it. A claim whose process has died (same host, pid gone) or
-that is older than `stale_after` seconds is taken over. An interrupted job releases its claim.
+it; the others move on and later wait for it. A working claim beats every `heartbeat` seconds (a
+`beat` user attribute, host clock); a claim whose process has died (same host, pid gone), whose beat is
+older than three heartbeats (a worker killed on any host), or, without beats, that is older than
+`stale_after` seconds is taken over and marked FAIL, so no dead claim stays RUNNING. An interrupted job
+releases its claim. A result whose claim was taken over meanwhile is still recorded (never lost).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,6 +33,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from nasdd.arch import ArchSpec
 from nasdd.errors import NasddError
+from nasdd.storage import rdb_storage
 from nasdd.utils import progress
 
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
@@ -45,9 +51,12 @@ def open_storage(url: str | None) -> optuna.storages.BaseStorage:
 
             return optuna.storages.JournalStorage(JournalFileBackend(url.split(":", 1)[1]))
         kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
-        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+        return rdb_storage(url, engine_kwargs=kwargs)
     except Exception as exc:  # SQLAlchemy and driver errors come in many types
-        raise NasddError(f"cannot open storage {url!r}: {type(exc).__name__}: {exc}") from exc
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+        raise NasddError(
+            f"cannot open storage {url!r}: {type(exc).__name__}: {first}; check the URL and the server"
+        ) from exc
 
 
 @dataclass(frozen=True)
@@ -66,7 +75,9 @@ class Job:
 Compute = Callable[[Job], tuple[float, dict[str, Any]]]  # -> (value, result dict)
 
 
-def _alive(worker: str, started: datetime | None, stale_after: float) -> bool:
+def _alive(t: FrozenTrial, stale_after: float) -> bool:
+    """Whether a RUNNING claim still has a worker (see the module docstring)."""
+    worker, started, beat = t.user_attrs.get("worker", ""), t.datetime_start, t.user_attrs.get("beat")
     host, _, pid = worker.rpartition(":")
     if host == socket.gethostname() and pid.isdigit():
         try:
@@ -75,16 +86,45 @@ def _alive(worker: str, started: datetime | None, stale_after: float) -> bool:
             return False
         except PermissionError:
             pass
+    if beat is not None:
+        return time.time() - float(beat) < 3 * float(t.user_attrs.get("beat_every", 60.0))
     return started is None or (datetime.now() - started).total_seconds() < stale_after
+
+
+class _Heartbeat:
+    """While a claimed job is computed, refresh its `beat` every `every` seconds from a thread."""
+
+    def __init__(self, storage: optuna.storages.BaseStorage, trial_id: int, every: float) -> None:
+        self.storage, self.trial_id, self.every = storage, trial_id, every
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.wait(self.every):
+            try:
+                self.storage.set_trial_user_attr(self.trial_id, "beat", time.time())
+            except Exception:  # the claim was taken over (finished) or the storage hiccupped: stop beating
+                return
+
+    def __enter__(self) -> _Heartbeat:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
 
 
 class ResultStore:
     """Finished jobs, cached in an Optuna storage and computed at most once across runs and workers."""
 
-    def __init__(self, url: str | None, *, stale_after: float = 6 * 3600, poll_seconds: float = 5.0) -> None:
+    def __init__(
+        self, url: str | None, *, stale_after: float = 6 * 3600, poll_seconds: float = 5.0, heartbeat: float = 60.0
+    ) -> None:
         self.url = url
         self.storage = open_storage(url)
         self.stale_after = stale_after
+        self.heartbeat = heartbeat
         self.poll_seconds = poll_seconds
         self._studies: dict[tuple[str, ...], optuna.Study] = {}
 
@@ -110,10 +150,12 @@ class ResultStore:
                 continue
             if "result" in t.user_attrs:
                 done.setdefault(key, t.user_attrs["result"])
-            elif t.state == TrialState.RUNNING and _alive(
-                t.user_attrs.get("worker", ""), t.datetime_start, self.stale_after
-            ):
-                claims.setdefault(key, []).append(t)  # a dead or stale claim is ignored (taken over)
+            elif t.state == TrialState.RUNNING:
+                if _alive(t, self.stale_after):
+                    claims.setdefault(key, []).append(t)
+                else:  # a dead or stale claim is taken over: mark it failed so it does not stay RUNNING
+                    with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                        self.storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
         return done, claims
 
     def results(self, group: Sequence[str]) -> dict[str, dict]:
@@ -128,6 +170,7 @@ class ResultStore:
         each one is a transaction.
         """
         attrs = {"job": job.key, "worker": WORKER, "arch": job.arch.to_json(), "seed": job.seed, "split": job.split}
+        attrs.update(beat=time.time(), beat_every=self.heartbeat)
         template = optuna.trial.create_trial(state=TrialState.RUNNING, user_attrs=attrs)
         tid = self.storage.create_new_trial(study_id, template_trial=template)
         done, claims = self._scan(study_id)
@@ -137,28 +180,37 @@ class ResultStore:
             return done.get(job.key)
         finished = False
         try:
-            value, result = compute(job)
-            self.storage.set_trial_user_attr(tid, "result", json.loads(json.dumps(result, default=float)))
+            with _Heartbeat(self.storage, tid, self.heartbeat):
+                value, result = compute(job)
             ok = value is not None and math.isfinite(value)
-            self.storage.set_trial_state_values(
-                tid, TrialState.COMPLETE if ok else TrialState.FAIL, [value] if ok else None
-            )
+            try:
+                self.storage.set_trial_user_attr(tid, "result", json.loads(json.dumps(result, default=float)))
+                self.storage.set_trial_state_values(
+                    tid, TrialState.COMPLETE if ok else TrialState.FAIL, [value] if ok else None
+                )
+            except optuna.exceptions.UpdateFinishedTrialError:  # judged dead meanwhile: record the result anyway
+                self._store(study_id, job, value, result)
             finished = True
             return result
         finally:
             if not finished:
-                self.storage.set_trial_state_values(tid, TrialState.FAIL)
+                with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                    self.storage.set_trial_state_values(tid, TrialState.FAIL)
 
     def _record(self, study_id: int, job: Job, compute: Compute) -> dict:
         """Compute `job` without claiming it and record the result in one transaction (cheap jobs)."""
         value, result = compute(job)
+        self._store(study_id, job, value, result)
+        return result
+
+    def _store(self, study_id: int, job: Job, value: float | None, result: dict) -> None:
+        """Record a finished job as one new trial (one transaction)."""
         ok = value is not None and math.isfinite(value)
         attrs = {"job": job.key, "worker": WORKER, "arch": job.arch.to_json(), "seed": job.seed, "split": job.split}
         attrs["result"] = json.loads(json.dumps(result, default=float))
         state = TrialState.COMPLETE if ok else TrialState.FAIL
         template = optuna.trial.create_trial(state=state, value=value if ok else None, user_attrs=attrs)
         self.storage.create_new_trial(study_id, template_trial=template)
-        return result
 
     def run(
         self, group: Sequence[str], jobs: Sequence[Job], compute: Compute, *, desc: str = "", claim: bool = True
