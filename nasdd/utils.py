@@ -120,3 +120,14 @@ def ensure_dir(path: str | Path) -> Path:
         raise NasddError(f"output folder {path} is a file; choose another --out")
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def proc_status_kb(field: str) -> int | None:
+    """A field of /proc/self/status in kB (e.g. VmRSS, VmHWM), or None where there is no /proc (benchmarks)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None

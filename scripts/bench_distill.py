@@ -32,7 +32,7 @@ from nasdd.distill.cli import parse_options  # noqa: E402
 from nasdd.distill.evaluate import evaluate_proxy  # noqa: E402
 from nasdd.errors import NasddError  # noqa: E402
 from nasdd.train import RECIPES, TrainRecipe  # noqa: E402
-from nasdd.utils import atomic_path, resolve_device, set_quiet  # noqa: E402
+from nasdd.utils import atomic_path, proc_status_kb, resolve_device, set_quiet  # noqa: E402
 
 COLUMNS = [
     "method", "ipc", "preset", "iterations", "distill_seconds", "distill_sample_grads", "peak_mem_mb",
@@ -46,16 +46,6 @@ PUBLISHED = {
     "fashion_mnist": {"random": {1: 51.4, 10: 73.8}, "dc": {1: 70.5, 10: 82.3}, "dsa": {1: 70.6, 10: 84.6},
                       "dm": {1: 70.7, 10: 83.5}, "cafe": {1: 77.1, 10: 83.0}},
 }  # fmt: skip
-
-
-def _rss_kb(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
 
 
 class PeakMemory:
@@ -72,7 +62,7 @@ class PeakMemory:
         self.hwm = False
         try:
             Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-            self.hwm, self.base = True, _rss_kb("VmRSS")
+            self.hwm, self.base = True, proc_status_kb("VmRSS")
         except OSError:
             self.base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return self
@@ -81,7 +71,7 @@ class PeakMemory:
         if self.device.type == "cuda":
             self.mb = (torch.cuda.max_memory_allocated(self.device) - self.base) / 2**20
         elif self.hwm and self.base is not None:
-            self.mb = max((_rss_kb("VmHWM") or 0) - self.base, 0) / 1024
+            self.mb = max((proc_status_kb("VmHWM") or 0) - self.base, 0) / 1024
         else:
             self.mb = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - self.base, 0) / 1024
 

@@ -28,17 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from nasdd.data import load_dataset  # noqa: E402
 from nasdd.distill import METHODS  # noqa: E402
 from nasdd.distill.mtt import make_plan, match_grad, match_loss_unrolled  # noqa: E402
-from nasdd.utils import atomic_path, resolve_device  # noqa: E402
-
-
-def _kb(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
+from nasdd.utils import atomic_path, proc_status_kb, resolve_device  # noqa: E402
 
 
 def child(args: argparse.Namespace) -> dict:
@@ -62,7 +52,7 @@ def child(args: argparse.Namespace) -> dict:
     else:
         try:
             Path("/proc/self/clear_refs").write_text("5")
-            base, hwm = _kb("VmRSS"), True
+            base, hwm = proc_status_kb("VmRSS"), True
         except OSError:
             base, hwm = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, False
     start = time.perf_counter()
@@ -75,7 +65,7 @@ def child(args: argparse.Namespace) -> dict:
     if dev.type == "cuda":
         peak = (torch.cuda.max_memory_allocated(dev) - base) / 2**20
     else:
-        top = _kb("VmHWM") if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        top = proc_status_kb("VmHWM") if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         peak = max(top - base, 0) / 1024
     return {
         "mode": args.child_mode,

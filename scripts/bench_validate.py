@@ -20,22 +20,11 @@ from pathlib import Path
 import pandas as pd
 
 from nasdd.data import load_dataset
-from nasdd.distill import METHODS, ProxySet, distill
+from nasdd.distill import METHODS, ProxySet
+from nasdd.pipeline import make_proxies
 from nasdd.spaces import load_space
 from nasdd.validate import validate
 from nasdd.validate.pool import draw_pool
-
-
-def proxies_for(bundle, methods: list[str], ipc: int, work: Path, preset: str | None) -> list[ProxySet]:
-    out = []
-    for m in methods:
-        folder = work / "proxies" / f"{m}-ipc{ipc}"
-        if (folder / "proxy.json").exists():
-            out.append(ProxySet.load(folder, bundle))
-            continue
-        p = preset if preset in METHODS.get(m).presets else None
-        out.append(distill(bundle, m, ipc, seed=0, out=folder, preset=p))
-    return out
 
 
 def main() -> None:
@@ -62,7 +51,8 @@ def main() -> None:
     space = load_space(args.space)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    proxies = proxies_for(bundle, [m for m in args.methods.split(",") if m], args.ipc, work, args.preset)
+    methods = [m for m in args.methods.split(",") if m]
+    proxies = [ProxySet.load(f, bundle) for _, f in make_proxies(bundle, methods, args.ipc, args.preset, work, None)]
     result = validate(
         bundle,
         draw_pool(space, args.pool, args.pool_seed),
