@@ -11,6 +11,16 @@ def digits():
     return load_dataset("digits")
 
 
+@pytest.fixture(scope="module")
+def proxy(digits, tmp_path_factory):
+    """A random-subset proxy of digits (5 images per class), saved like `nasdd distill` saves it."""
+    from nasdd.distill import distill
+
+    folder = tmp_path_factory.mktemp("proxy")
+    distill(digits, "random", ipc=5, seed=0).save(folder)
+    return folder
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

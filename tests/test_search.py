@@ -26,14 +26,6 @@ TINY = str(ROOT / "tests" / "fixtures" / "tiny_space.yaml")  # 12 ConvNets
 RECIPE = "proxy,epochs=5"
 
 
-@pytest.fixture(scope="module")
-def proxy(digits, tmp_path_factory):
-    """A random-subset proxy (5 images per class), saved like `nasdd distill` saves it."""
-    folder = tmp_path_factory.mktemp("proxy")
-    distill(digits, "random", ipc=5, seed=0).save(folder)
-    return folder
-
-
 def run(digits, proxy, tmp_path, **kw):
     kw = {"study_name": "s", "trials": 6, "recipe": RECIPE, "out": tmp_path / "out", "show_progress": False, **kw}
     return S.search(TINY, proxy, digits, device="cpu", **kw)

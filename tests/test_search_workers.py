@@ -12,20 +12,12 @@ import pytest
 from optuna.trial import TrialState
 
 from nasdd import search as S
-from nasdd.distill import distill
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = str(ROOT / "tests" / "fixtures" / "tiny_space.yaml")
 RECIPE = "proxy,epochs=400"  # about a second per trial: long enough to be killed in the middle of one
 # A worker in a subprocess; `host` pretends it runs on another machine, so only heartbeats can tell it died.
 WORKER = "import socket, sys; socket.gethostname = lambda: {host!r}; from nasdd.cli import main; sys.exit(main())"
-
-
-@pytest.fixture(scope="module")
-def proxy(digits, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("proxy")
-    distill(digits, "random", ipc=5, seed=0).save(folder)
-    return folder
 
 
 def worker(proxy, storage, study, trials, *extra, host=None, out=None):
