@@ -7,6 +7,9 @@ in the file are kept) and rebuilds `results/distill_<dataset>.csv` and `.png` fr
 Every proxy (random included) is evaluated with the same recipe (`--eval-recipe`, default the DC recipe
 `proxy`) and the same seeds; `random_acc_mean` is the stratified random subset of the same ipc under that
 recipe (computed once per ipc and recipe, and reused from `random.csv` when it holds at least as many seeds).
+With `--work DIR` each proxy is saved to `DIR/proxies/<method>-ipc<k>` (the layout of `nasdd.pipeline.make_proxies`,
+so `scripts/bench_validate.py --work DIR` audits these very proxies) and reused when it is already there (its
+peak memory is then unknown: NaN). MTT's expert training is reported apart (`expert_*` columns).
 Peak memory: CUDA max_memory_allocated on GPU; on CPU the growth of the process's peak resident set during
 distillation (VmHWM reset through /proc/self/clear_refs; ru_maxrss growth where that is unavailable).
 """
@@ -27,7 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nasdd.data import load_dataset  # noqa: E402
-from nasdd.distill import METHODS, distill  # noqa: E402
+from nasdd.distill import METHODS, ProxySet, distill  # noqa: E402
 from nasdd.distill.cli import parse_options  # noqa: E402
 from nasdd.distill.evaluate import evaluate_proxy  # noqa: E402
 from nasdd.errors import NasddError  # noqa: E402
@@ -37,6 +40,7 @@ from nasdd.utils import atomic_path, proc_status_kb, resolve_device, set_quiet  
 COLUMNS = [
     "method", "ipc", "preset", "iterations", "distill_seconds", "distill_sample_grads", "peak_mem_mb",
     "eval_recipe", "acc_mean", "acc_std", "acc_seeds", "random_acc_mean", "published",
+    "expert_seconds", "expert_sample_grads",
 ]  # fmt: skip
 # Published ConvNet-3 test accuracies (%) at ipc 1 / 10 (DC, DSA, DM, CAFE papers; random from DC).
 PUBLISHED = {
@@ -86,7 +90,7 @@ def _stats(accs: list[float]) -> tuple[float, float]:
 
 
 def _read(path: Path) -> pd.DataFrame:
-    return pd.read_csv(path) if path.exists() else pd.DataFrame(columns=COLUMNS)
+    return pd.read_csv(path).reindex(columns=COLUMNS) if path.exists() else pd.DataFrame(columns=COLUMNS)
 
 
 def _write(df: pd.DataFrame, path: Path) -> None:
@@ -120,14 +124,21 @@ def bench_one(method: str, bundle, ipc: int, recipe: TrainRecipe, recipe_text: s
     label += "".join(f"+{k}={v}" for k, v in options.items())
     dev = resolve_device(args.device)
     print(f"[{time.strftime('%H:%M:%S')}] {method} ipc {ipc} preset {label}: distilling", flush=True)
+    saved = Path(args.work) / "proxies" / f"{method}-ipc{ipc}" if args.work else None
     with PeakMemory(dev) as mem:
-        proxy = distill(
-            bundle, method, ipc, args.seed, preset=preset, device=args.device, iterations=iterations, **options
-        )
+        if saved is not None and (saved / "proxy.json").exists():
+            proxy = ProxySet.load(saved, bundle)
+            mem.reused = True
+        else:
+            proxy = distill(
+                bundle, method, ipc, args.seed, out=saved, resume=saved is not None, preset=preset,
+                device=args.device, iterations=iterations, **options,
+            )  # fmt: skip
     cost = proxy.provenance["cost"]
     print(f"  {cost['seconds']:.1f} s, {cost['sample_grads']:,} sample-grads; evaluating", flush=True)
     accs = _accuracies(proxy, bundle, recipe, args.eval_seeds, args.device)
     mean, std = _stats(accs)
+    experts = proxy.provenance.get("experts", {}).get("cost", {})
     row = {
         "method": method,
         "ipc": ipc,
@@ -135,13 +146,15 @@ def bench_one(method: str, bundle, ipc: int, recipe: TrainRecipe, recipe_text: s
         "iterations": proxy.provenance["config"]["iterations"],
         "distill_seconds": cost["seconds"],
         "distill_sample_grads": cost["sample_grads"],
-        "peak_mem_mb": round(mem.mb, 1),
+        "peak_mem_mb": float("nan") if getattr(mem, "reused", False) else round(mem.mb, 1),
         "eval_recipe": recipe_text,
         "acc_mean": round(mean, 2),
         "acc_std": round(std, 2),
         "acc_seeds": len(accs),
-        "random_acc_mean": round(mean if method == "random" else random_acc, 2),
+        "random_acc_mean": round(mean if random_acc is None else random_acc(), 2),
         "published": PUBLISHED.get(bundle.name, {}).get(method, {}).get(ipc, float("nan")),
+        "expert_seconds": experts.get("seconds", float("nan")),
+        "expert_sample_grads": experts.get("sample_grads", float("nan")),
     }
     print(f"  acc {mean:.2f} ± {std:.2f} (random {row['random_acc_mean']:.2f})", flush=True)
     _upsert(folder / f"{method}.csv", row)
@@ -151,7 +164,7 @@ def bench_one(method: str, bundle, ipc: int, recipe: TrainRecipe, recipe_text: s
 def combine(results: Path, dataset: str) -> pd.DataFrame:
     """Rebuild `distill_<dataset>.csv` and `.png` from every per-method CSV present."""
     folder = results / f"distill_{dataset}"
-    frames = [pd.read_csv(p) for p in sorted(folder.glob("*.csv"))]
+    frames = [_read(p) for p in sorted(folder.glob("*.csv"))]
     if not frames:
         return pd.DataFrame(columns=COLUMNS)
     df = pd.concat(frames, ignore_index=True)[COLUMNS].sort_values(["ipc", "method"])
@@ -207,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-per-class", type=int, default=None)
     p.add_argument("--seed", type=int, default=0, help="distillation seed")
     p.add_argument("--results", default="results")
+    p.add_argument("--work", default=None, help="save (and reuse) each proxy under DIR/proxies/<method>-ipc<k>")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--quiet", action="store_true")
@@ -230,7 +244,12 @@ def main(argv: list[str] | None = None) -> int:
     folder = results / f"distill_{name}"
     folder.mkdir(parents=True, exist_ok=True)
     for ipc in ipcs:
-        rand = random_level(folder, bundle, ipc, recipe, args.eval_recipe, args)
+        # looked up only once a method's row is written, so a concurrent run may have filled random.csv by then
+        def rand(ipc: int = ipc) -> float:
+            return random_level(folder, bundle, ipc, recipe, args.eval_recipe, args)
+
+        if "random" in methods:
+            rand()
         for m in methods:
             if m != "random":
                 bench_one(m, bundle, ipc, recipe, args.eval_recipe, folder, args, rand)
