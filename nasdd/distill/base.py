@@ -230,7 +230,7 @@ class Distiller:
             )
         with torch.no_grad():
             self.images.copy_(state["images"].to(self.dev))
-            self.labels = state["labels"].to(self.dev)
+            self.labels.copy_(state["labels"])  # in place: learned labels stay the optimised tensor
             if state["syn_lr"] is not None and self.syn_lr is not None:
                 self.syn_lr.copy_(state["syn_lr"].to(self.dev))
         self.sample_grads, self.seconds = state["sample_grads"], state["seconds"]
@@ -241,7 +241,7 @@ class Distiller:
     def _diverged(self, it: int, loss: float, good: tuple[torch.Tensor, torch.Tensor], out, start: float) -> None:
         with torch.no_grad():
             self.images.copy_(good[0])
-            self.labels = good[1]
+            self.labels.copy_(good[1])
         where = ""
         if out is not None:
             # the optimiser states already took the failed step: they are not kept

@@ -127,7 +127,6 @@ class DatasetDistillation(SoftLabels, Distiller):
         return {"opt": self.opt.state_dict(), "log_lrs": self.log_lrs.detach().cpu()}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
-        self.restore_targets()
         with torch.no_grad():
             self.log_lrs.copy_(state["log_lrs"].to(self.dev))
         self.opt.load_state_dict(state["opt"])

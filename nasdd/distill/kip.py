@@ -104,7 +104,6 @@ class KernelDistiller(SoftLabels, Distiller):
         return {"opt": self.opt.state_dict()}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
-        self.restore_targets()
         self.opt.load_state_dict(state["opt"])
 
 

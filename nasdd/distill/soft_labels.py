@@ -61,13 +61,6 @@ class SoftLabels:
         """The targets as probabilities (what the trainer sees)."""
         return torch.softmax(self.targets / self.options["label_temperature"], dim=1)
 
-    def restore_targets(self) -> None:
-        """After a resume replaced `self.labels` by the checkpoint's tensor, copy it into the learned targets."""
-        if self.options["learn_labels"] and self.labels is not self.targets:
-            with torch.no_grad():
-                self.targets.copy_(self.labels)
-            self.labels = self.targets
-
     def to_proxy(self) -> ProxySet:
         proxy = super().to_proxy()  # type: ignore[misc]
         if self.options["learn_labels"]:
