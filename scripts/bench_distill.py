@@ -42,13 +42,13 @@ COLUMNS = [
     "eval_recipe", "acc_mean", "acc_std", "acc_seeds", "random_acc_mean", "published",
     "expert_seconds", "expert_sample_grads",
 ]  # fmt: skip
-# Published ConvNet-3 test accuracies (%) at ipc 1 / 10 (DC, DSA, DM, CAFE papers; random from DC).
+# Published ConvNet-3 test accuracies (%) at ipc 1 / 10 (DC, DSA, DM, CAFE, KIP papers; random from DC).
 PUBLISHED = {
     "mnist5k": {},  # a 5,000-image subset: not comparable to full-MNIST numbers
     "mnist": {"random": {1: 64.9, 10: 95.1}, "dc": {1: 91.7, 10: 97.4}, "dsa": {1: 88.7, 10: 97.8},
               "dm": {1: 89.7, 10: 97.5}, "cafe": {1: 93.1, 10: 97.2}},
     "fashion_mnist": {"random": {1: 51.4, 10: 73.8}, "dc": {1: 70.5, 10: 82.3}, "dsa": {1: 70.6, 10: 84.6},
-                      "dm": {1: 70.7, 10: 83.5}, "cafe": {1: 77.1, 10: 83.0}},
+                      "dm": {1: 70.7, 10: 83.5}, "cafe": {1: 77.1, 10: 83.0}, "kip": {1: 73.5, 10: 86.8}},
 }  # fmt: skip
 
 
@@ -168,6 +168,8 @@ def combine(results: Path, dataset: str) -> pd.DataFrame:
     if not frames:
         return pd.DataFrame(columns=COLUMNS)
     df = pd.concat(frames, ignore_index=True)[COLUMNS].sort_values(["ipc", "method"])
+    published = PUBLISHED.get(dataset, {})
+    df["published"] = [published.get(m, {}).get(i, float("nan")) for m, i in zip(df["method"], df["ipc"], strict=True)]
     _write(df, results / f"distill_{dataset}.csv")
     plot(df, results / f"distill_{dataset}.png", dataset)
     return df

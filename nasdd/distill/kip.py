@@ -156,7 +156,7 @@ class KernelInducingPoints(KernelDistiller):
     )
     default_iterations = 1000
     defaults = {**KRR_DEFAULTS, "models": 2, "width": 16, "normalization": "none"}
-    presets = {"quick": {"iterations": 100, "batch_real": 128}, "cpu": {"iterations": 300, "batch_real": 128}}
+    presets = {"quick": {"iterations": 100, "batch_real": 128}, "cpu": {"iterations": 3000, "batch_real": 128}}
 
     def kernels(self, x_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         k_ss, k_ts = 0.0, 0.0

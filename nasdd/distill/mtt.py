@@ -154,7 +154,7 @@ class MTT(Distiller):
     note = (
         "exact gradient in bounded memory (adjoint recomputation, TESLA-style, Cui et al. ICML 2023); "
         "DSA without flip, per-sample draws; step size clamped >= 1e-6; cpu preset: width-32 ConvNet, "
-        "3 experts x 6 epochs, 40 iterations, 20 images per student step"
+        "3 experts x 6 epochs, 400 iterations, 20 images per student step"
     )
     default_iterations = 1000
     default_lr_img = 100.0
@@ -186,7 +186,7 @@ class MTT(Distiller):
             "lr_lr": 1e-7,
         },
         "cpu": {
-            "iterations": 40,
+            "iterations": 400,
             "arch": ArchSpec.make(
                 "convnet", depth=3, width=32, activation="relu", normalization="instancenorm", pooling="avgpool"
             ),
