@@ -16,6 +16,7 @@ from nasdd import search as S
 ROOT = Path(__file__).resolve().parent.parent
 TINY = str(ROOT / "tests" / "fixtures" / "tiny_space.yaml")
 RECIPE = "proxy,epochs=400"  # about a second per trial: long enough to be killed in the middle of one
+SLOW = ("--recipe", "proxy,epochs=2000")  # ~5 s per trial: a SIGINT cannot miss the trial even on a loaded CPU
 # A worker in a subprocess; `host` pretends it runs on another machine, so only heartbeats can tell it died.
 WORKER = "import socket, sys; socket.gethostname = lambda: {host!r}; from nasdd.cli import main; sys.exit(main())"
 
@@ -106,7 +107,7 @@ def test_killed_worker_has_its_trial_redone(proxy, tmp_path, kind, request):
 
 def test_sigint_stops_a_worker_cleanly(proxy, tmp_path):
     url = f"journal:{tmp_path / 'study.log'}"
-    proc = worker(proxy, url, "int", 4, out=tmp_path / "o")
+    proc = worker(proxy, url, "int", 4, *SLOW, out=tmp_path / "o")
     running = wait_running(url, "int", proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
@@ -118,7 +119,7 @@ def test_sigint_stops_a_worker_cleanly(proxy, tmp_path):
     study = load(url, "int")
     assert study.trials[running.number].state == TrialState.FAIL
     assert [t.system_attrs["failed_trial"] for t in study.get_trials(states=(TrialState.WAITING,))] == [running.number]
-    rerun = worker(proxy, url, "int", 4, out=tmp_path / "o")
+    rerun = worker(proxy, url, "int", 4, *SLOW, out=tmp_path / "o")
     _, err = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, err
     assert_exactly(load(url, "int"), 4)
