@@ -52,6 +52,10 @@ PUBLISHED = {
 }  # fmt: skip
 
 
+def published(dataset: str, method: str, ipc: int) -> float:
+    return PUBLISHED.get(dataset, {}).get(method, {}).get(int(ipc), float("nan"))
+
+
 class PeakMemory:
     """Peak memory growth (MB) inside a `with` block, on CUDA or CPU."""
 
@@ -125,15 +129,12 @@ def bench_one(method: str, bundle, ipc: int, recipe: TrainRecipe, recipe_text: s
     dev = resolve_device(args.device)
     print(f"[{time.strftime('%H:%M:%S')}] {method} ipc {ipc} preset {label}: distilling", flush=True)
     saved = Path(args.work) / "proxies" / f"{method}-ipc{ipc}" if args.work else None
+    reuse = saved is not None and (saved / "proxy.json").exists()
     with PeakMemory(dev) as mem:
-        if saved is not None and (saved / "proxy.json").exists():
-            proxy = ProxySet.load(saved, bundle)
-            mem.reused = True
-        else:
-            proxy = distill(
-                bundle, method, ipc, args.seed, out=saved, resume=saved is not None, preset=preset,
-                device=args.device, iterations=iterations, **options,
-            )  # fmt: skip
+        proxy = ProxySet.load(saved, bundle) if reuse else distill(
+            bundle, method, ipc, args.seed, out=saved, resume=saved is not None, preset=preset,
+            device=args.device, iterations=iterations, **options,
+        )  # fmt: skip
     cost = proxy.provenance["cost"]
     print(f"  {cost['seconds']:.1f} s, {cost['sample_grads']:,} sample-grads; evaluating", flush=True)
     accs = _accuracies(proxy, bundle, recipe, args.eval_seeds, args.device)
@@ -146,13 +147,13 @@ def bench_one(method: str, bundle, ipc: int, recipe: TrainRecipe, recipe_text: s
         "iterations": proxy.provenance["config"]["iterations"],
         "distill_seconds": cost["seconds"],
         "distill_sample_grads": cost["sample_grads"],
-        "peak_mem_mb": float("nan") if getattr(mem, "reused", False) else round(mem.mb, 1),
+        "peak_mem_mb": float("nan") if reuse else round(mem.mb, 1),
         "eval_recipe": recipe_text,
         "acc_mean": round(mean, 2),
         "acc_std": round(std, 2),
         "acc_seeds": len(accs),
         "random_acc_mean": round(mean if random_acc is None else random_acc(), 2),
-        "published": PUBLISHED.get(bundle.name, {}).get(method, {}).get(ipc, float("nan")),
+        "published": published(bundle.name, method, ipc),
         "expert_seconds": experts.get("seconds", float("nan")),
         "expert_sample_grads": experts.get("sample_grads", float("nan")),
     }
@@ -168,8 +169,7 @@ def combine(results: Path, dataset: str) -> pd.DataFrame:
     if not frames:
         return pd.DataFrame(columns=COLUMNS)
     df = pd.concat(frames, ignore_index=True)[COLUMNS].sort_values(["ipc", "method"])
-    published = PUBLISHED.get(dataset, {})
-    df["published"] = [published.get(m, {}).get(i, float("nan")) for m, i in zip(df["method"], df["ipc"], strict=True)]
+    df["published"] = [published(dataset, m, i) for m, i in zip(df["method"], df["ipc"], strict=True)]
     _write(df, results / f"distill_{dataset}.csv")
     plot(df, results / f"distill_{dataset}.png", dataset)
     return df
