@@ -57,6 +57,11 @@ PRESETS = {
 }
 
 
+def proxy_folder(out: Path, method: str, ipc: int) -> Path:
+    """Where `make_proxies` keeps (and finds) the proxy of `method` at `ipc` under `out`."""
+    return Path(out) / "proxies" / f"{method}-ipc{ipc}"
+
+
 def make_proxies(
     bundle: DatasetBundle,
     methods: list[str],
@@ -71,7 +76,7 @@ def make_proxies(
     checkpoint) with the matching network `arch`; return (method, folder) pairs."""
     done = []
     for method in methods:
-        folder = out / "proxies" / f"{method}-ipc{ipc}"
+        folder = proxy_folder(out, method, ipc)
         if not (folder / "proxy.json").exists():
             cls = METHODS.get(method)
             name = distill_preset if distill_preset in cls.presets else None
