@@ -16,7 +16,7 @@ from nasdd import search as S
 ROOT = Path(__file__).resolve().parent.parent
 TINY = str(ROOT / "tests" / "fixtures" / "tiny_space.yaml")
 RECIPE = "proxy,epochs=400"  # about a second per trial: long enough to be killed in the middle of one
-SLOW = ("--recipe", "proxy,epochs=2000")  # ~5 s per trial: a SIGINT cannot miss the trial even on a loaded CPU
+SLOW = ("--recipe", "proxy,epochs=2000")  # ~5 s per trial: a SIGINT lands inside one even on a loaded CPU
 # A worker in a subprocess; `host` pretends it runs on another machine, so only heartbeats can tell it died.
 WORKER = "import socket, sys; socket.gethostname = lambda: {host!r}; from nasdd.cli import main; sys.exit(main())"
 
@@ -28,7 +28,14 @@ def worker(proxy, storage, study, trials, *extra, host=None, out=None):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     code = ["-c", WORKER.format(host=host)] if host else ["-m", "nasdd"]
     argv = [sys.executable, *code, *args]
-    return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+    return subprocess.Popen(argv, cwd=ROOT, env=env, preexec_fn=default_sigint, **pipes)
+
+
+def default_sigint() -> None:
+    """A shell without job control starts background jobs (CI) with SIGINT ignored; a child inherits that
+    and Python then installs no KeyboardInterrupt handler. Give the worker the terminal's default back."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def storage_url(kind, tmp_path, postgres_url):
