@@ -11,8 +11,8 @@ test. Optuna does the sampling, pruning, storage and parallelism:
   recorded reason) the study should hold; every worker runs only the missing ones, so a rerun after a
   crash and several processes on one storage end with exactly that many (a trial left running by a
   dead worker is marked failed, not counted, and redone: see crashes below; a trial that finds the
-  study already full is marked FAIL with a `surplus` attribute and not counted; two workers creating
-  trials in the same millisecond may, rarely, finish one trial more);
+  study already full is marked FAIL with a `surplus` attribute and not counted: of two workers
+  creating trials at once, the one holding the higher trial number yields);
 - cache: an ArchSpec already trained on the same proxy, recipe and seed is served from the study's
   finished trials instead of trained again (this works across processes through the storage);
 - failures (NaN, out of memory, build errors) end the trial as FAIL with `fail_reason` and the search
@@ -281,14 +281,19 @@ def _busy(study: optuna.Study, before: int | None = None) -> int:
     """Counted plus running trials (only those numbered below `before` when given).
 
     A running trial counts once its worker has claimed it (the first thing a trial does), so a trial
-    orphaned between its creation and that claim never holds a place.
+    orphaned between its creation and that claim never holds a place. With `before` (a new trial
+    checking for room), a younger unclaimed trial counts too: of two workers creating trials at once,
+    the one holding the higher number yields.
     """
-    return sum(
-        1
-        for t in study.get_trials(deepcopy=False)
-        if (before is None or t.number < before)
-        and (is_counted(t) or (t.state == TrialState.RUNNING and "worker" in t.user_attrs))
-    )
+    host = socket.gethostname()
+
+    def holds(t: FrozenTrial) -> bool:
+        if is_counted(t):
+            return True
+        claimed = "worker" in t.user_attrs
+        return t.state == TrialState.RUNNING and (claimed or (before is not None and not _orphaned(t, host)))
+
+    return sum(1 for t in study.get_trials(deepcopy=False) if (before is None or t.number < before) and holds(t))
 
 
 def _cache_hit(study: optuna.Study, cache_key: str) -> FrozenTrial | None:

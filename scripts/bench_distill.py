@@ -124,7 +124,7 @@ def bench_one(method: str, bundle, ipc: int, recipe: TrainRecipe, recipe_text: s
     cls = METHODS.get(method)
     preset = args.preset if args.preset in cls.presets else None
     iterations = args.iterations if cls.iterative else None
-    options = {k: v for k, v in args.options.items() if k in cls.defaults}
+    options = {k: v for k, v in args.options.items() if k in cls.defaults or (k == "lr_img" and cls.iterative)}
     label = (preset or "default") + (f"+it{iterations}" if iterations is not None else "")
     label += "".join(f"+{k}={v}" for k, v in options.items())
     dev = resolve_device(args.device)

@@ -180,6 +180,16 @@ def test_two_processes_share_one_storage(digits, proxy, tmp_path):
     assert not study.get_trials(states=(TrialState.RUNNING,))
 
 
+def test_a_new_trial_yields_to_an_older_one_being_claimed(monkeypatch):
+    study = optuna.create_study()
+    older, newer = study.ask(), study.ask()  # two workers created trials at once; neither claimed yet
+    assert S._busy(study, before=newer.number) == 1  # so the newer one sees no room in a study of 1
+    assert S._busy(study, before=older.number) == 0  # and the older one runs
+    assert S._busy(study) == 0  # the loop's plain count waits for the claim
+    monkeypatch.setattr(S, "ORPHAN_S", -1.0)  # an unclaimed trial this old was orphaned at birth
+    assert S._busy(study, before=newer.number) == 0
+
+
 def test_repeated_arch_is_served_from_cache(digits, proxy, tmp_path, monkeypatch):
     two = parse_space(
         {"family": "convnet", "params": {"depth": {"choices": [1, 2]}, "width": {"value": 4}}}, "two.yaml"
