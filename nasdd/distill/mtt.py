@@ -195,7 +195,7 @@ class MTT(Distiller):
             "max_start_epoch": 4,
             "syn_steps": 20,
             "batch_syn": 20,
-            "lr_img": 1000.0,
+            "lr_img": 100.0,  # 1000 measured worse on mnist5k ipc 10 (91.14 against 92.18)
         },
     }
 
