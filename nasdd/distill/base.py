@@ -37,12 +37,18 @@ def sample_real(bundle: DatasetBundle, ipc: int, gen: torch.Generator) -> tuple[
     return torch.cat(xs), torch.cat(ys)
 
 
+def per_ipc(value: Any, ipc: int) -> Any:
+    """`value`, or its entry for the ipc nearest `ipc` (the smaller on a tie) when it maps ipc -> value."""
+    return value[min(value, key=lambda k: (abs(k - ipc), k))] if isinstance(value, dict) else value
+
+
 class Distiller:
     """Base for every distillation method; constructors only store parameters (scikit-learn style).
 
     Common options: ipc, seed, iterations, init (`real` | `noise`), arch (the matching network),
-    lr_img (image learning rate), device, checkpoint_every. Method-specific options and their
-    defaults live in the class attribute `defaults`; after `run`, they are in `self.options`.
+    lr_img (image learning rate), device, checkpoint_every; `iterations` and `lr_img` may also map
+    ipc -> value (presets do; the nearest ipc is used). Method-specific options and their defaults
+    live in the class attribute `defaults`; after `run`, they are in `self.options`.
     """
 
     name: ClassVar[str] = ""
@@ -61,10 +67,10 @@ class Distiller:
         *,
         ipc: int,
         seed: int = 0,
-        iterations: int | None = None,
+        iterations: int | dict[int, int] | None = None,
         init: str = "real",
         arch: ArchSpec | None = None,
-        lr_img: float | None = None,
+        lr_img: float | dict[int, float] | None = None,
         device: str | torch.device = "auto",
         checkpoint_every: int = 100,
         **options: Any,
@@ -74,9 +80,9 @@ class Distiller:
             valid = ", ".join(sorted(self.defaults)) or "none"
             raise NasddError(f"method {self.name} has no option {sorted(unknown)[0]!r}; valid options: {valid}")
         self.ipc, self.seed, self.init, self.device = ipc, seed, init, device
-        self.iterations = self.default_iterations if iterations is None else iterations
+        self.iterations = self.default_iterations if iterations is None else per_ipc(iterations, ipc)
         self.arch = arch or DEFAULT_ARCH
-        self.lr_img = self.default_lr_img if lr_img is None else lr_img
+        self.lr_img = self.default_lr_img if lr_img is None else per_ipc(lr_img, ipc)
         self.checkpoint_every = checkpoint_every
         self.options = {**self.defaults, **options}
 

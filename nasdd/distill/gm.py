@@ -122,12 +122,6 @@ class GradientMatching(Distiller):
     }
     augment_strategy: str | None = None  # DSA strategy for `dsa`
 
-    def __init__(self, *, ipc: int, iterations: int | dict[int, int] | None = None, **kwargs: Any) -> None:
-        """As Distiller; `iterations` may also map ipc -> iterations (presets: the nearest ipc is used)."""
-        if isinstance(iterations, dict):
-            iterations = iterations[min(iterations, key=lambda k: (abs(k - ipc), k))]
-        super().__init__(ipc=ipc, iterations=iterations, **kwargs)
-
     def _validate(self, bundle: DatasetBundle) -> None:
         super()._validate(bundle)
         o = self.options

@@ -6,6 +6,7 @@ import torch
 from nasdd.distill import METHODS, distill
 from nasdd.distill.base import CHECKPOINT
 from nasdd.distill.dm import DistributionMatching
+from nasdd.distill.gm import GradientMatching
 from nasdd.errors import NasddError
 
 QUICK = {"iterations": 6, "batch_real": 16, "checkpoint_every": 2}
@@ -76,3 +77,10 @@ def test_every_method_has_the_class_attributes(name):
     assert cls.paper and "quick" in cls.presets and "cpu" in cls.presets
     common = {"iterations", "lr_img", "init", "arch", "checkpoint_every"}
     assert all(set(p) <= set(cls.defaults) | common for p in cls.presets.values())
+
+
+def test_iterations_and_lr_img_per_ipc():
+    d = GradientMatching(ipc=10, iterations={1: 50, 10: 8}, lr_img={1: 1.0, 10: 0.1})
+    assert (d.iterations, d.lr_img) == (8, 0.1)
+    d = GradientMatching(ipc=2, iterations={1: 50, 10: 8}, lr_img=0.5)  # nearest ipc; plain values pass
+    assert (d.iterations, d.lr_img) == (50, 0.5)

@@ -79,12 +79,6 @@ def test_inner_training_between_matching_steps(digits):
     assert d.sample_grads == 3 * 10 * (8 + 2 * 2) + 2 * 2 * 20
 
 
-def test_iterations_per_ipc():
-    d = GradientMatching(ipc=10, iterations={1: 50, 10: 8})
-    assert d.iterations == 8
-    assert GradientMatching(ipc=2, iterations={1: 50, 10: 8}).iterations == 50
-
-
 def test_batchnorm_statistics_frozen_from_real_data(digits):
     arch = ArchSpec.make("convnet", depth=2, width=8, normalization="batchnorm")  # BN: the stats are frozen
     d = GradientMatching(ipc=1, seed=0, iterations=1, arch=arch, bn_per_class=4)
