@@ -22,6 +22,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "experts": ("nasdd.distill.experts", "train expert trajectories for trajectory matching"),
     "search": ("nasdd.search", "Optuna architecture search with candidates trained on a proxy"),
     "validate": ("nasdd.validate.cli", "audit how faithfully proxies rank architectures"),
+    "truth": ("nasdd.validate.truth_cli", "train a pool on full data into a reusable truth table (CSV)"),
     "report": ("nasdd.report", "tables and plots of cost against ranking fidelity"),
     "run": ("nasdd.pipeline", "distil -> search -> validate -> report in one command"),
 }
