@@ -26,8 +26,10 @@ from nasdd.spaces import SearchSpace
 from nasdd.train import TrainRecipe
 from nasdd.utils import atomic_open, ensure_dir, stable_hash, write_json
 from nasdd.validate import stats
+from nasdd.validate.budget import training_grads
 from nasdd.validate.peers import Peer, resolve_peers
 from nasdd.validate.store import Job, ResultStore
+from nasdd.validate.table import truth_scores as table_truth
 from nasdd.validate.truth import Scores, collect, ground_truth, train_pool
 from nasdd.validate.zerocost import zero_cost
 
@@ -46,14 +48,6 @@ class Validation:
 
 def _recipe(r: TrainRecipe | str, base: str) -> TrainRecipe:
     return r if isinstance(r, TrainRecipe) else TrainRecipe.parse(r or base, TrainRecipe.parse(base))
-
-
-def _proxy_grads(recipe: TrainRecipe, n: int) -> int:
-    """Sample-gradient evaluations of one training of `recipe` on `n` images."""
-    steps = recipe.total_steps(n)
-    per_epoch = math.ceil(n / recipe.batch_size)
-    full, rest = divmod(steps, per_epoch)
-    return full * n + rest * min(recipe.batch_size, n)
 
 
 def _labels(proxies: Sequence[Any]) -> list[str]:
@@ -228,7 +222,7 @@ def validate(
     space: SearchSpace | None = None,
     peers: str | list[str] | None = None,
     truth_seeds: int = 2,
-    truth_recipe: TrainRecipe | str = "full",
+    truth_recipe: TrainRecipe | str | None = None,
     proxy_recipe: TrainRecipe | str = "proxy",
     proxy_seeds: int = 1,
     proxy_epochs: Sequence[int] | None = None,
@@ -242,6 +236,7 @@ def validate(
     n_resamples: int = 1000,
     bootstrap_seed: int = 0,
     zc_batch: int = 64,
+    truth_table: Any = None,
 ) -> Validation:
     """Audit how faithfully each ProxySet in `proxies` (and each peer) ranks `pool` against ground truth.
 
@@ -249,7 +244,9 @@ def validate(
     memory without `out`), so a rerun or another worker trains nothing twice. `proxy_epochs` sweeps the
     proxy training length (one row per proxy and length). Subset peers use `ipc` (default: the
     proxies' ipcs, else 10) and the distillation preset `subset_preset` where the method
-    has it. Returns the tables; with `out`, also writes per_arch.csv, summary.csv,
+    has it. `truth_table` (a `nasdd.validate.table.TruthTable`) replaces truth training: the audit uses
+    the pool members the table holds, its seeds and its recipe (a table made on another dataset split,
+    space or recipe is refused). Returns the tables; with `out`, also writes per_arch.csv, summary.csv,
     config.json and pool.jsonl there.
     """
     pool = list(dict.fromkeys(pool))
@@ -264,7 +261,18 @@ def validate(
     out = ensure_dir(out) if out is not None else None
     if storage is None and out is not None:
         storage = f"sqlite:///{(out / 'results.db').resolve()}"
-    truth_recipe, base_recipe = _recipe(truth_recipe, "full"), _recipe(proxy_recipe, "proxy")
+    requested = len(pool)
+    if truth_table is not None:
+        truth_table.check(
+            dataset_key=bundle.key,
+            space=None if space is None else space.name,
+            recipe_key=None if truth_recipe is None else _recipe(truth_recipe, "full").key(),
+        )
+        truth_recipe = truth_table.recipe
+        pool, _ = table_truth(truth_table, pool)
+        if len(pool) < 3:
+            raise NasddError(f"the truth table holds {len(pool)} of the {requested} pool members; 3 are needed")
+    truth_recipe, base_recipe = _recipe(truth_recipe or "full", "full"), _recipe(proxy_recipe, "proxy")
     recipes = (
         [(f"@e{e}" if len(proxy_epochs) > 1 else "", replace(base_recipe, epochs=e, steps=None)) for e in proxy_epochs]
         if proxy_epochs
@@ -282,7 +290,10 @@ def validate(
         "n_resamples": n_resamples,
         "bootstrap_seed": bootstrap_seed,
     }
-    truth = ground_truth(ctx["store"], bundle, pool, truth_recipe, list(range(truth_seeds)), device=device)
+    if truth_table is not None:
+        truth = table_truth(truth_table, pool)[1]
+    else:
+        truth = ground_truth(ctx["store"], bundle, pool, truth_recipe, list(range(truth_seeds)), device=device)
     rows: list[Scores] = []
     for proxy, label in zip(proxies, _labels(proxies), strict=True):
         rows += [_train_proxy(ctx, proxy, label + sfx, "proxy", r) for sfx, r in recipes]
@@ -300,7 +311,7 @@ def validate(
             rows.append(_zero_cost(ctx, peer.name, zc_batch))
     if any(p.kind == "early" for p in peer_list):
         n_proxy = [i * bundle.num_classes for i in ipcs] + [len(p.images) for p in proxies]
-        grads = [_proxy_grads(r, n) for n in n_proxy for _, r in recipes]
+        grads = [training_grads(r, n) for n in n_proxy for _, r in recipes]
         rows += [_early(ctx, steps) for steps in _budget_steps(ctx, budgets, grads)]
     per_arch = _per_arch(pool, space, truth, rows)
     summary = _summary(truth, rows, ctx)
@@ -313,7 +324,10 @@ def validate(
         "peers": [p.name for p in peer_list],
         "subset_preset": subset_preset,
         "truth_recipe": asdict(truth_recipe),
-        "truth_seeds": truth_seeds,
+        "truth_seeds": truth.table.shape[1],
+        "truth_table": None
+        if truth_table is None
+        else {**truth_table.meta, "members_used": len(pool), "pool_requested": requested},
         "proxy_recipes": {sfx or "default": asdict(r) for sfx, r in recipes},
         "proxy_seeds": proxy_seeds,
         "budgets_steps": [sc.info["steps"] for sc in rows if sc.kind == "peer:early"],

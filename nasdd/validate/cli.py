@@ -27,7 +27,7 @@ def _ints(text: str) -> list[int]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_data_args(parser)
     parser.add_argument("--space", help="search space name or YAML path (needed with --pool and --study)")
-    src = parser.add_mutually_exclusive_group(required=True)
+    src = parser.add_mutually_exclusive_group()
     src.add_argument("--pool", type=int, help="draw this many architectures spread over the space's factors")
     src.add_argument("--archs", help="JSON-lines file of ArchSpec dicts")
     src.add_argument("--study", help="use the architectures of this Optuna study's completed trials")
@@ -38,7 +38,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ipc", type=int, default=None, help="ipc of the subset peers (default: the proxies')")
     parser.add_argument("--subset-preset", default=None, help="distillation preset of the subset peers (e.g. cpu)")
     parser.add_argument("--truth-seeds", type=int, default=2, help="ground-truth seeds (default 2)")
-    parser.add_argument("--truth-recipe", default="full", help="truth training recipe (default 'full')")
+    parser.add_argument("--truth-recipe", default=None, help="truth training recipe (default 'full', or the table's)")
+    parser.add_argument(
+        "--truth-table",
+        default=None,
+        metavar="CSV",
+        help="a truth table from `nasdd truth` used instead of training the truth (pool default: its members)",
+    )
     parser.add_argument("--proxy-recipe", default="proxy", help="proxy training recipe (default 'proxy')")
     parser.add_argument("--proxy-seeds", type=int, default=1, help="training seeds per proxy, averaged (default 1)")
     parser.add_argument("--proxy-epochs", type=_ints, default=None, help="sweep of proxy epochs, e.g. 50,300")
@@ -59,18 +65,24 @@ def command(args: argparse.Namespace) -> int:
     from nasdd.utils import ensure_dir
     from nasdd.validate import pool as pools
     from nasdd.validate.audit import validate
+    from nasdd.validate.table import TruthTable
 
     space = load_space(args.space) if args.space else None
     out = ensure_dir(args.out)
     storage = args.storage or f"sqlite:///{(Path(out) / 'results.db').resolve()}"
+    table = TruthTable.load(args.truth_table) if args.truth_table else None
     if args.pool is not None:
         if space is None:
             raise NasddError("--pool needs --space (the space to draw from)")
         pool = pools.draw_pool(space, args.pool, args.pool_seed)
     elif args.archs:
         pool = pools.read_archs(args.archs)
-    else:
+    elif args.study:
         pool = pools.study_pool(args.study, args.study_storage or storage, space)
+    elif table is not None:
+        pool = table.archs()
+    else:
+        raise NasddError("give the pool: --pool N, --archs FILE, --study NAME or --truth-table CSV")
     bundle = load_data_from_args(args)
     proxies = [ProxySet.load(p, bundle) for p in args.proxies]
     result = validate(
@@ -90,10 +102,14 @@ def command(args: argparse.Namespace) -> int:
         storage=storage,
         out=out,
         device=args.device,
+        truth_table=table,
         ks=DEFAULT_KS,
         n_resamples=args.resamples,
     )
     cols = ["name", "tau", "tau_low", "tau_high", "rho", "p@5", "regret@1", "speedup_sample_grads"]
     print(result.summary[[c for c in cols if c in result.summary]].to_string(index=False, float_format="%.3f"))
+    if table is not None:
+        used = result.config["truth_table"]
+        print(f"truth table {args.truth_table}: {used['members_used']} of {used['pool_requested']} pool members held")
     print(f"wrote {out}/per_arch.csv, summary.csv, config.json")
     return 0

@@ -205,3 +205,27 @@ def noise_ceiling(
         level=level,
         seed=seed,
     )
+
+
+def paired_delta_tau(
+    truth: np.ndarray,
+    a: np.ndarray,
+    b: np.ndarray,
+    *,
+    n_resamples: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Kendall tau of `a` minus that of `b` against `truth`, with a paired bootstrap CI: every resample
+    draws the same architectures for both, so the shared noise of the pool cancels.
+
+    Returns {"dtau", "dtau_low", "dtau_high"}.
+    """
+    return bootstrap_table(
+        lambda t, x, y: np.array([kendall_tau(t, x) - kendall_tau(t, y)]),
+        [truth, a, b],
+        ["dtau"],
+        n_resamples=n_resamples,
+        level=level,
+        seed=seed,
+    )

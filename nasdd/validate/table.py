@@ -24,6 +24,7 @@ from nasdd import __version__
 from nasdd.arch import ArchSpec
 from nasdd.errors import NasddError
 from nasdd.train import TrainRecipe, TrainResult
+from nasdd.validate.truth import Scores
 
 PINNED = ("dataset_key", "space", "recipe_key")
 _SEED = re.compile(r"^acc_s(\d+)$")
@@ -205,3 +206,33 @@ def describe(table: TruthTable) -> str:
         f"{len(table.frame)} architectures, {n_full} with every one of {len(acc.columns)} seeds; "
         f"dataset {table.meta['dataset_key']}, space {table.meta['space']}, recipe {table.meta['recipe_key']}"
     )
+
+
+def truth_scores(table: TruthTable, pool: Sequence[ArchSpec]) -> tuple[list[ArchSpec], Scores]:
+    """The members of `pool` the table holds (with at least one accuracy) and their ground-truth Scores,
+    arranged as if trained by `nasdd.validate.truth.ground_truth` (test split, one column per seed)."""
+    from nasdd.validate.store import Job
+    from nasdd.validate.truth import collect
+
+    acc = table.accuracies()
+    held = [a for a in pool if a.key() in acc.index and acc.loc[a.key()].notna().any()]
+    seeds = table.seeds()
+    results = {}
+    for a in held:
+        row = table.frame.loc[a.key()]
+        for s in seeds:
+            v = row.get(f"acc_s{s}", math.nan)
+            results[Job(a, s, "test").key] = {
+                "accuracy": float(v),
+                "status": "ok" if math.isfinite(float(v)) else "failed",
+                "sample_grads": int(_finite(row.get(f"sample_grads_s{s}"))),
+                "seconds": _finite(row.get(f"seconds_s{s}")),
+                "params": row.get("params"),
+                "flops_per_sample": row.get("flops"),
+            }
+    return held, collect("ground_truth", "truth", held, seeds, "test", results, "accuracy")
+
+
+def _finite(v: object) -> float:
+    v = float(v) if v is not None else math.nan
+    return v if math.isfinite(v) else 0.0

@@ -1,0 +1,235 @@
+"""Benchmark: ranking at matched cost — every proxy and peer held to the same per-candidate budget.
+
+Ground truth comes from a committed truth table (`nasdd truth`); each budget is a fraction of one truth
+training in sample-gradients. Distilled proxies and the random/herding subsets train each candidate for
+that many sample-gradients (`nasdd.validate.budget.budget_recipe`), early stopping trains on the full
+data for as many, zero-cost scores cost what they cost. For every budget: Kendall tau with bootstrap CIs,
+the paired delta-tau of each distilled proxy against the best cheap peer and between distilled
+proxies (the same resampled architectures for both), and each method's break-even number of candidates.
+
+    OMP_NUM_THREADS=1 PYTHONPATH=. python scripts/bench_rank.py --proxies runs/bench_rank/proxies/*
+
+Every training is recorded in --storage (an Optuna journal committed beside the results): rerunning
+resumes, and a stopped run loses at most the trainings in flight.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from nasdd.data import load_dataset
+from nasdd.distill import ProxySet
+from nasdd.spaces import load_space
+from nasdd.utils import set_quiet
+from nasdd.validate import stats, validate
+from nasdd.validate.budget import break_even, budget_recipe, parse_fraction
+from nasdd.validate.peers import resolve_peers
+from nasdd.validate.table import TruthTable
+
+SHOW = ["budget", "name", "kind", "tau", "tau_low", "tau_high", "rho", "regret@1", "grads_per_candidate"]
+
+
+def convergence(table: TruthTable, longer: TruthTable, n_resamples: int) -> pd.DataFrame:
+    """Recipe R against 2R on the members both tables hold, next to R's (and 2R's) seed-to-seed agreement."""
+    keys = [k for k in longer.accuracies().index if k in table.accuracies().index]
+    r, r2 = table.accuracies().loc[keys], longer.accuracies().loc[keys]
+    opts = {"n_resamples": n_resamples, "ks": ()}
+    between = stats.rank_statistics(r.mean(axis=1).to_numpy(), r2.mean(axis=1).to_numpy(), **opts)
+    seeds_r = stats.noise_ceiling(r.to_numpy(), **opts)
+    seeds_r2 = stats.noise_ceiling(r2.to_numpy(), **opts)
+    row = {
+        "members": len(keys),
+        "recipe": table.meta["recipe"],
+        "recipe_2x": longer.meta["recipe"],
+        "tau_R_2R": between["tau"],
+        "tau_R_2R_low": between["tau_low"],
+        "tau_R_2R_high": between["tau_high"],
+        "seed_tau_R": seeds_r["tau"],
+        "seed_tau_2R": seeds_r2["tau"],
+        "acc_R": r.mean(axis=1).mean(),
+        "acc_2R": r2.mean(axis=1).mean(),
+    }
+    row["converged"] = bool(row["tau_R_2R"] >= min(row["seed_tau_R"], 0.85))
+    return pd.DataFrame([row])
+
+
+def audit_budget(args: argparse.Namespace, ctx: dict, frac: float, first: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Summary rows and per-architecture scores of every proxy and peer at one budget."""
+    bundle, table = ctx["bundle"], ctx["table"]
+    grads = frac * ctx["truth_grads"]
+    peers = resolve_peers(args.peers)
+    summaries, scores = [], []
+    for i, ipc in enumerate(args.ipcs):
+        n = ipc * bundle.num_classes
+        recipe = budget_recipe(ctx["proxy_base"], n, grads)
+        names = [p.name for p in peers if p.kind == "subset"]
+        if i == 0:
+            names += [p.name for p in peers if p.kind == "early" or (first and p.kind == "zerocost")]
+        res = validate(
+            bundle,
+            ctx["pool"],
+            [p for p in ctx["proxies"] if p.ipc == ipc],
+            space=ctx["space"],
+            peers=",".join(names),
+            proxy_recipe=recipe,
+            budgets=[grads / len(bundle.y_train)] if "early" in names else None,
+            ipc=ipc,
+            subset_preset=args.preset,
+            storage=args.storage,
+            out=Path(args.work) / f"ipc{ipc}",
+            device=args.device,
+            n_resamples=args.resamples,
+            truth_table=table,
+        )
+        s = res.summary[~res.summary.kind.isin(["truth", "noise_ceiling"])].copy()
+        distilled = s["distill_sample_grads"].fillna(0) if "distill_sample_grads" in s else 0
+        s["grads_per_candidate"] = (s.cost_sample_grads - distilled) / len(ctx["pool"])
+        summaries.append(s)
+        scores.append(res.per_arch.set_index("arch_key")[s.name.tolist()])
+    summary = pd.concat(summaries, ignore_index=True)
+    summary.insert(0, "budget", f"1/{round(1 / frac)}")
+    return summary, pd.concat(scores, axis=1)
+
+
+def paired(summary: pd.DataFrame, scores: pd.DataFrame, truth: pd.Series, resamples: int) -> pd.DataFrame:
+    """Delta-tau with paired CIs: each distilled proxy against the best cheap peer, and distilled pairs."""
+    t = truth.to_numpy()
+    proxies = summary[summary.kind == "proxy"].sort_values("tau", ascending=False)
+    cheap = summary[summary.kind.str.startswith("peer")].sort_values("tau", ascending=False)
+    best = cheap.iloc[0] if len(cheap) else None
+    pairs = [(p, best) for _, p in proxies.iterrows()] if best is not None else []
+    pairs += [(a, b) for i, (_, a) in enumerate(proxies.iterrows()) for _, b in proxies.iloc[i + 1 :].iterrows()]
+    rows = []
+    for a, b in pairs:
+        d = stats.paired_delta_tau(
+            t, scores[a["name"]].to_numpy(), scores[b["name"]].to_numpy(), n_resamples=resamples, seed=0
+        )
+        rows.append({"budget": a["budget"], "a": a["name"], "b": b["name"], "b_kind": b["kind"], **d})
+    return pd.DataFrame(rows)
+
+
+def amortisation(summary: pd.DataFrame, truth_grads: float) -> pd.DataFrame:
+    """Per distilled proxy and budget: cost per candidate amortised over 100 and 1,000 candidates, and the
+    break-even number of candidates against full-data training of every candidate."""
+    rows = []
+    for _, r in summary[summary.kind == "proxy"].iterrows():
+        d, g = float(r.get("distill_sample_grads", 0) or 0), float(r.grads_per_candidate)
+        rows.append(
+            {
+                "budget": r.budget,
+                "name": r["name"],
+                "distill_sample_grads": d,
+                "grads_per_candidate": g,
+                "per_candidate_at_100": g + d / 100,
+                "per_candidate_at_1000": g + d / 1000,
+                "break_even_candidates": break_even(g, d, truth_grads),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def plot(summary: pd.DataFrame, deltas: pd.DataFrame, ceiling: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 5))
+    ax.axhspan(ceiling["tau_low"], ceiling["tau_high"], color="grey", alpha=0.2, label="noise ceiling (95% CI)")
+    ax.axhline(ceiling["tau"], color="grey", lw=1)
+    summary = summary.assign(frac=[1 / float(b.split("/")[1]) for b in summary.budget])
+    for name, g in summary[summary.kind != "peer:zerocost"].groupby("name"):
+        g = g.sort_values("frac")
+        style = "-" if g.kind.iloc[0] == "proxy" else "--"
+        ax.errorbar(g.frac, g.tau, yerr=[g.tau - g.tau_low, g.tau_high - g.tau], fmt=style + "o", capsize=3, label=name)
+    for _, r in summary[summary.kind == "peer:zerocost"].drop_duplicates("name").iterrows():
+        ax.axhline(r.tau, ls=":", lw=1, color="black")
+        ax.annotate(r["name"], (summary.frac.min(), r.tau), fontsize=7, va="bottom")
+    ax.set(xscale="log", xlabel="per-candidate budget (fraction of one truth training)", ylabel="Kendall τ vs truth")
+    ax.legend(fontsize=7, loc="lower right")
+    if len(deltas):
+        vs_peer = deltas[deltas.b_kind.str.startswith("peer")].reset_index(drop=True)
+        labels = [f"{r.a} − {r.b}\n@{r.budget}" for _, r in vs_peer.iterrows()]
+        y = np.arange(len(vs_peer))
+        bx.errorbar(
+            vs_peer.dtau, y, xerr=[vs_peer.dtau - vs_peer.dtau_low, vs_peer.dtau_high - vs_peer.dtau], fmt="o"
+        )
+        bx.axvline(0, color="black", lw=1)
+        bx.set_yticks(y, labels, fontsize=7)
+        bx.set(xlabel="Δτ (distilled − best cheap peer), paired 95% CI")
+    fig.suptitle("Ranking at matched cost")
+    fig.tight_layout()
+    fig.savefig(out / "tau_vs_budget.png", dpi=120)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dataset", default="fashion_mnist")
+    ap.add_argument("--truth", default="results/bench_fashion_mnist/truth.csv")
+    ap.add_argument("--check", default="results/bench_fashion_mnist/truth_2x.csv", help="2x-length table ('' skips)")
+    ap.add_argument("--proxies", nargs="*", default=[], metavar="DIR")
+    ap.add_argument("--peers", default="random,herding,early,grad_norm,snip,synflow,naswot,params")
+    ap.add_argument("--budgets", default="1/300,1/100,1/30", help="fractions of one truth training")
+    ap.add_argument("--ipcs", default="10", help="ipcs of the proxies and subset peers")
+    ap.add_argument("--proxy-recipe", default="proxy", help="base recipe shortened to each budget")
+    ap.add_argument("--preset", default="cpu", help="distillation preset of the subset peers")
+    ap.add_argument("--resamples", type=int, default=1000)
+    ap.add_argument("--storage", default="journal:results/bench_fashion_mnist/scores.journal")
+    ap.add_argument("--work", default="runs/bench_rank", help="subset peers and per-call tables (not committed)")
+    ap.add_argument("--out", default="results/bench_fashion_mnist")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = ap.parse_args()
+    set_quiet(args.quiet)
+    args.ipcs = [int(i) for i in args.ipcs.split(",")]
+    if args.storage.startswith("journal:"):
+        Path(args.storage[len("journal:") :]).parent.mkdir(parents=True, exist_ok=True)
+
+    from nasdd.train import TrainRecipe
+
+    table = TruthTable.load(args.truth)
+    bundle = load_dataset(args.dataset)
+    out = Path(args.out)
+    if args.check:
+        convergence(table, TruthTable.load(args.check), args.resamples).to_csv(out / "convergence.csv", index=False)
+    ctx = {
+        "bundle": bundle,
+        "table": table,
+        "space": load_space(table.meta["space"]),
+        "pool": table.archs(),
+        "proxies": [ProxySet.load(p, bundle) for p in args.proxies],
+        "proxy_base": TrainRecipe.parse(args.proxy_recipe, TrainRecipe.parse("proxy")),
+        "truth_grads": float(np.nanmean(table.frame.filter(like="sample_grads_s").to_numpy(float))),
+    }
+    truth = table.accuracies().mean(axis=1).loc[[a.key() for a in ctx["pool"]]]
+    summaries, deltas = [], []
+    fracs = sorted((parse_fraction(b) for b in args.budgets.split(",")), reverse=False)
+    zc: tuple[pd.DataFrame, pd.DataFrame] | None = None  # zero-cost rows cost the same at every budget
+    for i, frac in enumerate(fracs):
+        summary, scores = audit_budget(args, ctx, frac, first=i == 0)
+        if zc is None:
+            rows = summary[summary.kind == "peer:zerocost"]
+            zc = rows.drop(columns="budget"), scores[rows.name.tolist()]
+        elif len(zc[0]):
+            summary = pd.concat([summary, zc[0].assign(budget=summary.budget.iloc[0])], ignore_index=True)
+            scores = pd.concat([scores, zc[1]], axis=1)
+        summaries.append(summary)
+        deltas.append(paired(summary, scores, truth, args.resamples))
+        scores.add_suffix(f"@{summary.budget.iloc[0]}").to_csv(out / f"scores_{summary.budget.iloc[0][2:]}.csv")
+        all_summary = pd.concat(summaries, ignore_index=True)
+        all_deltas = pd.concat(deltas, ignore_index=True)
+        all_summary.to_csv(out / "summary.csv", index=False, float_format="%.4g")
+        all_deltas.to_csv(out / "paired.csv", index=False, float_format="%.4g")
+        amortisation(all_summary, ctx["truth_grads"]).to_csv(out / "amortised.csv", index=False, float_format="%.4g")
+        print(all_summary[[c for c in SHOW if c in all_summary]].to_string(index=False, float_format="%.3f"))
+    ceiling = stats.noise_ceiling(table.accuracies().to_numpy(), ks=(), n_resamples=args.resamples)
+    plot(pd.concat(summaries, ignore_index=True), pd.concat(deltas, ignore_index=True), ceiling, out)
+    print(f"noise ceiling tau {ceiling['tau']:.3f} [{ceiling['tau_low']:.3f}, {ceiling['tau_high']:.3f}]")
+
+
+if __name__ == "__main__":
+    main()
