@@ -82,3 +82,14 @@ def test_noise_ceiling_is_mean_over_seed_pairs():
     assert identical["tau"] == 1 and identical["regret@1"] == 0
     with pytest.raises(ValueError):
         stats.noise_ceiling(base[:, None])
+
+
+def test_paired_delta_tau_is_hand_computable_and_zero_for_identical_rankings():
+    truth = np.array([1.0, 2, 3, 4, 5, 6])
+    a = truth.copy()
+    b = np.array([2.0, 1, 3, 4, 5, 6])  # one discordant pair of 15: tau = 13/15
+    d = stats.paired_delta_tau(truth, a, b, n_resamples=200, seed=0)
+    assert d["dtau"] == pytest.approx(1 - 13 / 15)
+    assert d["dtau_low"] <= d["dtau"] <= d["dtau_high"]
+    same = stats.paired_delta_tau(truth, b, b.copy(), n_resamples=200, seed=0)
+    assert same["dtau"] == 0 and same["dtau_low"] <= 0 <= same["dtau_high"]
