@@ -9,6 +9,7 @@ from nasdd.cli import main
 from nasdd.distill import distill
 from nasdd.errors import NasddError
 from nasdd.validate import audit, truth, validate
+from nasdd.validate.budget import training_grads
 from nasdd.validate.pool import write_archs
 
 POOL = [
@@ -114,9 +115,9 @@ def test_cli(digits, tmp_path, capsys):
 
 def test_budget_matching():
     recipe = audit._recipe("proxy,epochs=30", "proxy")
-    assert audit._proxy_grads(recipe, 100) == 3000
+    assert training_grads(recipe, 100) == 3000
     # 100 images in batches of 64: epochs of 64 + 36; 7 steps = 3 epochs + one batch of 64
-    assert audit._proxy_grads(audit._recipe("proxy,steps=7,batch_size=64", "proxy"), 100) == 3 * 100 + 64
+    assert training_grads(audit._recipe("proxy,steps=7,batch_size=64", "proxy"), 100) == 3 * 100 + 64
 
 
 def test_auto_budgets_match_proxy_cost_and_stay_early(digits):
