@@ -132,6 +132,27 @@ def amortisation(summary: pd.DataFrame, truth_grads: float) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def verdict(summary: pd.DataFrame, deltas: pd.DataFrame, ceiling: dict) -> str:
+    """Per budget: the best option, the best cheap peer, and whether any distilled proxy beats it (paired)."""
+    lines = [f"Noise ceiling tau {ceiling['tau']:.2f} [{ceiling['tau_low']:.2f}, {ceiling['tau_high']:.2f}]."]
+    for budget, g in summary.groupby("budget", sort=False):
+        best = g.sort_values("tau", ascending=False).iloc[0]
+        cheap = g[g.kind.str.startswith("peer")].sort_values("tau", ascending=False)
+        line = f"- {budget} of a truth training: best {best['name']} tau {best.tau:.2f}"
+        line += f" [{best.tau_low:.2f}, {best.tau_high:.2f}]"
+        if len(cheap):
+            line += f"; best cheap peer {cheap.iloc[0]['name']} ({cheap.iloc[0].tau:.2f})"
+        d = deltas[(deltas.budget == budget) & deltas.b_kind.str.startswith("peer")] if len(deltas) else deltas
+        wins = [f"{r.a} (Δτ {r.dtau:+.2f} [{r.dtau_low:+.2f}, {r.dtau_high:+.2f}])" for _, r in d.iterrows()]
+        beats = [w for w, (_, r) in zip(wins, d.iterrows(), strict=True) if r.dtau_low > 0]
+        if wins:
+            line += "; distilled against it: " + ", ".join(wins)
+            won = "Beats it (paired CI above 0): " + ", ".join(beats) if beats else "No distilled proxy beats it."
+            line += ". " + won
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
 def plot(summary: pd.DataFrame, deltas: pd.DataFrame, ceiling: dict, out: Path) -> None:
     import matplotlib
 
@@ -142,7 +163,8 @@ def plot(summary: pd.DataFrame, deltas: pd.DataFrame, ceiling: dict, out: Path) 
     ax.axhspan(ceiling["tau_low"], ceiling["tau_high"], color="grey", alpha=0.2, label="noise ceiling (95% CI)")
     ax.axhline(ceiling["tau"], color="grey", lw=1)
     summary = summary.assign(frac=[1 / float(b.split("/")[1]) for b in summary.budget])
-    for name, g in summary[summary.kind != "peer:zerocost"].groupby("name"):
+    summary["line"] = summary.name.where(summary.kind != "peer:early", "early stopping (full data)")
+    for name, g in summary[summary.kind != "peer:zerocost"].groupby("line"):
         g = g.sort_values("frac")
         style = "-" if g.kind.iloc[0] == "proxy" else "--"
         ax.errorbar(g.frac, g.tau, yerr=[g.tau - g.tau_low, g.tau_high - g.tau], fmt=style + "o", capsize=3, label=name)
@@ -227,7 +249,11 @@ def main() -> None:
         amortisation(all_summary, ctx["truth_grads"]).to_csv(out / "amortised.csv", index=False, float_format="%.4g")
         print(all_summary[[c for c in SHOW if c in all_summary]].to_string(index=False, float_format="%.3f"))
     ceiling = stats.noise_ceiling(table.accuracies().to_numpy(), ks=(), n_resamples=args.resamples)
-    plot(pd.concat(summaries, ignore_index=True), pd.concat(deltas, ignore_index=True), ceiling, out)
+    summary, delta = pd.concat(summaries, ignore_index=True), pd.concat(deltas, ignore_index=True)
+    plot(summary, delta, ceiling, out)
+    text = verdict(summary, delta, ceiling)
+    (out / "verdict.md").write_text(text)
+    print(text)
     print(f"noise ceiling tau {ceiling['tau']:.3f} [{ceiling['tau_low']:.3f}, {ceiling['tau_high']:.3f}]")
 
 
