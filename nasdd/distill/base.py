@@ -13,8 +13,9 @@ YAML path or SearchSpace) the base draws a pool of `match_pool` members spread o
 (`nasdd.spaces.draw_pool`, seeded by `seed`) and deals them to the iterations: slot `it * k + j` takes
 the member at that position of a seeded permutation of the pool per pass, so every member is used
 (about) equally often and the k members of one iteration are distinct while k <= pool; the choice
-depends only on (seed, it, k), so a resumed run draws exactly what an uninterrupted one would. Members are used as drawn (a method's own width/normalisation options only
-narrow the fixed `arch`). The proxy's provenance records the space and the pool.
+depends only on (seed, it, k), so a resumed run draws exactly what an uninterrupted one would. Members
+are used as drawn (a method's own width/normalisation options only narrow the fixed `arch`). The proxy's
+provenance (its config) records the space and the pool.
 """
 
 from __future__ import annotations
