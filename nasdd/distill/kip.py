@@ -26,9 +26,12 @@ instance norm, which measured better for the random-feature kernel on digits and
 
 Labels: learned targets are KRR regression targets. The ProxySet stores `softmax(Y_s /
 label_temperature)`, the trainer's cross-entropy targets (one-hot targets give ~hard labels at the
-default temperature 0.1). Sample-gradient count: every real or synthetic image passed through a
-network counts once per network (forward-only feature passes included), the support once more for
-the backward to the images; for `kip` each Jacobian row counts once more (it is a backward pass).
+default temperature 0.1). The kip and krr kernel networks run in eval mode, so a BatchNorm member of a
+match space is one fixed feature map (its initial statistics), not a function of the batch.
+
+Sample-gradient count: every real or synthetic image passed through a network counts once per network
+(forward-only feature passes included), the support once more for the backward to the images; for
+`kip` each Jacobian row counts once more (it is a backward pass).
 """
 
 from __future__ import annotations
@@ -136,7 +139,7 @@ class RandomFeatureKRR(KernelDistiller):
     def kernels(self, x_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         fs, ft = [], []
         for arch in self.archs:  # features of different widths: each scaled by its own 1/sqrt(dim)
-            net = self.new_net(self.bundle.num_classes, arch)
+            net = self.new_net(self.bundle.num_classes, arch).eval()  # BatchNorm: one fixed feature map
             net.requires_grad_(False)
             scale = 1 / math.sqrt(net.feature_dim)
             fs.append(net.features(self.images) * scale)
@@ -165,7 +168,7 @@ class KernelInducingPoints(KernelDistiller):
     def kernels(self, x_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         k_ss, k_ts = 0.0, 0.0
         for arch in self.archs:
-            net = self.new_net(1, arch)
+            net = self.new_net(1, arch).eval()  # per-sample Jacobians: BatchNorm must not use batch statistics
             params = {k: p.detach() for k, p in net.named_parameters()}
             n_params = sum(p.numel() for p in params.values())
 
