@@ -93,7 +93,9 @@ class CAFE(Distiller):
         self.k = bundle.num_classes
         depths = sorted({len(self.network(a).blocks) for a in self.pool_})
         if o["layer_weights"] is not None and depths != [len(o["layer_weights"])]:
-            raise NasddError(f"cafe option layer_weights needs one value per conv block: {depths} values")
+            mixed = "; the match pool mixes depths, leave it unset" if len(depths) > 1 else ""
+            need = " or ".join(map(str, depths))
+            raise NasddError(f"cafe option layer_weights needs {need} values (one per conv block){mixed}")
         self.use_net(0)
 
     def use_net(self, it: int) -> None:
