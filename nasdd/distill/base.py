@@ -52,6 +52,16 @@ def sample_real(bundle: DatasetBundle, ipc: int, gen: torch.Generator) -> tuple[
     return torch.cat(xs), torch.cat(ys)
 
 
+def match_pool(space: str | Path | SearchSpace, n: int | None, seed: int) -> tuple[SearchSpace, list[ArchSpec]]:
+    """The match space (loaded if named) and its `n` members (default 16, at most the space's size),
+    spread over its factors and reproducible by `seed`."""
+    space = space if isinstance(space, SearchSpace) else load_space(space)
+    n = DEFAULT_MATCH_POOL if n is None else n
+    if not (isinstance(n, int) and n >= 1):
+        raise NasddError(f"--match-pool must be a positive integer, got {n!r}")
+    return space, draw_pool(space, min(n, space.size), seed=seed)
+
+
 def per_ipc(value: Any, ipc: int) -> Any:
     """`value`, or its entry for the ipc nearest `ipc` (the smaller on a tie) when it maps ipc -> value."""
     return value[min(value, key=lambda k: (abs(k - ipc), k))] if isinstance(value, dict) else value
@@ -139,11 +149,7 @@ class Distiller:
             if self.match_pool is not None:
                 raise NasddError("--match-pool needs --match-space")
             return
-        space = self.match_space if isinstance(self.match_space, SearchSpace) else load_space(self.match_space)
-        n = DEFAULT_MATCH_POOL if self.match_pool is None else self.match_pool
-        if not (isinstance(n, int) and n >= 1):
-            raise NasddError(f"--match-pool must be a positive integer, got {n!r}")
-        self.space_, self.pool_ = space, draw_pool(space, min(n, space.size), seed=self.seed)
+        self.space_, self.pool_ = match_pool(self.match_space, self.match_pool, self.seed)
 
     def matching_archs(self, it: int, k: int = 1) -> list[ArchSpec]:
         """The `k` matching architectures of iteration `it` (see the module docstring)."""

@@ -146,3 +146,16 @@ def test_cli_match_space_and_list_methods(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "unknown search space 'nope'" in err and "convnet_cpu" in err
     assert "rankdm" in dict(catalog())
+
+
+def test_experts_cli_trains_the_buffers_of_the_match_pool(digits, tmp_path, capsys):
+    argv = ["experts", "--dataset", "digits", "--num-experts", "1", "--epochs", "1", "--quiet"]
+    argv += ["--buffer-root", str(tmp_path), "--match-space", MIXED, "--match-pool", "2", "--seed", "5"]
+    assert cli.main(argv) == 0
+    assert capsys.readouterr().out.count("trained 1 epochs now") == 2
+    kw = {**CHEAP["mtt"], "buffer_root": str(tmp_path), "device": "cpu", "match_space": MIXED, "match_pool": 2}
+    from nasdd.distill import METHODS
+
+    d = METHODS.get("mtt")(ipc=1, seed=5, iterations=1, **kw)
+    d.run(digits)
+    assert all(b.trained_epochs == 0 for b in d.buffers.values())  # the distillation reuses both buffers
