@@ -149,6 +149,8 @@ class Distiller:
             if self.match_pool is not None:
                 raise NasddError("--match-pool needs --match-space")
             return
+        if not self.iterative:
+            raise NasddError(f"method {self.name} selects real images and matches no network; drop --match-space")
         self.space_, self.pool_ = match_pool(self.match_space, self.match_pool, self.seed)
 
     def matching_archs(self, it: int, k: int = 1) -> list[ArchSpec]:

@@ -62,6 +62,8 @@ def test_pool_is_capped_by_the_space_and_bad_inputs_are_one_line_errors(digits):
         distill(digits, "dm", 1, iterations=1, match_pool=4)
     with pytest.raises(NasddError, match="--match-pool must be a positive integer"):
         distill(digits, "dm", 1, iterations=1, match_space=MIXED, match_pool=0)
+    with pytest.raises(NasddError, match="method herding selects real images and matches no network"):
+        distill(digits, "herding", 1, match_space=MIXED)
     with pytest.raises(NasddError, match="rankdm matches a pool of architectures: give --match-space"):
         distill(digits, "rankdm", 1, iterations=1)
 
