@@ -33,9 +33,10 @@ from nasdd.arch import ArchSpec
 from nasdd.data import DatasetBundle
 from nasdd.distill.proxy import ProxySet
 from nasdd.errors import NasddError
-from nasdd.models import DEFAULT_ARCH, build
+from nasdd.models import DEFAULT_ARCH
 from nasdd.registry import Registry
 from nasdd.spaces import SearchSpace, draw_pool, load_space
+from nasdd.train import build_seeded
 from nasdd.utils import atomic_open, progress, resolve_device
 
 CHECKPOINT = "checkpoint.pt"
@@ -176,9 +177,8 @@ class Distiller:
         architecture and output width; methods that re-initialise it do so in place)."""
         key = (arch, self.bundle.num_classes if outputs is None else outputs)
         if key not in self.nets_:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(self.seed)
-                self.nets_[key] = build(arch, self.bundle.channels, self.bundle.image_size, key[1]).to(self.dev)
+            shape = (self.bundle.channels, self.bundle.image_size, self.bundle.image_size)
+            self.nets_[key] = build_seeded(arch, shape, key[1], self.seed).to(self.dev)
         return self.nets_[key]
 
     # ------------------------------------------------------------------------------------- the loop
