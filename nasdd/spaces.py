@@ -12,12 +12,19 @@ Format (see search_spaces/*.yaml)::
     default: {depth: 3, ...}   # optional: the space's reference member
 
 A space can `suggest(trial)` for Optuna, `sample(rng)`, `enumerate()` when finite, and tell its `size`.
+`draw_pool` draws n distinct members spread evenly over every factor (Latin-hypercube style): for every
+parameter it deals each option (or, for float/log-int ranges, each of n equal strata) about equally often
+over the n members, shuffles the columns independently with a seeded generator, then repairs duplicate
+members by swapping values between members (which keeps the balance). Conditional parameters are dealt
+among the members where they are active. Validation audits such pools; distillation matches through them.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import random
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -270,3 +277,70 @@ def load_space(name_or_path: str | Path) -> SearchSpace:
         problem = getattr(exc, "problem", None) or type(exc).__name__
         raise NasddError(f"{path}: malformed YAML{where}: {problem}; fix the file") from exc
     return parse_space(doc, str(path))
+
+
+# ------------------------------------------------------------------------------ balanced draws
+def _column(p: Param, n: int, rng: random.Random) -> list[Any]:
+    """n values of one parameter, each option (or stratum) dealt about n / options times."""
+    options = p.options()
+    if p.kind == "int" and p.log:
+        options = None
+    if options is not None:
+        reps = options * (n // len(options)) + rng.sample(options, n % len(options))
+        rng.shuffle(reps)
+        return reps
+    lo, hi = p.spec
+    u = [(i + rng.random()) / n for i in range(n)]
+    rng.shuffle(u)
+    if p.log:
+        vals = [math.exp(math.log(lo) + x * (math.log(hi) - math.log(lo))) for x in u]
+    else:
+        vals = [lo + x * (hi - lo) for x in u]
+    return [min(hi, int(round(v))) for v in vals] if p.kind == "int" else vals
+
+
+def _deal(space: SearchSpace, n: int, rng: random.Random) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = [{} for _ in range(n)]
+    for p in space.params:
+        active = [r for r in rows if p.active(r)]
+        for r, v in zip(active, _column(p, len(active), rng), strict=True):
+            r[p.name] = v
+    return rows
+
+
+def _repair(space: SearchSpace, rows: list[dict[str, Any]], rng: random.Random, tries: int = 200) -> None:
+    """Make members unique by swapping one factor's values between two members (balance preserved)."""
+    factors = [p.name for p in space.params if p.name in space.factors() and not p.when]
+    for _ in range(tries):
+        counts = Counter(json.dumps(r, sort_keys=True) for r in rows)
+        dups = [i for i, r in enumerate(rows) if counts[json.dumps(r, sort_keys=True)] > 1]
+        if not dups or not factors:
+            return
+        for i in dups:
+            j, f = rng.randrange(len(rows)), rng.choice(factors)
+            a, b = dict(rows[i]), dict(rows[j])
+            a[f], b[f] = b[f], a[f]
+            if all(p.active(a) == (p.name in a) and p.active(b) == (p.name in b) for p in space.params):
+                rows[i], rows[j] = a, b
+
+
+def draw_pool(space: SearchSpace, n: int, seed: int = 0) -> list[ArchSpec]:
+    """`n` distinct members of `space`, spread evenly over every factor, reproducible by `seed`."""
+    if n < 1:
+        raise NasddError(f"--pool must be a positive integer, got {n}")
+    if space.finite and n > space.size:
+        raise NasddError(f"--pool {n} exceeds the {space.size} members of search space {space.name}")
+    rng = random.Random(seed)
+    rows = _deal(space, n, rng)
+    _repair(space, rows, rng)
+    pool = list(dict.fromkeys(ArchSpec.make(space.family, **r) for r in rows))
+    while len(pool) < n:  # rare: repair could not separate every duplicate; top up with fresh draws
+        spec = space.sample(rng)
+        if spec not in pool:
+            pool.append(spec)
+    return pool
+
+
+def factor_counts(pool: list[ArchSpec], space: SearchSpace) -> dict[str, Counter]:
+    """How often each value of each varying factor appears in `pool` (for checking the spread)."""
+    return {f: Counter(a.get(f) for a in pool if a.get(f) is not None) for f in space.factors()}

@@ -124,7 +124,8 @@ def bench_one(method: str, bundle, ipc: int, recipe: TrainRecipe, recipe_text: s
     cls = METHODS.get(method)
     preset = args.preset if args.preset in cls.presets else None
     iterations = args.iterations if cls.iterative else None
-    options = {k: v for k, v in args.options.items() if k in cls.defaults or (k == "lr_img" and cls.iterative)}
+    common = ("lr_img", "match_space", "match_pool")  # base options of every iterative method
+    options = {k: v for k, v in args.options.items() if k in cls.defaults or (k in common and cls.iterative)}
     label = (preset or "default") + (f"+it{iterations}" if iterations is not None else "")
     label += "".join(f"+{k}={v}" for k, v in options.items())
     dev = resolve_device(args.device)
@@ -216,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="method option for the methods that have it (noted in preset; repeatable)",
+        help="method option for the methods that have it, or lr_img, match_space, match_pool (noted in preset)",
     )
     p.add_argument("--eval-seeds", type=int, default=5)
     p.add_argument("--eval-recipe", default="proxy", help="recipe preset and/or key=value pairs")

@@ -5,16 +5,29 @@ override `setup` and `step` and learn `self.images` (and optionally `self.labels
 The base runs the loop: per-iteration seeding (so `--resume` continues exactly), a progress bar with
 the loss, checkpoints every `checkpoint_every` iterations, and a NaN/inf guard that keeps the last
 good images and stops with a message.
+
+Matching networks: a method asks the base which architecture(s) it matches through in iteration `it`
+(`matching_archs(it, k)`, `matching_arch(it)`) and for a built network (`network(arch)`), never builds a
+sampler of its own. Without `match_space` that is the one `arch`. With `match_space` (a search-space name,
+YAML path or SearchSpace) the base draws a pool of `match_pool` members spread over the space's factors
+(`nasdd.spaces.draw_pool`, seeded by `seed`) and deals them to the iterations: slot `it * k + j` takes
+the member at that position of a seeded permutation of the pool per pass, so every member is used
+(about) equally often and the k members of one iteration are distinct while k <= pool; the choice
+depends only on (seed, it, k), so a resumed run draws exactly what an uninterrupted one would. Members
+are used as drawn (a method's own width/normalisation options only narrow the fixed `arch`). The proxy's
+provenance (its config) records the space and the pool.
 """
 
 from __future__ import annotations
 
 import math
+import random
 import time
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+from torch import nn
 
 from nasdd.arch import ArchSpec
 from nasdd.data import DatasetBundle
@@ -22,9 +35,12 @@ from nasdd.distill.proxy import ProxySet
 from nasdd.errors import NasddError
 from nasdd.models import DEFAULT_ARCH
 from nasdd.registry import Registry
+from nasdd.spaces import SearchSpace, draw_pool, load_space
+from nasdd.train import build_seeded
 from nasdd.utils import atomic_open, progress, resolve_device
 
 CHECKPOINT = "checkpoint.pt"
+DEFAULT_MATCH_POOL = 16
 
 
 def sample_real(bundle: DatasetBundle, ipc: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -37,6 +53,16 @@ def sample_real(bundle: DatasetBundle, ipc: int, gen: torch.Generator) -> tuple[
     return torch.cat(xs), torch.cat(ys)
 
 
+def match_pool(space: str | Path | SearchSpace, n: int | None, seed: int) -> tuple[SearchSpace, list[ArchSpec]]:
+    """The match space (loaded if named) and its `n` members (default 16, at most the space's size),
+    spread over its factors and reproducible by `seed`."""
+    space = space if isinstance(space, SearchSpace) else load_space(space)
+    n = DEFAULT_MATCH_POOL if n is None else n
+    if not (isinstance(n, int) and n >= 1):
+        raise NasddError(f"--match-pool must be a positive integer, got {n!r}")
+    return space, draw_pool(space, min(n, space.size), seed=seed)
+
+
 def per_ipc(value: Any, ipc: int) -> Any:
     """`value`, or its entry for the ipc nearest `ipc` (the smaller on a tie) when it maps ipc -> value."""
     return value[min(value, key=lambda k: (abs(k - ipc), k))] if isinstance(value, dict) else value
@@ -46,6 +72,7 @@ class Distiller:
     """Base for every distillation method; constructors only store parameters (scikit-learn style).
 
     Common options: ipc, seed, iterations, init (`real` | `noise`), arch (the matching network),
+    match_space / match_pool (match through members of a search space instead, see the module docstring),
     lr_img (image learning rate), device, checkpoint_every; `iterations` and `lr_img` may also map
     ipc -> value (presets do; the nearest ipc is used). Method-specific options and their defaults
     live in the class attribute `defaults`; after `run`, they are in `self.options`.
@@ -73,6 +100,8 @@ class Distiller:
         lr_img: float | dict[int, float] | None = None,
         device: str | torch.device = "auto",
         checkpoint_every: int = 100,
+        match_space: str | Path | SearchSpace | None = None,
+        match_pool: int | None = None,
         **options: Any,
     ) -> None:
         unknown = set(options) - set(self.defaults)
@@ -84,6 +113,7 @@ class Distiller:
         self.arch = arch or DEFAULT_ARCH
         self.lr_img = self.default_lr_img if lr_img is None else per_ipc(lr_img, ipc)
         self.checkpoint_every = checkpoint_every
+        self.match_space, self.match_pool = match_space, match_pool
         self.options = {**self.defaults, **options}
 
     # ----------------------------------------------------------------------------------------- hooks
@@ -110,9 +140,50 @@ class Distiller:
         """The learned learning rate to store with the proxy (`self.syn_lr`, if a method learns one)."""
         return None if self.syn_lr is None else float(self.syn_lr.detach())
 
+    # -------------------------------------------------------------------------- matching networks
+    def _draw_match_pool(self) -> None:
+        """`self.space_` and `self.pool_`: the matching space and its drawn members (None / [arch] without)."""
+        self.space_: SearchSpace | None = None
+        self.pool_ = [self.arch]
+        self.nets_: dict[tuple[ArchSpec, int], nn.Module] = {}
+        if self.match_space is None:
+            if self.match_pool is not None:
+                raise NasddError("--match-pool needs --match-space")
+            return
+        if not self.iterative:
+            raise NasddError(f"method {self.name} selects real images and matches no network; drop --match-space")
+        self.space_, self.pool_ = match_pool(self.match_space, self.match_pool, self.seed)
+
+    def matching_archs(self, it: int, k: int = 1) -> list[ArchSpec]:
+        """The `k` matching architectures of iteration `it` (see the module docstring)."""
+        pool = self.pool_
+        if len(pool) == 1:
+            return pool * k
+        out = []
+        for slot in range(it * k, it * k + k):
+            order = list(range(len(pool)))
+            random.Random(self.seed * 1_000_003 + slot // len(pool)).shuffle(order)
+            out.append(pool[order[slot % len(pool)]])
+        if k <= len(pool):  # a pass boundary can repeat a member: fill up with the last pass's next ones
+            out = list(dict.fromkeys(out))
+            out += [a for a in (pool[i] for i in order) if a not in out][: k - len(out)]
+        return out
+
+    def matching_arch(self, it: int) -> ArchSpec:
+        return self.matching_archs(it, 1)[0]
+
+    def network(self, arch: ArchSpec, outputs: int | None = None) -> nn.Module:
+        """`arch` built on the device with initial weights seeded by `seed` (cached: one module per
+        architecture and output width; methods that re-initialise it do so in place)."""
+        key = (arch, self.bundle.num_classes if outputs is None else outputs)
+        if key not in self.nets_:
+            shape = (self.bundle.channels, self.bundle.image_size, self.bundle.image_size)
+            self.nets_[key] = build_seeded(arch, shape, key[1], self.seed).to(self.dev)
+        return self.nets_[key]
+
     # ------------------------------------------------------------------------------------- the loop
     def config(self) -> dict[str, Any]:
-        return {
+        config = {
             "method": self.name,
             "ipc": self.ipc,
             "seed": self.seed,
@@ -122,6 +193,10 @@ class Distiller:
             "lr_img": self.lr_img,
             **self.options,
         }
+        if getattr(self, "space_", None) is not None:  # only then: fixed-arch configurations stay as they were
+            config["match_space"] = self.space_.name
+            config["match_pool"] = [a.to_dict() for a in self.pool_]
+        return config
 
     def count(self, n: int) -> None:
         """Record `n` sample-gradient evaluations (per-sample forward + backward through a network)."""
@@ -147,6 +222,7 @@ class Distiller:
         """Distil `bundle` into a ProxySet (checkpoints go to `out` when given)."""
         self._validate(bundle)
         self.bundle, self.dev = bundle, resolve_device(self.device)
+        self._draw_match_pool()
         self.sample_grads, self.seconds = 0, 0.0
         gen = torch.Generator().manual_seed(self.seed)
         start = time.perf_counter()

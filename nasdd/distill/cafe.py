@@ -33,7 +33,7 @@ from nasdd.data import DatasetBundle
 from nasdd.distill.base import Distiller, register
 from nasdd.distill.dm import RealSampler, class_means, reinit_
 from nasdd.errors import NasddError
-from nasdd.train import TrainRecipe, build_seeded, fit
+from nasdd.train import TrainRecipe, fit
 
 
 @register
@@ -81,10 +81,9 @@ class CAFE(Distiller):
     }
 
     def setup(self, bundle: DatasetBundle) -> None:
-        shape = (bundle.channels, bundle.image_size, bundle.image_size)
-        self.net = build_seeded(self.arch, shape, bundle.num_classes, self.seed).to(self.dev)
-        if not hasattr(self.net, "layer_outputs"):
-            raise NasddError(f"cafe needs a network with layer outputs (a ConvNet); got {self.arch}")
+        for arch in self.pool_:
+            if not hasattr(self.network(arch), "layer_outputs"):
+                raise NasddError(f"cafe needs a network with layer outputs (a ConvNet); got {arch}")
         o = self.options
         strategy = o["dsa_strategy"]
         self.dsa = None if strategy in (None, "none", "") else DSA(strategy)
@@ -92,10 +91,19 @@ class CAFE(Distiller):
         self.query = RealSampler(bundle, int(o["query_per_class"]), self.dev)
         self.opt = torch.optim.SGD([self.images], lr=self.lr_img, momentum=float(o["momentum"]))
         self.k = bundle.num_classes
-        depth = len(self.net.blocks)
-        self.weights = [1.0] * depth if o["layer_weights"] is None else [float(w) for w in o["layer_weights"]]
-        if len(self.weights) != depth:
-            raise NasddError(f"cafe option layer_weights needs {depth} values (one per conv block)")
+        depths = sorted({len(self.network(a).blocks) for a in self.pool_})
+        if o["layer_weights"] is not None and depths != [len(o["layer_weights"])]:
+            mixed = "; the match pool mixes depths, leave it unset" if len(depths) > 1 else ""
+            need = " or ".join(map(str, depths))
+            raise NasddError(f"cafe option layer_weights needs {need} values (one per conv block){mixed}")
+        self.use_net(0)
+
+    def use_net(self, it: int) -> None:
+        """Match through iteration `it`'s network (the fixed `arch` or a member of the match space), with
+        one layer weight per conv block of that network."""
+        self.net = self.network(self.matching_arch(it))
+        w = self.options["layer_weights"]
+        self.weights = [1.0] * len(self.net.blocks) if w is None else [float(v) for v in w]
 
     def _augment(self, x: torch.Tensor, seed: int) -> torch.Tensor:
         return x if self.dsa is None else self.dsa(x, seed)
@@ -154,6 +162,7 @@ class CAFE(Distiller):
         o = self.options
         for g in self.opt.param_groups:  # the authors' schedule: lr halved at 60, 80 and 90% of the rounds
             g["lr"] = self.lr_img * 0.5 ** sum(it >= f * self.iterations for f in (0.6, 0.8, 0.9))
+        self.use_net(it)
         reinit_(self.net)
         self.net.train()
         watch: collections.deque[float] = collections.deque(maxlen=int(o["window"]))

@@ -24,6 +24,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--init", default="real", choices=["real", "noise"], help="initialise from real images or noise")
     p.add_argument("--arch", default=None, help="matching network as ArchSpec JSON (default: the DC ConvNet)")
+    p.add_argument(
+        "--match-space",
+        default=None,
+        metavar="SPACE",
+        help="match through members of this search space (name or YAML path), drawn per iteration, not --arch",
+    )
+    p.add_argument(
+        "--match-pool", type=int, default=None, metavar="N", help="members drawn from --match-space (default 16)"
+    )
     p.add_argument("--lr-img", type=float, default=None, help="learning rate of the synthetic images")
     p.add_argument("--preset", default=None, help="a named method preset (e.g. quick, cpu); flags override it")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="method option (repeatable)")
@@ -68,6 +77,8 @@ def command(args: argparse.Namespace) -> int:
         iterations=args.iterations,
         init=args.init,
         arch=arch,
+        match_space=args.match_space,
+        match_pool=args.match_pool,
         lr_img=args.lr_img,
         device=args.device,
         checkpoint_every=args.checkpoint_every,

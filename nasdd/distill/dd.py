@@ -90,7 +90,8 @@ class DatasetDistillation(SoftLabels, Distiller):
         o, n = self.options, len(self.images)
         k_steps = o["unroll_steps"]
         kept = o["truncate"] or k_steps
-        net = build(self.inner, self.bundle.channels, self.bundle.image_size, self.bundle.num_classes).to(self.dev)
+        arch = self.inner_archs(it)[0]
+        net = build(arch, self.bundle.channels, self.bundle.image_size, self.bundle.num_classes).to(self.dev)
         params = {k: p.detach().requires_grad_(True) for k, p in net.named_parameters()}
         lrs = self.log_lrs.exp()
         targets = self.target_probs()

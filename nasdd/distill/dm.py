@@ -22,7 +22,6 @@ from torch import nn
 from nasdd.augment import DEFAULT_STRATEGY, DSA
 from nasdd.data import DatasetBundle
 from nasdd.distill.base import Distiller, register
-from nasdd.train import build_seeded
 
 
 def class_means(f: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -59,13 +58,12 @@ class RealSampler:
         return self.x[pick], self.y[pick]
 
 
-def matching_net(distiller: Distiller, bundle: DatasetBundle) -> nn.Module:
-    """The matching network on the distiller's device, parameters frozen (images are what learns)."""
-    shape = (bundle.channels, bundle.image_size, bundle.image_size)
-    net = build_seeded(distiller.arch, shape, bundle.num_classes, distiller.seed).to(distiller.dev)
-    for p in net.parameters():
-        p.requires_grad_(False)
-    return net
+def matching_net(distiller: Distiller, it: int) -> nn.Module:
+    """Iteration `it`'s matching network (the distiller's `arch`, or a member of its match space) on the
+    distiller's device, parameters frozen (images are what learns), in training mode."""
+    net = distiller.network(distiller.matching_arch(it))
+    net.requires_grad_(False)
+    return net.train()
 
 
 @register
@@ -85,14 +83,14 @@ class DistributionMatching(Distiller):
     }
 
     def setup(self, bundle: DatasetBundle) -> None:
-        self.net = matching_net(self, bundle)
-        self.net.train()
+        self.net = matching_net(self, 0)
         self.dsa = DSA(self.options["dsa_strategy"])
         self.sampler = RealSampler(bundle, int(self.options["batch_real"]), self.dev)
         self.opt = torch.optim.SGD([self.images], lr=self.lr_img, momentum=float(self.options["momentum"]))
         self.k = bundle.num_classes
 
     def step(self, it: int) -> float:
+        self.net = matching_net(self, it)
         reinit_(self.net)
         xr, yr = self.sampler()
         seed = int(torch.randint(2**31 - 1, (1,)))

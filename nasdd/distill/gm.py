@@ -35,7 +35,7 @@ from nasdd.augment import DEFAULT_STRATEGY, DSA
 from nasdd.data import DatasetBundle
 from nasdd.distill.base import Distiller, register
 from nasdd.errors import NasddError
-from nasdd.train import TrainRecipe, build_seeded, fit
+from nasdd.train import TrainRecipe, fit
 
 # the paper's (outer_loop, inner_loop) per images-per-class
 PAPER_LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
@@ -140,9 +140,7 @@ class GradientMatching(Distiller):
         outer, inner = paper_loops(self.ipc)
         self.outer_loop, self.inner_loop = o["outer_loop"] or outer, o["inner_loop"] or inner
         self.k = bundle.num_classes
-        shape = (bundle.channels, bundle.image_size, bundle.image_size)
-        self.net = build_seeded(self.arch, shape, self.k, self.seed).to(dev)
-        self.bns = [m for m in self.net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        self.use_net(0)
         # per-class index table [K, M] (padded) to draw real batches on the device
         idx = bundle.class_indices()
         self.class_sizes = torch.tensor([len(i) for i in idx], device=dev)
@@ -165,6 +163,11 @@ class GradientMatching(Distiller):
             augment=f"dsa:{self.augment_strategy}" if self.augment_strategy else None,
         )
         self.class_grads = vmap(grad(self._loss), in_dims=(None, None, 0, 0))
+
+    def use_net(self, it: int) -> None:
+        """Match through iteration `it`'s network (the fixed `arch` or a member of the match space)."""
+        self.net = self.network(self.matching_arch(it))
+        self.bns = [m for m in self.net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
     def _loss(self, params: dict, buffers: dict, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(functional_call(self.net, (params, buffers), (x,)), y)
@@ -230,6 +233,7 @@ class GradientMatching(Distiller):
         self.count(res.sample_grads)
 
     def step(self, it: int) -> float:
+        self.use_net(it)
         reinitialize(self.net)
         total = torch.zeros((), device=self.dev)
         for ol in range(self.outer_loop):

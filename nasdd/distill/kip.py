@@ -26,9 +26,12 @@ instance norm, which measured better for the random-feature kernel on digits and
 
 Labels: learned targets are KRR regression targets. The ProxySet stores `softmax(Y_s /
 label_temperature)`, the trainer's cross-entropy targets (one-hot targets give ~hard labels at the
-default temperature 0.1). Sample-gradient count: every real or synthetic image passed through a
-network counts once per network (forward-only feature passes included), the support once more for
-the backward to the images; for `kip` each Jacobian row counts once more (it is a backward pass).
+default temperature 0.1). The kip and krr kernel networks run in eval mode, so a BatchNorm member of a
+match space is one fixed feature map (its initial statistics), not a function of the batch.
+
+Sample-gradient count: every real or synthetic image passed through a network counts once per network
+(forward-only feature passes included), the support once more for the backward to the images; for
+`kip` each Jacobian row counts once more (it is a backward pass).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, jacrev, vmap
 
+from nasdd.arch import ArchSpec
 from nasdd.data import DatasetBundle
 from nasdd.distill.base import Distiller, register
 from nasdd.distill.soft_labels import LABEL_DEFAULTS, SoftLabels, with_width
@@ -74,9 +78,11 @@ class KernelDistiller(SoftLabels, Distiller):
         self.x_real, self.y_real = bundle.x_train.to(self.dev), bundle.y_train.to(self.dev)
         self.opt = torch.optim.Adam([{"params": [self.images], "lr": self.lr_img}, *self.label_groups()])
 
-    def new_net(self, outputs: int) -> nn.Module:
-        """A freshly initialised matching network (global RNG, seeded per iteration by the base)."""
-        return build(self.inner, self.bundle.channels, self.bundle.image_size, outputs).to(self.dev)
+    def new_net(self, outputs: int, arch: ArchSpec | None = None) -> nn.Module:
+        """A freshly initialised matching network of `arch` (default: the narrowed fixed one; global RNG,
+        seeded per iteration by the base)."""
+        arch = self.inner if arch is None else arch
+        return build(arch, self.bundle.channels, self.bundle.image_size, outputs).to(self.dev)
 
     def kernels(self, x_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
@@ -85,6 +91,7 @@ class KernelDistiller(SoftLabels, Distiller):
         o = self.options
         idx = torch.randint(len(self.x_real), (o["batch_real"],), device=self.dev)
         x_t, y_t = self.x_real[idx], self.y_real[idx]
+        self.it_, self.archs = it, self.inner_archs(it, o.get("models", 1))
         k_ss, k_ts = self.kernels(x_t)
         pred = krr_predict(k_ss, k_ts, self.targets, o["reg"])
         if o["loss"] == "mse":
@@ -131,8 +138,8 @@ class RandomFeatureKRR(KernelDistiller):
 
     def kernels(self, x_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         fs, ft = [], []
-        for _ in range(self.options["models"]):
-            net = self.new_net(self.bundle.num_classes)
+        for arch in self.archs:  # features of different widths: each scaled by its own 1/sqrt(dim)
+            net = self.new_net(self.bundle.num_classes, arch).eval()  # BatchNorm: one fixed feature map
             net.requires_grad_(False)
             scale = 1 / math.sqrt(net.feature_dim)
             fs.append(net.features(self.images) * scale)
@@ -160,8 +167,8 @@ class KernelInducingPoints(KernelDistiller):
 
     def kernels(self, x_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         k_ss, k_ts = 0.0, 0.0
-        for _ in range(self.options["models"]):
-            net = self.new_net(1)
+        for arch in self.archs:
+            net = self.new_net(1, arch).eval()  # per-sample Jacobians: BatchNorm must not use batch statistics
             params = {k: p.detach() for k, p in net.named_parameters()}
             n_params = sum(p.numel() for p in params.values())
 
@@ -205,13 +212,14 @@ class FRePo(KernelDistiller):
         o = self.options
         if not (isinstance(o["pool_size"], int) and o["pool_size"] >= 1):
             raise NasddError(f"option pool_size must be a positive integer, got {o['pool_size']!r}")
+        self.slot_archs = self.inner_archs(-1, o["pool_size"])  # with a match space: members as drawn
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
-            self.pool = [self._fresh() for _ in range(o["pool_size"])]
+            self.pool = [self._fresh(a) for a in self.slot_archs]
         self.ages = [0] * o["pool_size"]
 
-    def _fresh(self) -> tuple[nn.Module, torch.optim.Optimizer]:
-        net = self.new_net(self.bundle.num_classes)
+    def _fresh(self, arch: ArchSpec) -> tuple[nn.Module, torch.optim.Optimizer]:
+        net = self.new_net(self.bundle.num_classes, arch)
         return net, torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
 
     def kernels(self, x_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -235,14 +243,20 @@ class FRePo(KernelDistiller):
         self.count(o["train_steps"] * len(x))
         self.ages[i] += o["train_steps"]
         if self.ages[i] >= o["max_online_steps"]:
-            self.pool[i], self.ages[i] = self._fresh(), 0
+            self.slot_archs[i] = self.inner_archs(self.it_)[0]
+            self.pool[i], self.ages[i] = self._fresh(self.slot_archs[i]), 0
 
     def extra_state(self) -> dict[str, Any]:
         pool = [{"net": net.state_dict(), "opt": opt.state_dict()} for net, opt in self.pool]
-        return {**super().extra_state(), "pool": pool, "ages": list(self.ages)}
+        archs = [a.to_dict() for a in self.slot_archs]
+        return {**super().extra_state(), "pool": pool, "ages": list(self.ages), "archs": archs}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         super().load_extra_state(state)
+        for i, saved in enumerate(state.get("archs", [])):  # slots reset since setup hold other members
+            if ArchSpec.from_dict(saved) != self.slot_archs[i]:
+                self.slot_archs[i] = ArchSpec.from_dict(saved)
+                self.pool[i] = self._fresh(self.slot_archs[i])
         for (net, opt), saved in zip(self.pool, state["pool"], strict=True):
             net.load_state_dict(saved["net"])
             opt.load_state_dict(saved["opt"])

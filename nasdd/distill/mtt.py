@@ -15,6 +15,9 @@ with g_i = ∇_w ℓ(w_i; X_i) and H_i λ a Hessian-vector product. This is the 
 TESLA (Cui et al., ICML 2023: the loss is linear in the per-step gradients, so each step's image
 gradient is computed from one recomputed step), extended with the H_i λ terms so the gradient is
 exactly MTT's (TESLA drops them); peak memory is one step's graph plus N parameter vectors.
+
+With a match space, every member of the match pool gets its own expert buffer (`num_experts` experts
+each, reused and extended like any buffer) and each iteration matches an expert of its drawn member.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from nasdd.distill.base import Distiller, register
 from nasdd.distill.experts import EXPERT_RECIPE, ExpertBuffer, train_experts, whiten, zca_matrix
 from nasdd.distill.proxy import ProxySet
 from nasdd.errors import NasddError
-from nasdd.train import TrainRecipe, build_seeded
+from nasdd.train import TrainRecipe
 
 
 class FlatNet:
@@ -218,26 +221,33 @@ class MTT(Distiller):
     def setup(self, bundle: DatasetBundle) -> None:
         o = self.options
         start = time.perf_counter()
-        self.buffer: ExpertBuffer = train_experts(
-            bundle,
-            arch=self.arch,
-            num_experts=o["num_experts"],
-            epochs=o["max_start_epoch"] + o["expert_epochs"],
-            recipe=TrainRecipe.parse(o["expert_recipe"] or None, replace(EXPERT_RECIPE, lr=float(o["lr_teacher"]))),
-            root=o["buffer_root"],
-            zca=o["zca"],
-            device=self.dev,
-        )
+        recipe = TrainRecipe.parse(o["expert_recipe"] or None, replace(EXPERT_RECIPE, lr=float(o["lr_teacher"])))
+        # one buffer per matching architecture (the fixed arch, or every member of the match pool)
+        self.buffers: dict[ArchSpec, ExpertBuffer] = {
+            arch: train_experts(
+                bundle,
+                arch=arch,
+                num_experts=o["num_experts"],
+                epochs=o["max_start_epoch"] + o["expert_epochs"],
+                recipe=recipe,
+                root=o["buffer_root"],
+                zca=o["zca"],
+                device=self.dev,
+            )
+            for arch in self.pool_
+        }
+        self.buffer = self.buffers[self.pool_[0]]
         self.expert_wall = time.perf_counter() - start  # not distillation cost: subtracted in to_proxy
-        self.trajs = [t.to(self.dev) for t in self.buffer.trajectories]
+        self.trajs_by_arch = {a: [t.to(self.dev) for t in b.trajectories] for a, b in self.buffers.items()}
         self.zca = zca_matrix(bundle.x_train) if o["zca"] else None
         if self.zca is not None and self.init == "real":
             with torch.no_grad():
                 self.images.copy_(whiten(self.images, self.zca))
-        module = build_seeded(self.arch, tuple(self.images.shape[1:]), bundle.num_classes, seed=0).to(self.dev)
-        self.net = FlatNet(module)
-        if sum(self.net.numels) != self.trajs[0].shape[1]:
-            raise NasddError(f"expert buffer {self.buffer.folder} does not hold parameters of {self.arch}")
+        self.nets = {a: FlatNet(self.network(a)) for a in self.pool_}
+        for a, net in self.nets.items():
+            if sum(net.numels) != self.trajs_by_arch[a][0].shape[1]:
+                raise NasddError(f"expert buffer {self.buffers[a].folder} does not hold parameters of {a}")
+        self.net, self.trajs = self.nets[self.pool_[0]], self.trajs_by_arch[self.pool_[0]]
         self.dsa = None if o["dsa"] in (None, "", "none") else DSA(o["dsa"], per_sample=True)
         self.syn_lr = torch.tensor(float(o["lr_teacher"]), device=self.dev, requires_grad=True)
         self.opt_img = torch.optim.SGD([self.images], lr=self.lr_img, momentum=o["momentum"])
@@ -250,6 +260,8 @@ class MTT(Distiller):
     # -------------------------------------------------------------------------------------- step
     def step(self, it: int) -> float:
         o = self.options
+        arch = self.matching_arch(it)  # the fixed arch, or this iteration's member of the match space
+        self.net, self.trajs = self.nets[arch], self.trajs_by_arch[arch]
         traj = self.trajs[int(torch.randint(len(self.trajs), ()))]
         t = int(torch.randint(o["max_start_epoch"] + 1, ()))
         w0, target = traj[t], traj[t + o["expert_epochs"]]
@@ -292,10 +304,15 @@ class MTT(Distiller):
         proxy = super().to_proxy()
         cost = proxy.provenance["cost"]
         cost["seconds"] = round(max(cost["seconds"] - getattr(self, "expert_wall", 0.0), 0.0), 3)
+        buffers = list(self.buffers.values())
+        folders = [str(b.folder) for b in buffers]
         proxy.provenance["experts"] = {
-            "folder": str(self.buffer.folder),
-            "experts": len(self.trajs),
-            "epochs": int(self.trajs[0].shape[0] - 1),
-            "cost": self.buffer.cost,
+            "folder": folders[0] if len(folders) == 1 else folders,
+            "experts": sum(len(b.trajectories) for b in buffers),
+            "epochs": int(buffers[0].trajectories[0].shape[0] - 1),
+            "cost": {
+                "seconds": round(sum(b.seconds for b in buffers), 3),
+                "sample_grads": sum(b.sample_grads for b in buffers),
+            },
         }
         return proxy

@@ -1,5 +1,5 @@
 """Shared by the performance-matching methods (dd, kip, krr, frepo): learned soft labels and a narrower
-copy of the matching network.
+copy of the matching network (with a match space, its members are used as drawn instead).
 
 Learned labels are real-valued targets `y` ([N, K], initialised one-hot). They enter each method's
 objective as the targets it regresses on (KRR) or as probabilities `softmax(y / label_temperature)`
@@ -56,6 +56,11 @@ class SoftLabels:
     def label_groups(self) -> list[dict[str, Any]]:
         """The optimiser parameter group for learned labels (empty when labels are fixed)."""
         return [{"params": [self.targets], "lr": self.options["lr_label"]}] if self.options["learn_labels"] else []
+
+    def inner_archs(self, it: int, k: int = 1) -> list[ArchSpec]:
+        """Iteration `it`'s `k` inner networks: the narrowed fixed arch (`self.inner`), or members of the
+        match space as drawn (the base's `matching_archs`)."""
+        return [self.inner] * k if self.space_ is None else self.matching_archs(it, k)  # type: ignore[attr-defined]
 
     def target_probs(self) -> torch.Tensor:
         """The targets as probabilities (what the trainer sees)."""

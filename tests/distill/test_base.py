@@ -75,7 +75,7 @@ def test_every_method_has_the_class_attributes(name):
     cls = METHODS.get(name)
     assert cls.family in ("coreset", "distribution matching", "parameter matching", "performance matching")
     assert cls.paper and "quick" in cls.presets and "cpu" in cls.presets
-    common = {"iterations", "lr_img", "init", "arch", "checkpoint_every"}
+    common = {"iterations", "lr_img", "init", "arch", "checkpoint_every", "match_space", "match_pool"}
     assert all(set(p) <= set(cls.defaults) | common for p in cls.presets.values())
 
 
