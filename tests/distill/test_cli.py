@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from nasdd import cli
 
 
@@ -25,10 +27,8 @@ def test_keep_checkpoint_keeps_it(tmp_path):
 
 
 def test_help_shows_defaults_and_preset_choices(capsys):
-    try:
+    with pytest.raises(SystemExit):
         cli.main(["distill", "--help"])
-    except SystemExit:
-        pass
     text = " ".join(capsys.readouterr().out.split())
     assert "--preset {" in text and "quick" in text and "(default: real)" in text and "(default: proxy)" in text
 
