@@ -1,9 +1,10 @@
 """`nasdd list`: what datasets, search spaces, model families, methods, peers and samplers exist.
 
 The rows come from the registries themselves, which import torch (seconds). So that `nasdd list` starts
-at once, `catalog.json` beside this module holds a snapshot of them: it is used while the package's
-module files are the ones it was taken with (and, for a space, while its YAML is unchanged); otherwise
-the rows are read live. Refresh it with `python -m nasdd.catalog` (tests/test_catalog.py checks it).
+at once, `catalog.json` beside this module holds a snapshot of them: it is used while the method modules
+(discovered by file, see nasdd.distill) are the ones it was taken with and, for a space, while its YAML is
+unchanged; otherwise the rows are read live. Refresh it with `python -m nasdd.catalog` after changing a
+description (tests/test_cli.py checks that it equals the registries).
 """
 
 from __future__ import annotations
@@ -46,8 +47,8 @@ def live_rows(kind: str) -> list[tuple[str, str]]:
 
 
 def modules_fingerprint() -> list[str]:
-    """The package's module files (a new method or stage module makes the snapshot stale)."""
-    return sorted(str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py"))
+    """The method modules (a new one adds a method, so the snapshot is stale)."""
+    return sorted(p.name for p in (PACKAGE / "distill").glob("*.py"))
 
 
 def _space_hash(name: str) -> str:
