@@ -1,14 +1,27 @@
-"""`nasdd list`: what datasets, search spaces, model families, methods, peers and samplers exist."""
+"""`nasdd list`: what datasets, search spaces, model families, methods, peers and samplers exist.
+
+The rows come from the registries themselves, which import torch (seconds). So that `nasdd list` starts
+at once, `catalog.json` beside this module holds a snapshot of them: it is used while the method modules
+(discovered by file, see nasdd.distill) are the ones it was taken with and, for a space, while its YAML is
+unchanged; otherwise the rows are read live. Refresh it with `python -m nasdd.catalog` after changing a
+description (tests/test_cli.py checks that it equals the registries).
+"""
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib
+import json
+from pathlib import Path
 
 KINDS = ("datasets", "spaces", "families", "methods", "peers", "samplers")
+SNAPSHOT = Path(__file__).with_name("catalog.json")
+PACKAGE = Path(__file__).resolve().parent
 
 
-def _rows(kind: str) -> list[tuple[str, str]]:
+def live_rows(kind: str) -> list[tuple[str, str]]:
+    """(name, description) rows of one kind, from its registry (imports what it lists)."""
     if kind == "datasets":
         from nasdd.data import dataset_catalog
 
@@ -33,17 +46,68 @@ def _rows(kind: str) -> list[tuple[str, str]]:
         return []
 
 
+def modules_fingerprint() -> list[str]:
+    """The method modules (a new one adds a method, so the snapshot is stale)."""
+    return sorted(p.name for p in (PACKAGE / "distill").glob("*.py"))
+
+
+def _space_hash(name: str) -> str:
+    from nasdd.spaces import SPACES_DIR
+
+    return hashlib.sha256((SPACES_DIR / f"{name}.yaml").read_bytes()).hexdigest()
+
+
+def take_snapshot() -> dict:
+    """Every kind's live rows, with what they depend on."""
+    from nasdd.spaces import space_names
+
+    rows = {k: [list(r) for r in live_rows(k)] for k in KINDS if k != "spaces"}
+    spaces = {n: [_space_hash(n), d] for n, d in live_rows("spaces")}
+    assert set(spaces) == set(space_names())
+    return {"modules": modules_fingerprint(), "rows": rows, "spaces": spaces}
+
+
+def _load_snapshot() -> dict | None:
+    try:
+        snap = json.loads(SNAPSHOT.read_text())
+    except (OSError, ValueError):
+        return None
+    return snap if snap.get("modules") == modules_fingerprint() else None
+
+
+def rows(kind: str) -> list[tuple[str, str]]:
+    """The rows `nasdd list` prints: from the snapshot where it is current, live otherwise."""
+    snap = _load_snapshot()
+    if snap is None:
+        return live_rows(kind)
+    if kind != "spaces":
+        return [(n, d) for n, d in snap["rows"][kind]]
+    from nasdd.spaces import space_names
+
+    names = space_names()
+    if all(n in snap["spaces"] and snap["spaces"][n][0] == _space_hash(n) for n in names):
+        return [(n, snap["spaces"][n][1]) for n in names]
+    return live_rows(kind)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("what", nargs="?", default="all", choices=[*KINDS, "all"], help="what to list")
 
 
 def command(args: argparse.Namespace) -> int:
     for kind in KINDS if args.what == "all" else (args.what,):
-        rows = _rows(kind)
+        found = rows(kind)
         print(f"{kind}:")
-        if not rows:
+        if not found:
             print("  (none yet)")
-        width = max((len(n) for n, _ in rows), default=0)
-        for name, desc in rows:
+        width = max((len(n) for n, _ in found), default=0)
+        for name, desc in found:
             print(f"  {name:<{width}}  {desc}".rstrip())
     return 0
+
+
+if __name__ == "__main__":
+    from nasdd.utils import write_json
+
+    write_json(SNAPSHOT, take_snapshot())
+    print(f"wrote {SNAPSHOT}")

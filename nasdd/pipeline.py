@@ -1,7 +1,8 @@
 """`nasdd run`: distil -> search -> validate -> report in one command, every output in one folder.
 
 Each stage skips what is already done (proxies on disk, finished search trials, cached trainings in
-the validation store), so rerunning the same command resumes where it stopped. The search space's
+the validation store), so rerunning the same command resumes where it stopped. A rerun whose settings
+differ from those in the folder's run_config.json stops before any work (use another --out). The space's
 default member is the matching network of the distillers and the network the proxies are judged with,
 so a CPU-sized space gives a CPU-sized run.
 """
@@ -9,6 +10,7 @@ so a CPU-sized space gives a CPU-sized run.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -19,7 +21,7 @@ from nasdd.data import DatasetBundle
 from nasdd.distill import METHODS, ProxySet, distill
 from nasdd.errors import NasddError
 from nasdd.spaces import load_space
-from nasdd.utils import ensure_dir, write_json
+from nasdd.utils import ensure_dir, seconds_since_start, write_json
 
 
 @dataclass(frozen=True)
@@ -111,22 +113,20 @@ def run_pipeline(
         METHODS.get(m)
     if ipc < 1:
         raise NasddError(f"ipc must be a positive integer, got {ipc}")
-    out = ensure_dir(out)
     sp = load_space(p.space)
     arch = sp.default_arch()
-    write_json(
-        out / "run_config.json",
-        {
-            "dataset": bundle.meta(),
-            "methods": methods,
-            "ipc": ipc,
-            "preset": preset,
-            "settings": asdict(p),
-            "seed": seed,
-            "matching_arch": arch.to_dict(),
-        },
-    )
-    t0 = time.perf_counter()
+    config = {
+        "dataset": bundle.meta(),
+        "methods": methods,
+        "ipc": ipc,
+        "preset": preset,
+        "settings": asdict(p),
+        "seed": seed,
+        "matching_arch": arch.to_dict(),
+    }
+    check_rerun(Path(out), config)
+    out = ensure_dir(out)
+    write_json(out / "run_config.json", config)
     _stage("1/4 distil", methods)
     proxies = make_proxies(bundle, methods, ipc, p.distill_preset, out, arch, seed, device)
     distilled = [f for m, f in proxies if METHODS.get(m).family != "coreset"] or [proxies[0][1]]
@@ -161,8 +161,30 @@ def run_pipeline(
     )
     _stage("4/4 report", str(out))
     files = write_report(out / "validate", search_dir=out / "search", proxy_dirs=[f for _, f in proxies], out=out)
-    print(f"done in {time.perf_counter() - t0:.0f} s")
+    print(f"done in {seconds_since_start():.0f} s (the whole command, start-up included)")
     return files
+
+
+def check_rerun(out: Path, config: dict) -> None:
+    """Fail, before any work, when `out` holds something other than this run: another run's settings
+    (its run_config.json) or files that no run wrote."""
+    saved = out / "run_config.json"
+    if saved.exists():
+        old = json.loads(saved.read_text())
+        new = json.loads(json.dumps(config, default=str))
+        diff = _differences(old, new)
+        if diff:
+            shown = "; ".join(f"{k}: {a} there, {b} now" for k, a, b in diff[:3])
+            raise NasddError(f"--out {out} holds a run with other settings ({shown}); give another --out")
+    elif out.is_dir() and any(out.iterdir()):
+        raise NasddError(f"--out {out} is not empty and holds no `nasdd run`; give another --out")
+
+
+def _differences(old: object, new: object, key: str = "") -> list[tuple[str, object, object]]:
+    """(dotted key, old, new) for every leaf that differs between two JSON documents."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [d for k in dict.fromkeys([*old, *new]) for d in _differences(old.get(k), new.get(k), f"{key}.{k}")]
+    return [] if old == new else [(key.lstrip("."), old, new)]
 
 
 def _stage(name: str, what: object) -> None:
@@ -175,12 +197,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ipc", type=int, default=10, help="images per class (default 10)")
     p.add_argument("--preset", default="quick", choices=list(PRESETS), help="size of every stage (default quick)")
     p.add_argument("--space", default=None, help="search space (default: the preset's, convnet_cpu)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="output folder (default results/run-<time>)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every stage (same seed, same result)")
+    p.add_argument("--out", default=None, help="output folder (default runs/run-<time>)")
 
 
 def command(args: argparse.Namespace) -> int:
-    out = Path(args.out or f"results/run-{time.strftime('%Y%m%d-%H%M%S')}")
+    out = Path(args.out or f"runs/run-{time.strftime('%Y%m%d-%H%M%S')}")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not methods:
         raise NasddError("--methods is empty; give at least one method (see `nasdd list methods`)")

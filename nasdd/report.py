@@ -14,40 +14,22 @@ import base64
 import html
 import json
 import math
+import numbers
 import shutil
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from nasdd.errors import NasddError  # noqa: E402
-from nasdd.utils import atomic_open, atomic_path  # noqa: E402
-
-KIND_STYLE = {
-    "proxy": ("o", "tab:blue", "distilled proxy"),
-    "peer:subset": ("s", "tab:orange", "coreset peer"),
-    "peer:early": ("^", "tab:green", "early stopping"),
-    "peer:zerocost": ("D", "tab:purple", "zero-cost score"),
-}
-TABLE_COLUMNS = [
-    "name",
-    "kind",
-    "tau",
-    "tau_low",
-    "tau_high",
-    "rho",
-    "rho_low",
-    "rho_high",
-    "p@5",
-    "regret@1",
-    "cost_sample_grads",
-    "cost_seconds",
-    "speedup_sample_grads",
-]
+from nasdd.errors import NasddError
+from nasdd.figures import (  # noqa: F401 - pareto_front is part of this module's interface
+    KIND_STYLE,
+    noise_ceiling,
+    pareto_front,
+    plot_cost_vs_correlation,
+    plot_proxy_vs_truth,
+    plot_search_history,
+)
+from nasdd.utils import atomic_open, atomic_path
 
 
 def _coreset_proxies_as_peers(summary: pd.DataFrame) -> pd.DataFrame:
@@ -76,140 +58,6 @@ def load_validation(folder: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, dic
     )
 
 
-def pareto_front(cost: np.ndarray, score: np.ndarray) -> np.ndarray:
-    """Boolean mask of points no other point beats on both lower cost and higher score."""
-    keep = np.ones(len(cost), dtype=bool)
-    for i in range(len(cost)):
-        dominated = (cost <= cost[i]) & (score >= score[i]) & ((cost < cost[i]) | (score > score[i]))
-        keep[i] = not dominated.any()
-    return keep & np.isfinite(score) & np.isfinite(cost)
-
-
-def _series_key(row: pd.Series) -> str:
-    """Rows of one method across ipc or budgets share a line."""
-    if row["kind"] == "peer:early":
-        return "early"
-    method = row.get("method")
-    return f"{row['kind']}:{method}" if isinstance(method, str) else row["name"]
-
-
-def _ceiling(summary: pd.DataFrame, stat: str) -> tuple[float, float, float] | None:
-    nc = summary[summary["kind"] == "noise_ceiling"]
-    if nc.empty:
-        return None
-    r = nc.iloc[0]
-    return float(r[stat]), float(r.get(f"{stat}_low", np.nan)), float(r.get(f"{stat}_high", np.nan))
-
-
-def plot_cost_vs_correlation(summary: pd.DataFrame, path: Path) -> Path:
-    """2x2: rows Kendall τ / Spearman ρ, columns cost in sample-gradients / seconds (log scale)."""
-    rows = summary[summary["kind"].isin(list(KIND_STYLE))].copy()
-    fig, axes = plt.subplots(2, 2, figsize=(12, 9), sharey="row")
-    for r, (stat, label) in enumerate((("tau", "Kendall τ"), ("rho", "Spearman ρ"))):
-        for c, (cost, xlabel) in enumerate(
-            (
-                ("cost_sample_grads", "cost (sample-gradient evaluations)"),
-                ("cost_seconds", "cost (wall seconds, this machine)"),
-            )
-        ):
-            ax = axes[r, c]
-            floor = 1.0 if cost == "cost_sample_grads" else 1e-2  # free scores (cost 0) sit at the axis floor
-            x = rows[cost].clip(lower=floor).to_numpy(float)
-            y = rows[stat].to_numpy(float)
-            ceiling = _ceiling(summary, stat)
-            if ceiling is not None:
-                mid, lo, hi = ceiling
-                ax.axhspan(lo if math.isfinite(lo) else mid, hi if math.isfinite(hi) else mid, color="grey", alpha=0.2)
-                ax.axhline(mid, color="grey", ls="--", lw=1, label="noise ceiling (truth vs truth)")
-            for _, g in rows.groupby(rows.apply(_series_key, axis=1), sort=False):
-                g = g.sort_values(cost)
-                marker, color, _ = KIND_STYLE[g["kind"].iloc[0]]
-                if len(g) > 1:
-                    ax.plot(g[cost].clip(lower=floor), g[stat], color=color, alpha=0.4, lw=1)
-            for kind, (marker, color, name) in KIND_STYLE.items():
-                g = rows[rows["kind"] == kind]
-                if g.empty:
-                    continue
-                err = np.vstack([g[stat] - g[f"{stat}_low"], g[f"{stat}_high"] - g[stat]]).clip(min=0)
-                ax.errorbar(
-                    g[cost].clip(lower=floor),
-                    g[stat],
-                    yerr=np.nan_to_num(err),
-                    fmt=marker,
-                    color=color,
-                    ms=6,
-                    capsize=2,
-                    lw=0.8,
-                    label=name,
-                )
-            front = pareto_front(x, y)
-            ax.scatter(x[front], y[front], s=160, facecolors="none", edgecolors="red", lw=1.2, label="Pareto front")
-            for xi, yi, name in zip(x, y, rows["name"], strict=True):
-                if math.isfinite(yi):
-                    ax.annotate(name, (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
-            ax.set_xscale("log")
-            ax.axhline(0, color="black", lw=0.5)
-            ax.set_xlabel(xlabel)
-            ax.set_ylabel(f"{label} vs ground truth")
-            ax.grid(alpha=0.3)
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8)
-    fig.suptitle("Ranking fidelity against cost (error bars: 95% bootstrap CI over architectures)")
-    fig.tight_layout(rect=(0, 0.05, 1, 0.97))
-    return _save(fig, path)
-
-
-def plot_proxy_vs_truth(summary: pd.DataFrame, per_arch: pd.DataFrame, path: Path) -> Path:
-    """One panel per proxy or peer: its score against mean full-data test accuracy, per architecture."""
-    names = list(dict.fromkeys(n for n in summary.loc[summary["kind"].isin(list(KIND_STYLE)), "name"] if n in per_arch))
-    if not names:
-        raise NasddError("per_arch.csv has no proxy or peer score columns to plot")
-    ncol = min(4, len(names))
-    nrow = math.ceil(len(names) / ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(3.6 * ncol, 3.2 * nrow), squeeze=False)
-    stats = summary.drop_duplicates("name").set_index("name")
-    for ax, name in zip(axes.flat, names, strict=False):
-        kind = stats.loc[name, "kind"]
-        ax.scatter(per_arch[name], 100 * per_arch["truth_mean"], s=14, color=KIND_STYLE[kind][1])
-        ax.set_title(f"{name}\nτ={stats.loc[name, 'tau']:.2f}  ρ={stats.loc[name, 'rho']:.2f}", fontsize=9)
-        ax.set_xlabel("proxy score", fontsize=8)
-        ax.set_ylabel("full-data test acc. (%)", fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(names) :]:
-        ax.axis("off")
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def plot_search_history(search_dir: Path, path: Path) -> Path | None:
-    """Objective per trial and best-so-far from a search folder's trials.csv."""
-    csv = search_dir / "trials.csv"
-    if not csv.exists():
-        return None
-    trials = pd.read_csv(csv)
-    value = "value" if "value" in trials else next((c for c in trials if c.startswith("values_")), None)
-    if value is None or "state" not in trials:
-        return None
-    done = trials[trials["state"] == "COMPLETE"].sort_values("number")
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.scatter(done["number"], 100 * done[value], s=12, label="trial (val accuracy, trained on the proxy)")
-    ax.plot(done["number"], 100 * done[value].cummax(), color="red", label="best so far")
-    ax.set_xlabel("trial")
-    ax.set_ylabel("validation accuracy (%)")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def _save(fig: plt.Figure, path: Path) -> Path:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    return path
-
-
 def copy_grids(folders: list[Path], out: Path) -> list[Path]:
     """`proxy_<name>.png` for every proxy folder holding a grid.png."""
     written = []
@@ -224,13 +72,45 @@ def copy_grids(folders: list[Path], out: Path) -> list[Path]:
     return written
 
 
-def verdict(summary: pd.DataFrame) -> list[str]:
-    """Plain-language conclusions: which proxy ranks best, against the ceiling, the peers and the cost."""
+def human_count(n: float) -> str:
+    """640, 65.6k, 1.44M."""
+    for div, unit in ((1e6, "M"), (1e3, "k")):
+        if abs(n) >= div:
+            return f"{n / div:.3g}{unit}"
+    return f"{n:.3g}"
+
+
+def cost_ratio(speedup: float, against: str = " than one ground-truth seed") -> str:
+    """How a cost compares with one ground-truth seed: `N× cheaper` or `N× dearer` (never `0.8× cheaper`)."""
+    if not math.isfinite(speedup):
+        return "free next to one ground-truth seed" if speedup > 0 else ""
+    ratio = speedup if speedup >= 1 else 1 / speedup
+    text = f"{ratio:,.0f}" if ratio >= 10 else f"{ratio:.2g}"
+    return f"{text}× {'cheaper' if speedup >= 1 else 'dearer'}{against}"
+
+
+def _interval(row: pd.Series, stat: str = "tau") -> str:
+    return f"{row[stat]:.2f} [{row[f'{stat}_low']:.2f}, {row[f'{stat}_high']:.2f}]"
+
+
+def verdict(
+    summary: pd.DataFrame, pool: int | None = None, winner: str | None = None, moved: list[str] | None = None
+) -> list[str]:
+    """Plain-language conclusions: the pool and how wide its intervals are, which proxy ranks best against
+    the ceiling, the peers and the cost, which pairs the audit cannot separate, the search's winner."""
     lines = []
-    ceiling = _ceiling(summary, "tau")
+    ceiling = noise_ceiling(summary, "tau")
     cands = summary[summary["kind"].isin(list(KIND_STYLE))].dropna(subset=["tau"])
     if cands.empty:
         return ["No proxy or peer produced a ranking."]
+    if pool is None and "n_archs" in summary:
+        pool = int(summary["n_archs"].max())
+    width = float((cands["tau_high"] - cands["tau_low"]).median())
+    if pool:
+        small = ": a small pool, only large differences can be told apart." if pool < 20 else "."
+        lines.append(
+            f"The pool holds {pool} architectures; the 95% intervals of τ are {width:.2f} wide (median){small}"
+        )
     if ceiling is not None:
         lines.append(
             f"Full-data training agrees with itself across seeds at Kendall τ = {ceiling[0]:.2f} "
@@ -244,32 +124,113 @@ def verdict(summary: pd.DataFrame) -> list[str]:
         rel = f", {best['tau'] / ceiling[0]:.0%} of the noise ceiling" if ceiling and ceiling[0] > 0 else ""
         zero = " Its CI includes 0: its ranking is not distinguishable from chance." if best["tau_low"] <= 0 else ""
         lines.append(
-            f"Best {KIND_STYLE[kind][2]}: **{best['name']}**, τ = {best['tau']:.2f} "
-            f"[{best['tau_low']:.2f}, {best['tau_high']:.2f}]{rel}, cost {best['cost_sample_grads']:.3g} "
-            f"sample-gradients ({best.get('speedup_sample_grads', float('nan')):.1f}× cheaper than one "
-            f"ground-truth seed).{zero}"
+            f"Best {KIND_STYLE[kind][2]}: **{best['name']}**, τ = {_interval(best)}{rel}, cost "
+            f"{human_count(best['cost_sample_grads'])} sample-gradients "
+            f"({cost_ratio(float(best.get('speedup_sample_grads', math.nan)))}).{zero}"
         )
     proxies = cands[cands["kind"] == "proxy"]
     others = cands[cands["kind"] != "proxy"]
     if not proxies.empty and not others.empty:
         best = proxies.loc[proxies["tau"].idxmax()]
         beaten = others[others["tau_high"] < best["tau_low"]]["name"].tolist()
-        not_beaten = others[others["tau"] >= best["tau"]]["name"].tolist()
+        above = others[others["tau_low"] > best["tau_high"]]["name"].tolist()
+        overlap = others[(others["tau_high"] >= best["tau_low"]) & (others["tau_low"] <= best["tau_high"])]
         if beaten:
             lines.append(f"{best['name']} beats {', '.join(beaten)} outside their confidence intervals.")
-        if not_beaten:
+        if above:
+            lines.append(f"{', '.join(above)} rank better than {best['name']} outside the confidence intervals.")
+        if not overlap.empty:
             lines.append(
-                f"Peers that rank at least as well as the best distilled proxy: {', '.join(not_beaten)}. "
-                "Prefer the cheaper of them unless the distilled proxy is needed for other reasons."
+                f"With {pool or 'these'} architectures the audit cannot separate {best['name']} from "
+                f"{', '.join(overlap['name'])}: their intervals overlap."
             )
-        elif not beaten:
-            lines.append(f"{best['name']} ranks best, but its confidence interval overlaps every peer's.")
+    if winner:
+        lines.append(f"The search's best architecture (val accuracy on the proxy): {winner}.")
+    return lines + list(moved or [])
+
+
+def search_winner(search_dir: Path | None) -> str | None:
+    """The architecture ranked first in a search folder's top.csv, with its val accuracy."""
+    from nasdd.arch import ArchSpec
+
+    csv = Path(search_dir) / "top.csv" if search_dir else None
+    if csv is None or not csv.exists():
+        return None
+    top = pd.read_csv(csv)
+    if top.empty or "arch" not in top:
+        return None
+    acc = f" ({100 * top['accuracy'].iloc[0]:.1f}% val)" if "accuracy" in top else ""
+    return f"{ArchSpec.from_json(top['arch'].iloc[0])}{acc}"
+
+
+def moved_lines(proxy_dirs: list[Path]) -> list[str]:
+    """For each distilled proxy, how far its images moved from their initialisation (provenance `moved`)."""
+    lines = []
+    for folder in proxy_dirs:
+        side = Path(folder) / "proxy.json"
+        prov = json.loads(side.read_text()).get("provenance", {}) if side.exists() else {}
+        moved = prov.get("moved")
+        if moved is None:
+            continue
+        iters = prov.get("config", {}).get("iterations")
+        note = " — its images look like the real ones it started from" if moved < 0.1 else ""
+        done = f" after {iters} iterations" if iters is not None else ""
+        lines.append(
+            f"{Path(folder).name}: pixels moved {moved:.3g} data std on average from their initialisation{done}{note}."
+        )
     return lines
 
 
+HEADERS = {
+    "name": "proxy or peer",
+    "kind": "kind",
+    "tau": "Kendall τ [95% CI]",
+    "rho": "Spearman ρ [95% CI]",
+    "p@5": "top-5 precision",
+    "regret@1": "regret@1 (accuracy)",
+    "cost_sample_grads": "sample-gradients",
+    "cost_seconds": "seconds",
+    "speedup_sample_grads": "cost against one truth seed",
+}
+KIND_NAMES = {"noise_ceiling": "noise ceiling", "truth": "ground truth"} | {k: v[2] for k, v in KIND_STYLE.items()}
+
+
 def _table(summary: pd.DataFrame) -> pd.DataFrame:
-    cols = [c for c in TABLE_COLUMNS if c in summary]
-    return summary[cols].round(3)
+    """Readable headers and numbers; blanks where a value does not apply (no NaN or inf)."""
+
+    def cell(row: pd.Series, col: str) -> str:
+        v = row.get(col)
+        if col == "name":
+            return str(v)
+        if col == "kind":
+            return KIND_NAMES.get(v, str(v))
+        if not isinstance(v, numbers.Real) or not math.isfinite(v):
+            return ""
+        if col in ("tau", "rho") and math.isfinite(row.get(f"{col}_low", math.nan)):
+            return _interval(row, col)
+        if col == "cost_sample_grads":
+            return human_count(v)
+        if col == "speedup_sample_grads":
+            return cost_ratio(v, against="")
+        return f"{v:.3g}" if col != "cost_seconds" else f"{v:.1f}"
+
+    cols = [c for c in HEADERS if c in summary]
+    return pd.DataFrame([{HEADERS[c]: cell(r, c) for c in cols} for _, r in summary.iterrows()])
+
+
+CAPTIONS = {
+    "cost_vs_correlation": "Ranking fidelity (Kendall τ, Spearman ρ) of every proxy and peer against its cost; "
+    "error bars: 95% bootstrap intervals over the pool; grey band: noise ceiling; red circles: Pareto front.",
+    "proxy_vs_truth": "Each proxy's or peer's score against full-data test accuracy, one point per architecture.",
+    "search_history": "The search: val accuracy of each trial (trained on the proxy) and the best so far.",
+}
+
+
+def caption(image: Path) -> str:
+    """A sentence for a figure (a proxy grid is named by its folder)."""
+    if image.stem.startswith("proxy_") and image.stem != "proxy_vs_truth":
+        return f"The images of {image.stem[len('proxy_'):]}, one row per class."
+    return CAPTIONS.get(image.stem, image.stem)
 
 
 def write_report(
@@ -295,7 +256,9 @@ def write_report(
     images = [files["cost_vs_correlation"], files["proxy_vs_truth"], *grids]
     if "search_history" in files:
         images.append(files["search_history"])
-    lines = verdict(summary)
+    pool = len(config["pool"]) if isinstance(config.get("pool"), list) else None
+    winner = search_winner(Path(search_dir)) if search_dir is not None else None
+    lines = verdict(summary, pool, winner, moved_lines(list(proxy_dirs or [])))
     table = _table(summary)
     if "md" in formats:
         files["md"] = _write_md(out / "report.md", lines, table, images, config)
@@ -314,12 +277,12 @@ def _write_md(path: Path, lines: list[str], table: pd.DataFrame, images: list[Pa
         "",
         "## Summary",
         "",
-        table.to_markdown(index=False),
+        table.to_markdown(index=False, disable_numparse=True),
         "",
         "## Figures",
         "",
     ]
-    parts += [f"![{p.stem}]({p.name})" for p in images]
+    parts += [f"![{p.stem}]({p.name})\n\n*{caption(p)}*\n" for p in images]
     parts += ["", "## Configuration", "", "```json", json.dumps(_short_config(config), indent=2), "```", ""]
     with atomic_open(path) as f:
         f.write("\n".join(parts))
@@ -330,7 +293,8 @@ def _write_html(path: Path, lines: list[str], table: pd.DataFrame, images: list[
     def img(p: Path) -> str:
         data = base64.b64encode(p.read_bytes()).decode()
         src = f"data:image/png;base64,{data}"
-        return f'<figure><img src="{src}" style="max-width:100%"><figcaption>{p.stem}</figcaption></figure>'
+        text = html.escape(caption(p))
+        return f'<figure><img src="{src}" style="max-width:100%"><figcaption>{text}</figcaption></figure>'
 
     items = "".join(f"<li>{html.escape(x).replace('**', '')}</li>" for x in lines)
     body = (

@@ -34,9 +34,17 @@ import yaml
 
 from nasdd.arch import ArchSpec
 from nasdd.errors import NasddError
-from nasdd.models import FAMILIES
 
-SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+
+def _spaces_dir() -> Path:
+    """The shipped spaces: `nasdd/search_spaces` in an installed wheel, the repository's top-level
+    `search_spaces/` in a checkout (editable or on PYTHONPATH)."""
+    here = Path(__file__).resolve().parent
+    installed = here / "search_spaces"
+    return installed if installed.is_dir() else here.parent / "search_spaces"
+
+
+SPACES_DIR = _spaces_dir()
 TOP_KEYS = {"name", "family", "description", "params", "default"}
 KINDS = ("choices", "int", "float", "value")
 PARAM_KEYS = {*KINDS, "log", "step", "when"}
@@ -227,6 +235,8 @@ def _parse_param(path: str, name: str, raw: Any, family_rules: dict, seen: list[
 
 def parse_space(doc: Any, path: str = "<yaml>") -> SearchSpace:
     """Validate a parsed YAML document into a SearchSpace; errors name the file and the key."""
+    from nasdd.models import FAMILIES  # torch: imported only when a space is parsed
+
     if not isinstance(doc, dict):
         raise NasddError(f"{path}: expected a mapping with keys {', '.join(sorted(TOP_KEYS))}")
     unknown = set(doc) - TOP_KEYS
@@ -260,7 +270,7 @@ def space_names() -> list[str]:
 
 
 def load_space(name_or_path: str | Path) -> SearchSpace:
-    """Load a space by file path or by name (a file in the repository's search_spaces/ folder)."""
+    """Load a space by file path or by name (a file in the shipped search_spaces/ folder)."""
     path = Path(name_or_path)
     if not path.exists():
         candidate = SPACES_DIR / f"{name_or_path}.yaml"

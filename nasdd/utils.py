@@ -1,4 +1,7 @@
-"""Small shared helpers: devices, seeding, atomic file writes, progress bars, hashing."""
+"""Small shared helpers: devices, seeding, atomic file writes, progress bars, hashing.
+
+torch, NumPy and tqdm are imported where used, so importing this module (as the CLI does) stays cheap.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +10,21 @@ import hashlib
 import json
 import os
 import random
+import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
-
-import numpy as np
-import torch
-from tqdm.auto import tqdm
+from typing import IO, TYPE_CHECKING, Any
 
 from nasdd.errors import NasddError
 
+if TYPE_CHECKING:
+    import torch
+    from tqdm import tqdm
+
 _QUIET = False
+_IMPORTED_AT = time.monotonic()
 
 
 def set_quiet(quiet: bool) -> None:
@@ -28,15 +34,31 @@ def set_quiet(quiet: bool) -> None:
 
 
 def progress(*args: Any, **kwargs: Any) -> tqdm:
-    """A tqdm progress bar (with ETA) that `--quiet` silences (even where the caller asked for one)."""
-    kwargs["disable"] = True if _QUIET else kwargs.get("disable", False)
+    """A tqdm progress bar (with ETA) on a terminal; elsewhere (logs, pipes) no bar, so stages print one line
+    each. `--quiet` silences every bar, even where the caller asked for one."""
+    from tqdm.auto import tqdm
+
+    kwargs["disable"] = True if _QUIET or not sys.stderr.isatty() else kwargs.get("disable", False)
     kwargs.setdefault("dynamic_ncols", True)
     kwargs.setdefault("leave", False)
     return tqdm(*args, **kwargs)
 
 
+def seconds_since_start() -> float:
+    """Wall seconds since this process started (interpreter start-up included; Linux /proc), else since
+    nasdd was imported."""
+    try:
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return time.monotonic() - _IMPORTED_AT
+
+
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """`auto` picks CUDA when available, else CPU; `cuda` without a GPU is a clear error."""
+    import torch
+
     if isinstance(device, torch.device):
         return device
     if device == "auto":
@@ -50,6 +72,9 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and torch; return a torch.Generator seeded the same way."""
+    import numpy as np
+    import torch
+
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -77,6 +102,7 @@ def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; a plain open() would honour the umask
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
@@ -86,6 +112,20 @@ def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _read_umask() -> int:
+    """The process umask, read once at import (setting it later from a thread would race)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
 
 
 def atomic_path(path: str | Path) -> contextlib.AbstractContextManager[Path]:

@@ -1,6 +1,10 @@
 import argparse
+import json
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,6 +12,8 @@ import torch
 import nasdd
 from nasdd import cli
 from nasdd.errors import NasddError
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize("sub", list(cli.SUBCOMMANDS))
@@ -69,3 +75,66 @@ def test_console_entry_point_runs():
     """`python -m nasdd` (what the `nasdd` script runs) works in a fresh process."""
     ok = subprocess.run([sys.executable, "-m", "nasdd", "list", "families"], capture_output=True, text=True)
     assert ok.returncode == 0 and "convnet" in ok.stdout, ok.stderr
+
+
+HEAVY = ("torch", "matplotlib.pyplot", "pandas", "scipy.stats", "optuna")
+PROBE = """
+import sys
+from nasdd.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit:
+    pass
+print("HEAVY=" + ",".join(m for m in {heavy!r} if m in sys.modules))
+"""
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["--help"], ["list"], ["list", "spaces"], ["run", "--help"]])
+def test_start_up_imports_no_torch(argv):
+    """`--help`, `--version` and `nasdd list` start without torch; a subcommand's --help imports only it."""
+    code = PROBE.format(heavy=HEAVY)
+    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, cwd=ROOT)
+    heavy = done.stdout.rsplit("HEAVY=", 1)[1].strip()
+    if argv[0] == "run":
+        assert "matplotlib.pyplot" not in heavy and "optuna" not in heavy, heavy  # report/search load when used
+    else:
+        assert heavy == "", f"{argv} imported {heavy}"
+
+
+def test_list_snapshot_is_current():
+    """nasdd/catalog.json equals what the registries say; if not, refresh it: `python -m nasdd.catalog`."""
+    from nasdd import catalog
+
+    snap = catalog._load_snapshot()
+    assert snap is not None, "nasdd/catalog.json is stale (module files changed): run `python -m nasdd.catalog`"
+    assert snap == json.loads(json.dumps(catalog.take_snapshot())), "run `python -m nasdd.catalog`"
+
+
+def test_ctrl_c_during_start_up_is_one_line(monkeypatch, capsys):
+    def interrupted(name):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli.importlib, "import_module", interrupted)
+    assert cli.main(["run", "--help"]) == 130
+    assert capsys.readouterr().err == "nasdd run: interrupted\n"
+
+
+def test_ctrl_c_in_a_real_process_exits_130():
+    """SIGINT while a fresh process imports the validate stage (torch, scipy): one line, exit code 130."""
+    code = "import sys; print('ready', flush=True); from nasdd.cli import main; sys.exit(main(['validate', '--help']))"
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.readline() == b"ready\n"
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("the process finished before the signal")
+    assert proc.returncode == 130 and err.decode() == "nasdd validate: interrupted\n", (proc.returncode, err)
+
+
+def test_every_option_shows_its_default(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["run", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for shown in ("--seed SEED seed of every stage", "(default: 0)", "(default: data)", "runs/run-<time>"):
+        assert shown in text

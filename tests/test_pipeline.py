@@ -1,6 +1,7 @@
 """`nasdd run` end to end on digits with the tiny preset."""
 
 import pandas as pd
+import pytest
 from PIL import Image
 
 from nasdd.cli import main
@@ -47,7 +48,25 @@ def test_run_end_to_end_on_digits(tmp_path, capsys):
     assert main([*argv, "--quiet"]) == 0
     assert (out / "validate" / "summary.csv").read_text() == before
 
+    # a rerun with other settings stops before any work, naming a real flag; the folder is untouched
+    config = (out / "run_config.json").read_text()
+    capsys.readouterr()
+    assert main([*argv[:-1], str(out), "--ipc", "3", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "ipc: 2 there, 3 now" in err and "give another --out" in err
+    assert (out / "run_config.json").read_text() == config and not (out / "proxies" / "random-ipc3").exists()
+
 
 def test_unknown_preset_and_method_are_clear(tmp_path, capsys):
     assert main(["run", "--dataset", "digits", "--methods", "nope", "--out", str(tmp_path / "r")]) == 2
     assert "unknown method 'nope'" in capsys.readouterr().err
+
+
+def test_a_folder_that_holds_something_else_is_refused(tmp_path, capsys, monkeypatch):
+    import nasdd.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "make_proxies", lambda *a, **k: pytest.fail("work started"))
+    (tmp_path / "notes.txt").write_text("mine")
+    assert main(["run", "--dataset", "digits", "--methods", "random", "--preset", "tiny", "--out", str(tmp_path)]) == 2
+    assert "is not empty and holds no `nasdd run`; give another --out" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]

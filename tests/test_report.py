@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from nasdd.errors import NasddError
-from nasdd.report import pareto_front, verdict, write_report
+from nasdd.report import _table, cost_ratio, human_count, pareto_front, verdict, write_report
 
 
 def _summary() -> pd.DataFrame:
@@ -61,9 +61,54 @@ def test_write_report(tmp_path):
             im.verify()
     html = files["html"].read_text()
     assert html.count("data:image/png;base64,") == 2 and "dm-ipc10" in html
-    assert "6 architectures (pool.jsonl)" in files["md"].read_text()
+    md = files["md"].read_text()
+    assert "6 architectures (pool.jsonl)" in md and "The pool holds 6 architectures" in md
+    assert "*Each proxy's or peer's score against full-data test accuracy" in md and "<figcaption>Ranking" in html
 
 
 def test_missing_folder_is_a_clear_error(tmp_path):
     with pytest.raises(NasddError, match="not a validation folder"):
         write_report(tmp_path)
+
+
+def test_tiny_pool_verdict_says_it_cannot_separate():
+    s = _summary()
+    s.loc[s["name"] == "random-ipc10", ["tau_low", "tau_high"]] = [0.2, 0.5]  # overlaps dm's [0.45, 0.75]
+    text = " ".join(verdict(s, pool=10, winner="convnet d3 w32"))
+    assert "The pool holds 10 architectures; the 95% intervals of τ are" in text and "a small pool" in text
+    assert "cannot separate dm-ipc10 from random-ipc10" in text
+    assert "The search's best architecture (val accuracy on the proxy): convnet d3 w32." in text
+
+
+def test_human_units():
+    assert [human_count(v) for v in (640, 65_600, 1_440_000)] == ["640", "65.6k", "1.44M"]
+    assert cost_ratio(1.098) == "1.1× cheaper than one ground-truth seed"
+    assert cost_ratio(0.8) == "1.2× dearer than one ground-truth seed"
+    assert "cheaper" not in cost_ratio(0.5) and cost_ratio(float("inf")).startswith("free")
+
+
+def test_table_is_readable_without_nan_or_inf():
+    s = _summary()
+    s.loc[4, "cost_sample_grads"], s.loc[4, "speedup_sample_grads"] = 0, float("inf")
+    table = _table(s)
+    assert "Kendall τ [95% CI]" in table.columns and "kind" in table.columns
+    assert table.loc[2, "Kendall τ [95% CI]"] == "0.60 [0.45, 0.75]" and table.loc[1, "kind"] == "ground truth"
+    text = table.to_markdown(index=False, disable_numparse=True)
+    assert "nan" not in text.lower() and "inf" not in text
+
+
+def test_labels_of_the_cost_plot_do_not_overlap(tmp_path):
+    from nasdd.figures import _pyplot, label_points
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4, 3))
+    x = np.array([1.0, 1.05, 1.1, 1.0, 5.0, 5.1])
+    y = np.array([0.5, 0.5, 0.51, 0.49, 0.2, 0.21])
+    ax.scatter(x, y)
+    ax.set_xscale("log")
+    texts = label_points(ax, x, y, [f"proxy-{i}-ipc10" for i in range(6)])
+    fig.canvas.draw()
+    boxes = [t.get_window_extent() for t in texts]
+    assert len(boxes) == 6
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
+    plt.close(fig)

@@ -151,6 +151,7 @@ def test_killed_process_resumes_to_exactly_n_trials(digits, proxy, tmp_path):
     assert all(not S.is_counted(t) for t in study.get_trials(states=(TrialState.FAIL,)))
 
 
+@pytest.mark.slow  # ~40 s; one study shared by parallel trials: test_parallel_jobs_in_one_process (fast)
 def test_two_processes_share_one_storage(digits, proxy, tmp_path):
     log = tmp_path / "shared.log"
     args = ["--space", TINY, "--proxy", str(proxy), "--dataset", "digits", "--study", "p", "--trials", "8"]

@@ -90,6 +90,7 @@ def test_three_workers_finish_one_study_on_postgresql(proxy, tmp_path, postgres_
     assert len(done) == len({t.number for t in done})
 
 
+@pytest.mark.slow  # ~40 s; a killed process resuming is covered fast by test_search.py, requeueing by the SIGINT test
 @pytest.mark.parametrize("kind", ["journal", pytest.param("postgres", marks=pytest.mark.postgres)])
 def test_killed_worker_has_its_trial_redone(proxy, tmp_path, kind, request):
     url = storage_url(kind, tmp_path, request.getfixturevalue("postgres_url") if kind == "postgres" else None)

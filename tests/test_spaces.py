@@ -1,5 +1,11 @@
 import math
+import os
 import random
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
 
 import optuna
 import pytest
@@ -179,3 +185,38 @@ def test_bad_yaml_names_file_and_key(tmp_path, text, message):
 def test_unknown_space_lists_valid_names():
     with pytest.raises(NasddError, match="unknown search space 'convnet_xl'.*cell201, convnet_cpu, convnet_dc"):
         load_space("convnet_xl")
+
+
+ROOT = Path(__file__).resolve().parent.parent
+IN_WHEEL = """
+import sys
+from nasdd.spaces import SPACES_DIR, load_space, space_names
+assert SPACES_DIR.is_relative_to(sys.argv[1]), SPACES_DIR
+print(" ".join(f"{n}:{load_space(n).size}" for n in space_names()))
+"""
+
+
+def test_the_wheel_ships_every_module_and_space(tmp_path):
+    """Build the wheel from a clean copy of the sources, install it by unpacking, load every space from it."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for item in ("pyproject.toml", "README.md", "nasdd", "search_spaces"):
+        if (ROOT / item).is_dir():
+            shutil.copytree(ROOT / item, src / item, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(ROOT / item, src / item)
+    build = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path)]
+    subprocess.run([*build, str(src)], check=True, capture_output=True)
+    (wheel,) = tmp_path.glob("nasdd-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    modules = {str(p.relative_to(ROOT)) for p in (ROOT / "nasdd").rglob("*.py")}
+    assert not modules - names, f"not in the wheel (list their packages in pyproject.toml): {modules - names}"
+    yamls = sorted(p.stem for p in (ROOT / "search_spaces").glob("*.yaml"))
+    assert {f"nasdd/search_spaces/{n}.yaml" for n in yamls} <= names and "nasdd/catalog.json" in names
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    cmd = [sys.executable, "-c", IN_WHEEL, str(site)]
+    done = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [f"{n}:{load_space(n).size}" for n in yamls]

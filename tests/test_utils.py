@@ -2,6 +2,8 @@ import hashlib
 import json
 import os
 import random
+import stat
+import sys
 
 import numpy as np
 import pytest
@@ -9,12 +11,14 @@ import torch
 
 from nasdd.errors import NasddError
 from nasdd.utils import (
+    _read_umask,
     atomic_open,
     atomic_path,
     ensure_dir,
     file_sha256,
     progress,
     resolve_device,
+    seconds_since_start,
     seed_everything,
     set_quiet,
     stable_hash,
@@ -97,7 +101,8 @@ def test_seed_everything():
     assert draws[0] == draws[1]
 
 
-def test_quiet_silences_every_progress_bar():
+def test_quiet_silences_every_progress_bar(monkeypatch):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     assert not progress(range(3), disable=False).disable
     set_quiet(True)
     try:
@@ -105,3 +110,26 @@ def test_quiet_silences_every_progress_bar():
     finally:
         set_quiet(False)
     assert progress(range(3), disable=True).disable
+
+
+def test_no_progress_bar_off_a_terminal(monkeypatch):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+    assert progress(range(3)).disable
+
+
+def test_atomic_files_honour_the_umask(tmp_path):
+    old = os.umask(0o027)
+    try:
+        umask = _read_umask()
+    finally:
+        os.umask(old)
+    assert umask == 0o027
+    write_json(tmp_path / "a.json", {})
+    with atomic_path(tmp_path / "b.txt") as tmp:
+        tmp.write_text("x")
+    for name in ("a.json", "b.txt"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~old, name
+
+
+def test_seconds_since_start_counts_the_process():
+    assert 0 < seconds_since_start() < 24 * 3600

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from nasdd.data import DatasetBundle
-from nasdd.distill.base import METHODS, Distiller, register
+from nasdd.distill.base import CHECKPOINT, METHODS, Distiller, register
 from nasdd.distill.proxy import ProxySet
 from nasdd.errors import NasddError
 
@@ -30,9 +30,11 @@ def distill(
     out: str | Path | None = None,
     resume: bool = False,
     preset: str | None = None,
+    keep_checkpoint: bool = False,
     **kwargs: Any,
 ) -> ProxySet:
-    """Distil `bundle` with `method` into `ipc` images per class; with `out`, save the proxy and its grid.
+    """Distil `bundle` with `method` into `ipc` images per class; with `out`, save the proxy and its grid
+    (and remove the checkpoint once they are saved, unless `keep_checkpoint`).
 
     `preset` names one of the method's presets (e.g. `quick`, `cpu`); explicit keyword arguments win.
     """
@@ -48,6 +50,8 @@ def distill(
     if out is not None:
         proxy.save(out)
         proxy.save_grid(Path(out) / "grid.png")
+        if not keep_checkpoint:
+            (Path(out) / CHECKPOINT).unlink(missing_ok=True)
     return proxy
 
 

@@ -234,6 +234,7 @@ class Distiller:
         x, y = sample_real(bundle, self.ipc, gen)
         if self.init == "noise":
             x = torch.randn(x.shape, generator=gen)
+        self.start_images = x.clone()  # to tell how far distillation moved them (provenance `moved`)
         self.images = x.to(self.dev).requires_grad_(True)
         self.labels = y.to(self.dev)
         self.syn_lr: torch.Tensor | None = None
@@ -272,8 +273,17 @@ class Distiller:
                 "seed": self.seed,
                 "config": self.config(),
                 "cost": {"seconds": round(self.seconds, 3), "sample_grads": self.sample_grads},
+                "moved": self._moved(),
             },
         )
+
+    def _moved(self) -> float | None:
+        """Mean absolute change of the pixels from their initialisation, in units of the data's std
+        (images are normalised); None for selections, which do not move images."""
+        start = getattr(self, "start_images", None)
+        if start is None or not self.iterative:
+            return None
+        return round(float((self.images.detach().cpu() - start).abs().mean()), 4)
 
     # ------------------------------------------------------------------------- checkpoints / guards
     def _state(self, iteration: int) -> dict[str, Any]:

@@ -21,7 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", required=True, help=f"one of: {', '.join(METHODS.names())}")
     p.add_argument("--ipc", type=int, required=True, help="images per class")
     p.add_argument("--iterations", type=int, default=None, help="outer iterations (method default if omitted)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the initial images and every random draw")
     p.add_argument("--init", default="real", choices=["real", "noise"], help="initialise from real images or noise")
     p.add_argument("--arch", default=None, help="matching network as ArchSpec JSON (default: the DC ConvNet)")
     p.add_argument(
@@ -33,14 +33,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--match-pool", type=int, default=None, metavar="N", help="members drawn from --match-space (default 16)"
     )
-    p.add_argument("--lr-img", type=float, default=None, help="learning rate of the synthetic images")
-    p.add_argument("--preset", default=None, help="a named method preset (e.g. quick, cpu); flags override it")
+    p.add_argument("--lr-img", type=float, default=None, help="learning rate of the images (default: the method's)")
+    presets = sorted({name for _, cls in METHODS.items() for name in cls.presets})
+    p.add_argument("--preset", default=None, choices=presets, help="a method preset (default: none); flags override it")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="method option (repeatable)")
     p.add_argument("--checkpoint-every", type=int, default=100, help="iterations between checkpoints")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--keep-checkpoint", action="store_true", help="keep OUT/checkpoint.pt after a successful run")
     p.add_argument("--out", required=True, help="folder for proxy.pt, proxy.json and grid.png")
     p.add_argument("--evaluate", action="store_true", help="train the default ConvNet on the proxy 5 times")
-    p.add_argument("--eval-recipe", default="proxy", help="recipe for --evaluate (preset and/or key=value)")
+    recipes = ", ".join(RECIPES)
+    p.add_argument("--eval-recipe", default="proxy", help=f"--evaluate recipe: a preset ({recipes}) and/or key=value")
 
 
 def parse_options(pairs: list[str]) -> dict:
@@ -82,6 +85,7 @@ def command(args: argparse.Namespace) -> int:
         lr_img=args.lr_img,
         device=args.device,
         checkpoint_every=args.checkpoint_every,
+        keep_checkpoint=args.keep_checkpoint,
         **options,
     )
     cost = proxy.provenance["cost"]

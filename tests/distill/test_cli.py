@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from nasdd import cli
 
 
@@ -13,7 +15,22 @@ def test_distill_writes_a_proxy_and_evaluates(tmp_path, capsys):
     assert "dm: test accuracy" in text and "random: test accuracy" in text and "over 5 seeds" in text
     side = json.loads((out / "proxy.json").read_text())
     assert side["provenance"]["config"]["batch_real"] == 8 and side["provenance"]["config"]["iterations"] == 3
-    assert (out / "grid.png").stat().st_size > 0 and (out / "checkpoint.pt").exists()
+    assert (out / "grid.png").stat().st_size > 0 and not (out / "checkpoint.pt").exists()  # removed after success
+    assert side["provenance"]["moved"] > 0  # how far the images moved from their initialisation
+
+
+def test_keep_checkpoint_keeps_it(tmp_path):
+    out = tmp_path / "p"
+    argv = ["distill", "--dataset", "digits", "--method", "dm", "--ipc", "1", "--iterations", "2", "--quiet"]
+    assert cli.main([*argv, "--option", "batch_real=8", "--out", str(out), "--keep-checkpoint"]) == 0
+    assert (out / "checkpoint.pt").exists() and (out / "proxy.pt").exists()
+
+
+def test_help_shows_defaults_and_preset_choices(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["distill", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--preset {" in text and "quick" in text and "(default: real)" in text and "(default: proxy)" in text
 
 
 def test_unknown_method_lists_valid_ones_and_exits_2(tmp_path, capsys):

@@ -42,6 +42,7 @@ def tables(out):
     return per_arch, summary.drop(columns=[c for c in summary if "seconds" in c])  # wall time differs per run
 
 
+@pytest.mark.slow  # ~100 s; claims, waits and take-overs are covered fast in test_store.py and below
 @pytest.mark.parametrize("kind", ["journal", pytest.param("postgres", marks=pytest.mark.postgres)])
 def test_three_workers_share_the_trainings_and_match_one(digits, tmp_path, kind, request):
     proxy = distill(digits, "random", ipc=5, seed=0).save(tmp_path / "proxy")
