@@ -1,5 +1,6 @@
 import argparse
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -35,8 +36,9 @@ def test_version(capsys):
 def test_list(capsys):
     assert cli.main(["list"]) == 0
     out = capsys.readouterr().out
-    for line in ("datasets:", "  mnist5k ", "imagefolder:PATH", "spaces:", "convnet_dc   convnet, 720 members"):
+    for line in ("datasets:", "  mnist5k ", "imagefolder:PATH", "spaces:"):
         assert line in out
+    assert re.search(r"convnet_dc +convnet, 720 members", out)
     assert "cell201, 15,625 members" in out and "families:" in out and "methods:" in out
     assert cli.main(["list", "spaces"]) == 0
     assert capsys.readouterr().out.splitlines()[0] == "spaces:"

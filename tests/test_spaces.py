@@ -45,8 +45,8 @@ def _write(tmp_path, text: str, name: str = "space.yaml"):
 
 
 def test_shipped_spaces_and_sizes():
-    assert space_names() == ["cell201", "convnet_cpu", "convnet_dc"]
-    sizes = {"convnet_dc": 720, "convnet_cpu": 405, "cell201": 15_625}
+    assert space_names() == ["cell201", "convnet_cpu", "convnet_cpu_pooled", "convnet_dc"]
+    sizes = {"convnet_dc": 720, "convnet_cpu": 405, "convnet_cpu_pooled": 270, "cell201": 15_625}
     for name, size in sizes.items():
         space = load_space(name)
         assert space.size == size
@@ -183,7 +183,7 @@ def test_bad_yaml_names_file_and_key(tmp_path, text, message):
 
 
 def test_unknown_space_lists_valid_names():
-    with pytest.raises(NasddError, match="unknown search space 'convnet_xl'.*cell201, convnet_cpu, convnet_dc"):
+    with pytest.raises(NasddError, match="unknown search space 'convnet_xl'.*cell201, convnet_cpu, convnet_cpu_pooled, convnet_dc"):
         load_space("convnet_xl")
 
 
