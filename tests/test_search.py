@@ -14,6 +14,7 @@ import torch
 from optuna.trial import TrialState
 
 from nasdd import search as S
+from nasdd.search import objective, retraining, workers
 from nasdd.cli import main
 from nasdd.distill import distill
 from nasdd.distill.proxy import ProxySet
@@ -42,7 +43,7 @@ def counted(study):
 def count_calls(monkeypatch, before=None):
     """Count (and optionally intercept) the trainer calls the search makes."""
     calls = []
-    real = S.train_arch
+    real = objective.train_arch
 
     def wrapper(spec, *args, **kw):
         calls.append(spec)
@@ -50,7 +51,7 @@ def count_calls(monkeypatch, before=None):
             args, kw = before(len(calls), spec, args, kw)
         return real(spec, *args, **kw)
 
-    monkeypatch.setattr(S, "train_arch", wrapper)
+    monkeypatch.setattr(objective, "train_arch", wrapper)
     return calls
 
 
@@ -183,11 +184,11 @@ def test_two_processes_share_one_storage(digits, proxy, tmp_path):
 def test_a_new_trial_yields_to_an_older_one_being_claimed(monkeypatch):
     study = optuna.create_study()
     older, newer = study.ask(), study.ask()  # two workers created trials at once; neither claimed yet
-    assert S._busy(study, before=newer.number) == 1  # so the newer one sees no room in a study of 1
-    assert S._busy(study, before=older.number) == 0  # and the older one runs
-    assert S._busy(study) == 0  # the loop's plain count waits for the claim
-    monkeypatch.setattr(S, "ORPHAN_S", -1.0)  # an unclaimed trial this old was orphaned at birth
-    assert S._busy(study, before=newer.number) == 0
+    assert workers.busy(study, before=newer.number) == 1  # so the newer one sees no room in a study of 1
+    assert workers.busy(study, before=older.number) == 0  # and the older one runs
+    assert workers.busy(study) == 0  # the loop's plain count waits for the claim
+    monkeypatch.setattr(workers, "ORPHAN_S", -1.0)  # an unclaimed trial this old was orphaned at birth
+    assert workers.busy(study, before=newer.number) == 0
 
 
 def test_repeated_arch_is_served_from_cache(digits, proxy, tmp_path, monkeypatch):
@@ -277,7 +278,7 @@ def test_retrain_top_names_a_winner_once(digits, proxy, tmp_path, monkeypatch):
     assert df.loc[df["winner"], "val_accuracy"].item() == df["val_accuracy"].max()
     assert df["test_accuracy"].between(0, 1).all() and (df["sample_grads"] == len(digits.y_train)).all()
     fits = []
-    monkeypatch.setattr(S, "fit", lambda *a, **k: fits.append(1))
+    monkeypatch.setattr(retraining, "fit", lambda *a, **k: fits.append(1))
     again = S.retrain(study, digits, 2, TrainRecipe.parse("full,epochs=1"), device="cpu", show_progress=False)
     assert not fits and again["val_accuracy"].tolist() == df["val_accuracy"].tolist()
 
