@@ -14,11 +14,11 @@ import torch
 from optuna.trial import TrialState
 
 from nasdd import search as S
-from nasdd.search import objective, retraining, workers
 from nasdd.cli import main
 from nasdd.distill import distill
 from nasdd.distill.proxy import ProxySet
 from nasdd.errors import NasddError
+from nasdd.search import objective, retraining, workers
 from nasdd.spaces import load_space, parse_space
 from nasdd.train import TrainRecipe
 

@@ -6,8 +6,6 @@ Trial user attributes: `arch` (JSON), `arch_key`, `proxy_id`, `recipe_key`, `par
 
 from __future__ import annotations
 
-import os
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +20,7 @@ from nasdd.data import DatasetBundle
 from nasdd.errors import NasddError
 from nasdd.search.workers import busy
 from nasdd.spaces import SearchSpace
+from nasdd.storage import worker_id
 from nasdd.train import TrainRecipe, train_arch
 from nasdd.utils import stable_hash
 
@@ -97,7 +96,7 @@ class Objective:
         return self.recipe.key()
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        trial.set_user_attr("worker", worker_id())
         if busy(trial.study, before=trial.number) >= self.target:
             trial.set_user_attr("surplus", "the study already had its trials when this one started")
             trial.study.stop()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import time
 import warnings
 from dataclasses import asdict, replace
@@ -22,54 +21,9 @@ from nasdd.search.retraining import retrain
 from nasdd.search.samplers import OBJECTIVES, REPORTS, make_pruner, make_sampler, parse_objective
 from nasdd.search.workers import HEARTBEAT_S, awaited, busy, counted_trials, fail_dead_trials, interrupted, retry_trial
 from nasdd.spaces import SearchSpace, load_space
-from nasdd.storage import rdb_storage
+from nasdd.storage import open_storage, sqlite_url
 from nasdd.train import TrainRecipe
 from nasdd.utils import ensure_dir, progress, resolve_device, write_json
-
-
-def open_storage(url: str | None, out: Path, *, heartbeat: int | None = HEARTBEAT_S) -> optuna.storages.BaseStorage:
-    """None: SQLite in `out`; `journal:PATH` or `*.log`: a journal file; anything else: an SQLAlchemy URL.
-
-    RDB storages get Optuna heartbeats every `heartbeat` seconds (None: off) with a grace period of
-    twice that, and `retry_trial` for the trials found stale."""
-    if url is None:
-        url = f"sqlite:///{(ensure_dir(out) / 'study.db').resolve()}"
-    try:
-        if url.startswith("journal:") or (url.endswith(".log") and "://" not in url):
-            path = Path(url.removeprefix("journal:"))
-            ensure_dir(path.parent)
-            backend = optuna.storages.journal.JournalFileBackend(str(path))
-            return optuna.storages.JournalStorage(backend)
-        if "://" not in url:
-            raise NasddError(
-                f"unknown storage {url!r}; give an SQLAlchemy URL (sqlite:///PATH, postgresql://...), "
-                "journal:PATH or a PATH ending .log"
-            )
-        kwargs: dict[str, Any] = {}
-        if url.startswith("sqlite:///"):
-            ensure_dir(Path(url.removeprefix("sqlite:///")).parent)
-            kwargs = {"connect_args": {"timeout": 60}}  # several workers on one file wait instead of failing
-        if heartbeat is not None and heartbeat < 1:
-            raise NasddError(f"--heartbeat must be >= 1 second, got {heartbeat}")
-        beat: dict[str, Any] = {}
-        if heartbeat:
-            params = inspect.signature(optuna.storages.RDBStorage).parameters
-            callback = "heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in params else None
-            beat = {"heartbeat_interval": heartbeat, "grace_period": 2 * heartbeat}
-            beat[callback or "failed_trial_callback"] = retry_trial
-        return rdb_storage(url, engine_kwargs=kwargs, **beat)
-    except NasddError:
-        raise
-    except Exception as exc:  # SQLAlchemy and driver errors: a bad URL or an unreachable server
-        raise NasddError(
-            f"cannot open storage {url!r}: {_first_line(exc)}; check the URL and that the server is up"
-        ) from exc
-
-
-def _first_line(exc: BaseException) -> str:
-    """The first line of an exception message, without SQLAlchemy's '(driver.Error)' prefix."""
-    text = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-    return text.split(") ", 1)[1] if text.startswith("(") and ") " in text else text
 
 
 def _default_recipe(proxy: Any) -> str:
@@ -136,10 +90,10 @@ def search(
     resource = train_recipe.steps if train_recipe.steps is not None else train_recipe.epochs
     every = max(1, resource // REPORTS) if pruner != "none" else 0
     _quiet_optuna()
+    url = storage or sqlite_url(out / "study.db")
     study = _open_study(
         study_name,
-        storage,
-        out,
+        url,
         pruner=make_pruner(pruner, multi=multi, resource=resource, every=every),
         directions=[OBJECTIVES[o] for o in objectives],
         fingerprint=_fingerprint(space, bundle, data, train_recipe, objectives),
@@ -152,7 +106,7 @@ def search(
     config = {
         "version": __version__,
         "study": study_name,
-        "storage": storage or f"sqlite:///{(out / 'study.db').resolve()}",
+        "storage": url,
         "space": {"name": space.name, "path": space.path, "size": space.size},
         "dataset": bundle.meta(),
         "proxy": {
@@ -188,10 +142,8 @@ def _quiet_optuna() -> None:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
-def _open_study(
-    name: str, storage: str | None, out: Path, *, fingerprint: dict, heartbeat: int | None, **kwargs: Any
-) -> optuna.Study:
-    store = open_storage(storage, out, heartbeat=heartbeat)
+def _open_study(name: str, url: str, *, fingerprint: dict, heartbeat: int | None, **kwargs: Any) -> optuna.Study:
+    store = open_storage(url, heartbeat=heartbeat, on_stale=retry_trial)
     try:
         study = optuna.create_study(study_name=name, storage=store, load_if_exists=True, **kwargs)
     except ValueError as exc:

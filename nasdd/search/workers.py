@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import os
 import socket
 import warnings
 from datetime import datetime
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
+
+from nasdd.storage import died_here, worker_id
 
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
 HEARTBEAT_S = 60  # seconds between heartbeats of a running trial (RDB storages); stale after twice that
@@ -43,23 +44,12 @@ def counted_trials(study: optuna.Study) -> list[FrozenTrial]:
     return [t for t in study.get_trials(deepcopy=False) if is_counted(t)]
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _orphaned(t: FrozenTrial, host: str) -> bool:
+def _orphaned(t: FrozenTrial) -> bool:
     """A RUNNING trial whose worker on this host has ended, or that never got a worker (killed at birth)."""
     worker = t.user_attrs.get("worker")
     if worker is None:
         return t.datetime_start is not None and (datetime.now() - t.datetime_start).total_seconds() > ORPHAN_S
-    h, _, pid = str(worker).rpartition(":")
-    return h == host and pid.isdigit() and not _pid_alive(int(pid))
+    return died_here(worker)
 
 
 def fail_dead_trials(study: optuna.Study) -> list[int]:
@@ -70,10 +60,9 @@ def fail_dead_trials(study: optuna.Study) -> list[int]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)  # heartbeat storages; calls retry_trial itself
-    host = socket.gethostname()
     dead = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if not _orphaned(t, host):
+        if not _orphaned(t):
             continue
         try:
             if not study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
@@ -94,13 +83,12 @@ def busy(study: optuna.Study, before: int | None = None) -> int:
     checking for room), a younger unclaimed trial counts too: of two workers creating trials at once,
     the one holding the higher number yields.
     """
-    host = socket.gethostname()
 
     def holds(t: FrozenTrial) -> bool:
         if is_counted(t):
             return True
         claimed = "worker" in t.user_attrs
-        return t.state == TrialState.RUNNING and (claimed or (before is not None and not _orphaned(t, host)))
+        return t.state == TrialState.RUNNING and (claimed or (before is not None and not _orphaned(t)))
 
     return sum(1 for t in study.get_trials(deepcopy=False) if (before is None or t.number < before) and holds(t))
 
@@ -116,7 +104,7 @@ def awaited(study: optuna.Study, heartbeat: bool) -> bool:
 
 def interrupted(study: optuna.Study) -> str:
     """Queue again the trials this worker was running when interrupted (Optuna marks them FAIL)."""
-    me = f"{socket.gethostname()}:{os.getpid()}"
+    me = worker_id()
     trials = study.get_trials(deepcopy=False)
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
     numbers = []
