@@ -14,6 +14,7 @@ import torch
 from optuna.trial import TrialState
 
 from nasdd import search as S
+from nasdd import storage
 from nasdd.cli import main
 from nasdd.distill import distill
 from nasdd.distill.proxy import ProxySet
@@ -337,3 +338,39 @@ def test_whitened_proxy_scores_on_transformed_val(digits):
     assert torch.allclose(data.x_val, 2 * digits.x_val) and torch.equal(data.x, base.images)
     full = S.training_data("full", digits, torch.device("cpu"))
     assert len(full.x) == len(digits.y_train) and full.proxy_id == f"full-{digits.key}" and full.lr is None
+
+
+def test_progress_prints_one_line_per_finished_trial_off_a_terminal(digits, proxy, tmp_path, capsys):
+    run(digits, proxy, tmp_path, trials=3, sampler="grid", show_progress=True)
+    lines = capsys.readouterr().out.splitlines()  # captured: not a terminal
+    assert len(lines) == 3 and all(line.startswith(f"trial {i} val ") for i, line in enumerate(lines))
+    assert "ETA" in lines[0] and lines[-1].endswith("3/3 finished, best " + lines[-1].rsplit(" ", 1)[-1])
+    run(digits, proxy, tmp_path, study_name="q", trials=1, sampler="grid", show_progress=False)
+    assert capsys.readouterr().out == ""
+
+
+def test_an_interrupted_trial_is_queued_again_only_until_its_last_retry():
+    for history, queued in (([], True), (list(range(100, 100 + workers.MAX_RETRY)), False)):
+        study = optuna.create_study()
+        trial = study.ask()
+        trial.set_user_attr("worker", storage.worker_id())
+        study._storage.set_trial_system_attr(trial._trial_id, "retry_history", history)
+        text = workers.interrupted(study)
+        waiting = study.get_trials(states=(TrialState.WAITING,))
+        assert study.trials[0].state == TrialState.FAIL and len(waiting) == queued
+        assert ("queued again;" in text) == queued and ("not queued again" in text) != queued
+
+
+def test_trials_on_one_host_share_the_torch_threads():
+    study = optuna.create_study()
+    for _ in range(2):
+        study.ask().set_user_attr("worker", storage.worker_id())  # two trials running here (e.g. --jobs 2)
+    before = torch.get_num_threads()
+    try:
+        shared = objective.Objective(*[None] * 8, threads=4, share_threads=True)
+        shared._set_threads(study.get_trials())
+        assert torch.get_num_threads() == 2
+        objective.Objective(*[None] * 8, threads=3)._set_threads(study.get_trials())
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)

@@ -83,6 +83,7 @@ def command(args: argparse.Namespace) -> int:
         device=args.device,
         show_progress=not args.quiet,
         heartbeat=args.heartbeat,
+        threads=args.threads,
     )
     out = Path(args.out or Path("results") / args.study)
     counted = counted_trials(study)

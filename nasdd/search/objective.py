@@ -6,6 +6,7 @@ Trial user attributes: `arch` (JSON), `arch_key`, `proxy_id`, `recipe_key`, `par
 
 from __future__ import annotations
 
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from nasdd.data import DatasetBundle
 from nasdd.errors import NasddError
 from nasdd.search.workers import busy
 from nasdd.spaces import SearchSpace
-from nasdd.storage import worker_id
+from nasdd.storage import died_here, worker_id
 from nasdd.train import TrainRecipe, train_arch
 from nasdd.utils import stable_hash
 
@@ -63,11 +64,10 @@ def training_data(proxy: Any, bundle: DatasetBundle, device: torch.device) -> Tr
     return TrainingData(to(x), to(y), to(x_val), to(y_val), bundle.num_classes, lr, pid, prov)
 
 
-def _cache_hit(study: optuna.Study, cache_key: str) -> FrozenTrial | None:
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if t.user_attrs.get("cache_key") == cache_key:
-            return t
-    return None
+def _cache_hit(trials: list[FrozenTrial], cache_key: str) -> FrozenTrial | None:
+    """The first complete trial of the same architecture, proxy, recipe and seed."""
+    same = (t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get("cache_key") == cache_key)
+    return next(same, None)
 
 
 def _set_attrs(trial: optuna.Trial, **attrs: Any) -> None:
@@ -90,6 +90,8 @@ class Objective:
     seed: int
     device: torch.device
     eval_every: int
+    threads: int = 0  # torch threads this worker may use; 0: leave torch's setting alone
+    share_threads: bool = False  # divide `threads` among the trials running on this host
 
     @property
     def recipe_key(self) -> str:
@@ -97,7 +99,8 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
         trial.set_user_attr("worker", worker_id())
-        if busy(trial.study, before=trial.number) >= self.target:
+        now = trial.study.get_trials(deepcopy=False)  # one read serves the room, cache and threads checks
+        if busy(trial.study, before=trial.number, trials=now) >= self.target:
             trial.set_user_attr("surplus", "the study already had its trials when this one started")
             trial.study.stop()
             raise Surplus("study complete")
@@ -112,7 +115,7 @@ class Objective:
             train_seed=self.seed,
             cache_key=cache_key,
         )
-        if (hit := _cache_hit(trial.study, cache_key)) is not None:
+        if (hit := _cache_hit(now, cache_key)) is not None:
             _set_attrs(trial, **{k: hit.user_attrs.get(k) for k in RESULT_ATTRS})
             _set_attrs(
                 trial,
@@ -122,7 +125,22 @@ class Objective:
                 train_flops=0,
             )
             return hit.values if len(self.objectives) > 1 else hit.values[0]
+        self._set_threads(now)
         return self._train(trial, spec)
+
+    def _set_threads(self, trials: list[FrozenTrial]) -> None:
+        """Give this training its share of the torch threads: workers (and `--jobs`) on one host would
+        otherwise each start torch's full count and oversubscribe the cores."""
+        if not self.threads:
+            return
+        n = 1
+        if self.share_threads:
+            host = socket.gethostname()
+            running = [t for t in trials if t.state == TrialState.RUNNING and "worker" in t.user_attrs]
+            here = [t for t in running if str(t.user_attrs["worker"]).rpartition(":")[0] == host]
+            n = max(1, sum(not died_here(t.user_attrs["worker"]) for t in here))
+        if torch.get_num_threads() != max(1, self.threads // n):
+            torch.set_num_threads(max(1, self.threads // n))
 
     def _train(self, trial: optuna.Trial, spec: ArchSpec) -> float | list[float]:
         d = self.data

@@ -1,7 +1,9 @@
-"""What a search leaves in its folder: trials.csv, top.csv and Optuna's matplotlib plots."""
+"""What a search shows and leaves: per-trial progress; trials.csv, top.csv and Optuna's matplotlib plots."""
 
 from __future__ import annotations
 
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -9,11 +11,51 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
-from nasdd.utils import atomic_open, atomic_path
+from nasdd.search.workers import is_counted
+from nasdd.utils import atomic_open, atomic_path, progress
+
+
+class TrialProgress:
+    """Per-trial progress: a bar with ETA on a terminal, one line per finished trial on stdout otherwise
+    (logs, pipes); nothing when `show` is false (`--quiet`)."""
+
+    def __init__(self, name: str, trials: int, done: int, *, show: bool) -> None:
+        self.lines = show and not sys.stdout.isatty()
+        self.trials, self.first, self.start = trials, min(done, trials), time.monotonic()
+        disable = None if show and not self.lines else True
+        self.bar = progress(total=trials, initial=self.first, desc=f"search {name}", unit="trial", disable=disable)
+
+    def update(self, study: optuna.Study, trial: FrozenTrial, counted: list[FrozenTrial]) -> None:
+        """After `trial` ended; `counted`: the study's finished trials now (every worker's)."""
+        done, best = min(len(counted), self.trials), best_text(study, counted)
+        self.bar.set_postfix_str(best, refresh=False)
+        self.bar.update(max(0, done - self.bar.n))  # through update() so tqdm's ETA sees the rate
+        if self.lines and is_counted(trial):
+            print(f"trial {trial.number} {_outcome(trial)}; {done}/{self.trials} finished, {best}{self._eta(done)}")
+            sys.stdout.flush()
+
+    def _eta(self, done: int) -> str:
+        if done <= self.first or done >= self.trials:
+            return ""
+        left = (time.monotonic() - self.start) / (done - self.first) * (self.trials - done)
+        return f", ETA {time.strftime('%H:%M:%S', time.gmtime(left))}"
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _outcome(t: FrozenTrial) -> str:
+    a = t.user_attrs
+    if t.state == TrialState.COMPLETE:
+        how = f"cached from trial {a['cached_from']}" if "cached_from" in a else f"{a.get('seconds', 0):.1f} s"
+        return f"val {t.values[0]:.4f} ({how})"
+    if t.state == TrialState.PRUNED:
+        return f"pruned at {a.get('pruned_at', '?')}"
+    return f"failed: {a.get('fail_reason', 'unknown')}"
 
 
 def best_text(study: optuna.Study, counted: list[FrozenTrial]) -> str:
-    """The progress bar's summary of the best result so far."""
+    """The progress summary of the best result so far."""
     complete = [t for t in counted if t.state == TrialState.COMPLETE]
     if not complete:
         return "best -"

@@ -16,14 +16,23 @@ from nasdd import __version__
 from nasdd.data import DatasetBundle, load_dataset
 from nasdd.errors import NasddError
 from nasdd.search.objective import CandidateFailed, Objective, Surplus, TrainingData, training_data
-from nasdd.search.outputs import best_text, write_outputs
+from nasdd.search.outputs import TrialProgress, write_outputs
 from nasdd.search.retraining import retrain
 from nasdd.search.samplers import OBJECTIVES, REPORTS, make_pruner, make_sampler, parse_objective
-from nasdd.search.workers import HEARTBEAT_S, awaited, busy, counted_trials, fail_dead_trials, interrupted, retry_trial
+from nasdd.search.workers import (
+    HEARTBEAT_S,
+    awaited,
+    busy,
+    counted_trials,
+    fail_dead_trials,
+    interrupted,
+    is_counted,
+    retry_trial,
+)
 from nasdd.spaces import SearchSpace, load_space
 from nasdd.storage import open_storage, sqlite_url
 from nasdd.train import TrainRecipe
-from nasdd.utils import ensure_dir, progress, resolve_device, write_json
+from nasdd.utils import ensure_dir, resolve_device, write_json
 
 
 def _default_recipe(proxy: Any) -> str:
@@ -66,6 +75,7 @@ def search(
     device: str | torch.device = "auto",
     show_progress: bool = True,
     heartbeat: int | None = HEARTBEAT_S,
+    threads: int | None = None,
 ) -> optuna.Study:
     """Run (or resume) a search until the study holds `trials` finished trials; return the Optuna study.
 
@@ -73,6 +83,8 @@ def search(
     `proxy`, or `full` with `proxy="full"`); a learned proxy lr replaces the recipe's. Outputs go to
     `out` (default results/<study_name>): trials.csv, top.csv, PNG plots, config.json and, with
     `retrain_top`, retrain.csv. `heartbeat`: seconds between trial heartbeats in RDB storages (module doc).
+    `threads`: torch threads per trial; None: torch's count shared among the trials running on this host
+    (other workers' and this worker's `jobs`), so workers started side by side do not oversubscribe the cores.
     """
     if trials < 1 or jobs < 1 or top < 0 or retrain_top < 0:
         raise NasddError("--trials and --jobs must be >= 1, --top and --retrain-top >= 0")
@@ -126,10 +138,16 @@ def search(
         "seed": seed,
         "sampler_seed": sampler_seed,
         "device": str(device),
+        "threads": threads or "shared",
     }
     write_json(out / "config.json", config)
-    run = Objective(space, data, train_recipe, objectives, trials, seed, device, every)
-    _optimize(study, run, trials=trials, timeout=timeout, jobs=jobs, show_progress=show_progress)
+    torch_threads = torch.get_num_threads()
+    share = threads is None and device.type == "cpu"
+    run = Objective(space, data, train_recipe, objectives, trials, seed, device, every, threads or torch_threads, share)
+    try:
+        _optimize(study, run, trials=trials, timeout=timeout, jobs=jobs, show_progress=show_progress)
+    finally:
+        torch.set_num_threads(torch_threads)
     write_outputs(study, out, top)
     if retrain_top:
         rr = retrain_recipe if isinstance(retrain_recipe, TrainRecipe) else TrainRecipe.parse(retrain_recipe)
@@ -164,28 +182,22 @@ def _optimize(
     deadline = None if timeout is None else time.monotonic() + timeout
     heartbeat = study._storage.get_heartbeat_interval() if hasattr(study._storage, "get_heartbeat_interval") else None
     poll = min(5.0, heartbeat or 5.0)
-    bar = progress(
-        total=trials,
-        initial=min(trials, len(counted_trials(study))),
-        desc=f"search {study.study_name}",
-        unit="trial",
-        disable=None if show_progress else True,
-    )
+    shown = TrialProgress(study.study_name, trials, len(counted_trials(study)), show=show_progress)
 
     def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
-        counted = counted_trials(study)
-        bar.set_postfix_str(best_text(study, counted), refresh=False)
-        bar.update(max(0, min(len(counted), trials) - bar.n))  # through update() so tqdm's ETA sees the rate
-        if busy(study) >= trials:
+        now = study.get_trials(deepcopy=False)  # one read serves the progress and the stop test
+        shown.update(study, trial, [t for t in now if is_counted(t)])
+        if busy(study, trials=now) >= trials:
             study.stop()
 
     try:
         while deadline is None or time.monotonic() < deadline:
             fail_dead_trials(study)
-            missing = trials - busy(study)
-            waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+            now = study.get_trials(deepcopy=False)
+            missing = trials - busy(study, trials=now)
+            waiting = [t for t in now if t.state == TrialState.WAITING]
             if missing <= 0 and not waiting:
-                if len(counted_trials(study)) >= trials or not awaited(study, heartbeat is not None):
+                if sum(map(is_counted, now)) >= trials or not awaited(study, heartbeat is not None):
                     break
                 time.sleep(poll)  # the rest is running in other workers: wait until it finishes or goes stale
                 continue
@@ -203,4 +215,4 @@ def _optimize(
     except KeyboardInterrupt:
         raise KeyboardInterrupt(interrupted(study)) from None
     finally:
-        bar.close()
+        shown.close()

@@ -23,13 +23,16 @@ HEARTBEAT_S = 60  # seconds between heartbeats of a running trial (RDB storages)
 MAX_RETRY = 3  # times a dead worker's trial is queued again
 
 
-def retry_trial(study: optuna.Study, trial: FrozenTrial) -> None:
+def retry_trial(study: optuna.Study, trial: FrozenTrial) -> bool:
     """Queue a dead worker's trial again with the same parameters (Optuna's RetryFailedTrialCallback),
-    without the dead worker's user attributes (its `worker` would mark the retry as orphaned)."""
+    without the dead worker's user attributes (its `worker` would mark the retry as orphaned).
+
+    Returns whether it was queued: a trial already retried `MAX_RETRY` times is not."""
     clean = copy.copy(trial)
     clean.user_attrs = {}
     retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)  # Optuna >= 4.9
     (retry or optuna.storages.RetryFailedTrialCallback)(max_retry=MAX_RETRY)(study, clean)
+    return len(trial.system_attrs.get("retry_history", [])) < MAX_RETRY  # Optuna's own condition
 
 
 ORPHAN_S = 60.0  # a running trial without a worker after this long was orphaned at creation
@@ -75,13 +78,13 @@ def fail_dead_trials(study: optuna.Study) -> list[int]:
     return dead
 
 
-def busy(study: optuna.Study, before: int | None = None) -> int:
+def busy(study: optuna.Study, before: int | None = None, *, trials: list[FrozenTrial] | None = None) -> int:
     """Counted plus running trials (only those numbered below `before` when given).
 
     A running trial counts once its worker has claimed it (the first thing a trial does), so a trial
     orphaned between its creation and that claim never holds a place. With `before` (a new trial
     checking for room), a younger unclaimed trial counts too: of two workers creating trials at once,
-    the one holding the higher number yields.
+    the one holding the higher number yields. `trials`: the study's trials when the caller has just read them.
     """
 
     def holds(t: FrozenTrial) -> bool:
@@ -90,7 +93,8 @@ def busy(study: optuna.Study, before: int | None = None) -> int:
         claimed = "worker" in t.user_attrs
         return t.state == TrialState.RUNNING and (claimed or (before is not None and not _orphaned(t)))
 
-    return sum(1 for t in study.get_trials(deepcopy=False) if (before is None or t.number < before) and holds(t))
+    trials = study.get_trials(deepcopy=False) if trials is None else trials
+    return sum(1 for t in trials if (before is None or t.number < before) and holds(t))
 
 
 def awaited(study: optuna.Study, heartbeat: bool) -> bool:
@@ -107,14 +111,15 @@ def interrupted(study: optuna.Study) -> str:
     me = worker_id()
     trials = study.get_trials(deepcopy=False)
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
-    numbers = []
+    queued, dropped = [], []
     for t in trials:
         mine = t.user_attrs.get("worker") == me and t.state in (TrialState.FAIL, TrialState.RUNNING)
         if mine and not is_counted(t) and "surplus" not in t.user_attrs and t.number not in retried:
             if t.state == TrialState.RUNNING:  # interrupted before Optuna could tell
                 with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
                     study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
-            retry_trial(study, t)
-            numbers.append(str(t.number))
-    what = f"trial {', '.join(numbers)} marked failed and queued again; " if numbers else ""
+            (queued if retry_trial(study, t) else dropped).append(str(t.number))
+    what = f"trial {', '.join(queued)} marked failed and queued again; " if queued else ""
+    if dropped:
+        what += f"trial {', '.join(dropped)} marked failed, not queued again (retried {MAX_RETRY} times already); "
     return f"{what}rerun the same command to finish the study"
