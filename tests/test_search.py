@@ -188,8 +188,21 @@ def test_a_new_trial_yields_to_an_older_one_being_claimed(monkeypatch):
     assert workers.busy(study, before=newer.number) == 1  # so the newer one sees no room in a study of 1
     assert workers.busy(study, before=older.number) == 0  # and the older one runs
     assert workers.busy(study) == 0  # the loop's plain count waits for the claim
+    assert workers.awaited(study, heartbeat=False)  # a worker with nothing left to start waits for the claims
     monkeypatch.setattr(workers, "ORPHAN_S", -1.0)  # an unclaimed trial this old was orphaned at birth
-    assert workers.busy(study, before=newer.number) == 0
+    assert workers.busy(study, before=newer.number) == 0 and not workers.awaited(study, heartbeat=False)
+
+
+def test_a_trial_orphaned_at_birth_is_waited_for_not_raced(digits, proxy, tmp_path, monkeypatch):
+    log = f"journal:{tmp_path / 'study.log'}"
+    kw = {"storage": log, "sampler": "grid", "recipe": RECIPE, "out": tmp_path / "out", "show_progress": False}
+    S.search(TINY, str(proxy), digits, study_name="o", trials=3, device="cpu", **kw)
+    optuna.load_study(study_name="o", storage=_storage(tmp_path / "study.log")).ask()  # its worker died at once
+    monkeypatch.setattr(workers, "ORPHAN_S", 2.0)
+    study = S.search(TINY, str(proxy), digits, study_name="o", trials=6, device="cpu", **kw)
+    done = counted(study)  # no trial yielded to the orphan (each would have used up a grid point)
+    assert len(done) == 6 and len({t.user_attrs["arch_key"] for t in done}) == 6
+    assert len(study.trials) == 7 and not study.get_trials(states=(TrialState.RUNNING,))
 
 
 def test_repeated_arch_is_served_from_cache(digits, proxy, tmp_path, monkeypatch):

@@ -194,7 +194,9 @@ def _optimize(
         while deadline is None or time.monotonic() < deadline:
             fail_dead_trials(study)
             now = study.get_trials(deepcopy=False)
-            missing = trials - busy(study, trials=now)
+            # a trial just created elsewhere holds its place until claimed or orphaned: wait for it rather
+            # than start one that would yield (and burn a grid point) while it is not yet claimed
+            missing = trials - busy(study, before=len(now), trials=now)
             waiting = [t for t in now if t.state == TrialState.WAITING]
             if missing <= 0 and not waiting:
                 if sum(map(is_counted, now)) >= trials or not awaited(study, heartbeat is not None):

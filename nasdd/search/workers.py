@@ -99,11 +99,13 @@ def busy(study: optuna.Study, before: int | None = None, *, trials: list[FrozenT
 
 def awaited(study: optuna.Study, heartbeat: bool) -> bool:
     """Whether other workers run trials this one should wait for: any (a dead one's heartbeat stops and
-    its trial is redone), or without heartbeats only those on this host (a dead one's pid tells)."""
+    its trial is redone), or without heartbeats only those on this host (a dead one's pid tells); and a
+    trial not claimed yet (claimed in a moment, or orphaned at birth and failed after `ORPHAN_S`)."""
     host = socket.gethostname()
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     workers = [str(t.user_attrs["worker"]) for t in running if "worker" in t.user_attrs]
-    return any(heartbeat or w.rpartition(":")[0] == host for w in workers)
+    unclaimed = any("worker" not in t.user_attrs and not _orphaned(t) for t in running)
+    return unclaimed or any(heartbeat or w.rpartition(":")[0] == host for w in workers)
 
 
 def interrupted(study: optuna.Study) -> str:
