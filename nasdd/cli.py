@@ -20,7 +20,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "list": ("nasdd.catalog", "list datasets, search spaces, methods, peers and samplers"),
     "distill": ("nasdd.distill.cli", "distil a dataset into a synthetic proxy set"),
     "experts": ("nasdd.distill.experts", "train expert trajectories for trajectory matching"),
-    "search": ("nasdd.search.cli", "Optuna architecture search with candidates trained on a proxy"),
+    "search": ("nasdd.search", "Optuna architecture search with candidates trained on a proxy"),
     "validate": ("nasdd.validate.cli", "audit how faithfully proxies rank architectures"),
     "report": ("nasdd.report", "tables and plots of cost against ranking fidelity"),
     "run": ("nasdd.pipeline", "distil -> search -> validate -> report in one command"),

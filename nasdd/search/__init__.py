@@ -57,6 +57,8 @@ _EXPORTS = {
     "write_outputs": "outputs",
     "retrain": "retraining",
     "retrain_one": "retraining",
+    "add_arguments": "cli",  # `nasdd search` (nasdd.cli registers this package)
+    "command": "cli",
 }
 __all__ = list(_EXPORTS)
 

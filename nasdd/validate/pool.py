@@ -123,7 +123,7 @@ def study_pool(study_name: str, storage: str, space: SearchSpace | None = None) 
     """
     import optuna
 
-    from nasdd.storage import open_storage
+    from nasdd.validate.store import open_storage
 
     try:
         study = optuna.load_study(study_name=study_name, storage=open_storage(storage))
