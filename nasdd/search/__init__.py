@@ -21,13 +21,13 @@ test. Optuna does the sampling, pruning, storage and parallelism:
   (`heartbeat` seconds apart); a trial silent for twice that long belonged to a dead worker (SIGKILL,
   power loss, any host) and is marked FAIL by the next worker that looks. Journal storages have no
   heartbeat in Optuna: there a dead worker is recognised by its process id (one host). Either way the
-  dead trial is queued again with the same parameters (Optuna's RetryFailedTrialCallback) and another
-  worker redoes it; a worker whose share is done waits for the trials still running elsewhere (with a
+  dead trial is queued again (at most 3 times) with the same parameters (Optuna's
+  RetryFailedTrialCallback) and another worker redoes it; a worker whose share is done waits for the trials still running elsewhere (with a
   journal, only for those on its own host), so the study ends complete. SIGINT (Ctrl-C) fails and
   requeues the running trial and exits with code 130.
 
 Modules: `objective` (scoring one candidate), `samplers` (samplers, pruners, objectives), `workers`
-(liveness, counting, retries), `study` (the loop: `search()`), `outputs` (CSV, plots), `retraining`
+(liveness, counting, retries), `study` (the loop: `search()`), `outputs` (progress, CSV, plots), `retraining`
 (the top candidates on the full data), `cli` (`nasdd search`). Names are imported on first use, so
 `nasdd list` and `nasdd search --help` do not load torch.
 """
@@ -61,6 +61,7 @@ _EXPORTS = {
     "command": "cli",
 }
 __all__ = list(_EXPORTS)
+
 
 def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:
