@@ -22,8 +22,9 @@ test. Optuna does the sampling, pruning, storage and parallelism:
   power loss, any host) and is marked FAIL by the next worker that looks. Journal storages have no
   heartbeat in Optuna: there a dead worker is recognised by its process id (one host). Either way the
   dead trial is queued again (at most 3 times) with the same parameters (Optuna's
-  RetryFailedTrialCallback) and another worker redoes it; a worker whose share is done waits for the trials still running elsewhere (with a
-  journal, only for those on its own host), so the study ends complete. SIGINT (Ctrl-C) fails and
+  RetryFailedTrialCallback) and another worker redoes it; a worker whose share is done waits for the
+  trials still running elsewhere (with a journal, only for those on its own host), so the study ends
+  complete. SIGINT (Ctrl-C) fails and
   requeues the running trial and exits with code 130.
 
 Modules: `objective` (scoring one candidate), `samplers` (samplers, pruners, objectives), `workers`
