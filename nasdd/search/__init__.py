@@ -24,8 +24,7 @@ test. Optuna does the sampling, pruning, storage and parallelism:
   dead trial is queued again (at most 3 times) with the same parameters (Optuna's
   RetryFailedTrialCallback) and another worker redoes it; a worker whose share is done waits for the
   trials still running elsewhere (with a journal, only for those on its own host), so the study ends
-  complete. SIGINT (Ctrl-C) fails and
-  requeues the running trial and exits with code 130.
+  complete. SIGINT (Ctrl-C) fails and requeues the running trial and exits with code 130.
 
 Modules: `objective` (scoring one candidate), `samplers` (samplers, pruners, objectives), `workers`
 (liveness, counting, retries), `study` (the loop: `search()`), `outputs` (progress, CSV, plots), `retraining`
