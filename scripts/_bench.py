@@ -97,7 +97,8 @@ def upsert(
         if len(df):
             df = df[~_matches(df, {k: row[k] for k in key})]
     df = pd.concat([df, pd.DataFrame(rows)], ignore_index=True) if len(df) else pd.DataFrame(rows)
-    write(df[list(columns)] if columns else df, path)
+    df = df.reindex(columns=list(columns)) if columns else df
+    write(df, path)
     return df
 
 
