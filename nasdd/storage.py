@@ -22,7 +22,6 @@ from typing import Any
 import optuna
 
 from nasdd.errors import NasddError
-from nasdd.utils import ensure_dir
 
 ATTEMPTS = 6
 
@@ -45,7 +44,7 @@ def open_storage(
     try:
         if url.startswith("journal:") or (url.endswith(".log") and "://" not in url):
             path = Path(url.removeprefix("journal:"))
-            ensure_dir(path.parent)
+            path.parent.mkdir(parents=True, exist_ok=True)
             return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
         if "://" not in url:
             raise NasddError(
@@ -54,7 +53,7 @@ def open_storage(
             )
         kwargs: dict[str, Any] = {}
         if url.startswith("sqlite:///"):
-            ensure_dir(Path(url.removeprefix("sqlite:///")).parent)
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
             kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}  # workers on one file wait, not fail
         if heartbeat is not None and heartbeat < 1:
             raise NasddError(f"--heartbeat must be >= 1 second, got {heartbeat}")
