@@ -20,15 +20,14 @@ import sys
 import time
 from pathlib import Path
 
+import _bench
 import pandas as pd
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from nasdd.data import load_dataset  # noqa: E402
-from nasdd.distill import METHODS  # noqa: E402
-from nasdd.distill.mtt import make_plan, match_grad, match_loss_unrolled  # noqa: E402
-from nasdd.utils import atomic_path, proc_status_kb, resolve_device  # noqa: E402
+from nasdd.data import load_dataset
+from nasdd.distill import METHODS
+from nasdd.distill.mtt import make_plan, match_grad, match_loss_unrolled
+from nasdd.utils import proc_status_kb, resolve_device
 
 
 def child(args: argparse.Namespace) -> dict:
@@ -83,17 +82,14 @@ def child(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--dataset", default="mnist5k")
+    p = _bench.parser(__doc__, out="results/mtt_memory.csv")
     p.add_argument("--ipc", type=int, default=10)
     p.add_argument("--steps", default="10,20,40")
     p.add_argument("--modes", default="bounded,unrolled")
     p.add_argument("--preset", default="cpu", help="mtt preset giving the network, experts and batch")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", default="results/mtt_memory.csv")
     p.add_argument("--child-mode", default=None, help=argparse.SUPPRESS)
     p.add_argument("--child-steps", type=int, default=None, help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
+    args = _bench.parse(p, argv)
     if args.child_mode:
         print(json.dumps(child(args)))
         return 0
@@ -107,9 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     df = pd.DataFrame(rows)
     first = df.groupby("mode")["peak_mem_mb"].transform("first")
     df["ratio_to_first"] = (df["peak_mem_mb"] / first).round(2)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(args.out) as tmp:
-        df.to_csv(tmp, index=False)
+    _bench.write(df, args.out)
+    _bench.record(args.out, argv)
     print(df.to_string(index=False))
     return 0
 

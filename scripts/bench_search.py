@@ -18,29 +18,24 @@ recorded wall time of the run that trained. The proxy is a stratified random sub
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
+import _bench
 import pandas as pd
-import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from nasdd.arch import ArchSpec  # noqa: E402
-from nasdd.data import load_dataset  # noqa: E402
-from nasdd.distill import distill  # noqa: E402
-from nasdd.distill.proxy import ProxySet  # noqa: E402
-from nasdd.search import counted_trials, retrain, search  # noqa: E402
-from nasdd.train import TrainRecipe  # noqa: E402
-from nasdd.utils import atomic_open, set_quiet, write_json  # noqa: E402
+from nasdd.arch import ArchSpec
+from nasdd.data import load_dataset
+from nasdd.distill import distill
+from nasdd.distill.proxy import ProxySet
+from nasdd.search import counted_trials, retrain, search
+from nasdd.train import TrainRecipe
+from nasdd.utils import write_json
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--dataset", default="mnist5k")
+    ap = _bench.parser(__doc__, out=None, work="runs/bench_search", device="cpu", threads=1)
     ap.add_argument("--space", default="convnet_cpu")
     ap.add_argument("--sampler", default="tpe")
     ap.add_argument("--trials", type=int, default=12)
@@ -50,13 +45,7 @@ def main() -> None:
     ap.add_argument("--proxy-recipe", default="proxy,epochs=12,batch_size=10")
     ap.add_argument("--retrain-top", type=int, default=3, help="retrain each search's top K on the full data")
     ap.add_argument("--skip-dc", action="store_true", help="skip the 300-epoch DC-recipe proxy search")
-    ap.add_argument("--work", default="runs/bench_search", help="study folders (not committed)")
-    ap.add_argument("--out", default=None, help="CSV path (default results/search_<dataset>.csv)")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--quiet", action="store_true")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    set_quiet(args.quiet)
+    args = _bench.parse(ap)
     bundle = load_dataset(args.dataset)
     proxy = ProxySet.load(args.proxy, bundle) if args.proxy else distill(bundle, "random", ipc=args.ipc, seed=args.seed)
     runs = [("proxy", proxy, args.proxy_recipe)]
@@ -73,7 +62,7 @@ def main() -> None:
         start = time.perf_counter()
         kw = {"trials": args.trials, "sampler": args.sampler, "seed": args.seed, "recipe": recipe, "out": folder}
         study = search(
-            args.space, source, bundle, study_name=study_name, device="cpu", show_progress=not args.quiet, **kw
+            args.space, source, bundle, study_name=study_name, device=args.device, show_progress=not args.quiet, **kw
         )
         if not stamp.exists():
             write_json(stamp, {"wall_s": time.perf_counter() - start})
@@ -81,7 +70,8 @@ def main() -> None:
         trials = counted_trials(study)
         grads = sum(t.user_attrs.get("sample_grads", 0) for t in trials)
         trained = [t for t in trials if "cached_from" not in t.user_attrs]
-        ret = retrain(study, bundle, args.retrain_top, full_recipe, seed=args.seed, device="cpu", show_progress=False)
+        kw = {"seed": args.seed, "device": args.device, "show_progress": False}
+        ret = retrain(study, bundle, args.retrain_top, full_recipe, **kw)
         chosen, winner = ret.iloc[0], ret[ret["winner"]].iloc[0]
         rows.append({
             "search": name,
@@ -113,8 +103,8 @@ def main() -> None:
     df["winner_test_gap_vs_full"] = (df["winner_full_test"] - full["chosen_full_test"]).round(4)
     df["total_grads_with_retrain"] = df["sample_grads"] + df["retrain_sample_grads"]
     out = Path(args.out or f"results/search_{args.dataset}.csv")
-    with atomic_open(out) as f:
-        df.to_csv(f, index=False)
+    _bench.write(df, out)
+    _bench.record(out)
     with pd.option_context("display.width", 250, "display.max_columns", 30, "display.max_colwidth", 90):
         print(df.drop(columns=["proxy_id", "sampler", "seed", "chosen_arch", "winner_arch"]).T.to_string())
     print(f"wrote {out}")

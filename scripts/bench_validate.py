@@ -13,23 +13,23 @@ Every training is cached in <work>/results.db: adding a method later trains only
 
 from __future__ import annotations
 
-import argparse
 import shutil
 from pathlib import Path
 
+import _bench
 import pandas as pd
 
 from nasdd.data import load_dataset
 from nasdd.distill import METHODS, ProxySet
 from nasdd.pipeline import make_proxies
 from nasdd.spaces import load_space
+from nasdd.storage import sqlite_url
 from nasdd.validate import validate
 from nasdd.validate.pool import draw_pool
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--dataset", default="mnist5k")
+    ap = _bench.parser(__doc__, out="results/validate_mnist5k", work="runs/bench_validate")
     ap.add_argument("--space", default="convnet_cpu")
     ap.add_argument("--pool", type=int, default=24)
     ap.add_argument("--pool-seed", type=int, default=0)
@@ -42,10 +42,7 @@ def main() -> None:
     ap.add_argument("--proxy-recipe", default="proxy,epochs=30")
     ap.add_argument("--proxy-seeds", type=int, default=1)
     ap.add_argument("--budgets", default="0.4,0.8", help="early-stopping budgets in epochs ('' = auto)")
-    ap.add_argument("--work", default="runs/bench_validate", help="proxies and the result store (not committed)")
-    ap.add_argument("--results", default="results/validate_mnist5k")
-    ap.add_argument("--device", default="auto")
-    args = ap.parse_args()
+    args = _bench.parse(ap)
 
     bundle = load_dataset(args.dataset)
     space = load_space(args.space)
@@ -66,14 +63,15 @@ def main() -> None:
         budgets=[float(b) for b in args.budgets.split(",") if b] or None,
         ipc=args.ipc,
         subset_preset=args.preset,
-        storage=f"sqlite:///{(work / 'results.db').resolve()}",
+        storage=sqlite_url(work / "results.db"),
         out=work / "out",
         device=args.device,
     )
-    results = Path(args.results)
+    results = Path(args.out)
     results.mkdir(parents=True, exist_ok=True)
     for name in ("per_arch.csv", "summary.csv", "config.json"):
         shutil.copyfile(work / "out" / name, results / name)
+    _bench.record(results)
     cols = [
         "name",
         "tau",

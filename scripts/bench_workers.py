@@ -23,26 +23,26 @@ import sys
 import time
 from pathlib import Path
 
+import _bench
 import optuna
-import pandas as pd
 from optuna.trial import TrialState
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from nasdd.data import load_dataset
+from nasdd.distill import distill
+from nasdd.search import is_counted
+from nasdd.utils import ensure_dir
 
-from nasdd.data import load_dataset  # noqa: E402
-from nasdd.distill import distill  # noqa: E402
-from nasdd.search import is_counted  # noqa: E402
-from nasdd.utils import atomic_open, ensure_dir  # noqa: E402
+ROOT = _bench.ROOT
+KEY = ["storage", "workers", "trials", "dataset", "space", "recipe"]  # the settings of a row
 
 
 def run_workers(args: argparse.Namespace, proxy: Path, storage: str, study: str, n: int, out: Path) -> float:
     """Start `n` identical workers on one storage; return the wall seconds until the last one ends."""
     cmd = [sys.executable, "-m", "nasdd", "search", "--space", args.space, "--proxy", str(proxy)]
     cmd += ["--dataset", args.dataset, "--study", study, "--trials", str(args.trials), "--storage", storage]
-    cmd += ["--sampler", "grid", "--recipe", args.recipe, "--seed", "0", "--threads", "1", "--quiet"]
-    cmd += ["--device", "cpu", "--top", "1"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd += ["--sampler", "grid", "--recipe", args.recipe, "--seed", "0", "--threads", str(args.threads), "--quiet"]
+    cmd += ["--device", args.device, "--top", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": str(ROOT)}
     start = time.perf_counter()
     procs = [
         subprocess.Popen([*cmd, "--out", str(out / f"w{i}")], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
@@ -77,17 +77,15 @@ def measure(study: optuna.Study, trials: int) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--dataset", default="digits")
+    kw = {"dataset": "digits", "device": "cpu", "threads": 1}
+    ap = _bench.parser(__doc__, out="results/workers.csv", work="runs/bench_workers", **kw)
     ap.add_argument("--space", default="convnet_cpu")
     ap.add_argument("--trials", type=int, default=24)
     ap.add_argument("--recipe", default="proxy,epochs=200")
     ap.add_argument("--ipc", type=int, default=10)
     ap.add_argument("--workers", default="1,2,4")
     ap.add_argument("--postgres", default=os.environ.get("NASDD_TEST_POSTGRES"), help="PostgreSQL URL")
-    ap.add_argument("--work", default="runs/bench_workers", help="journals and study folders (not committed)")
-    ap.add_argument("--out", default="results/workers.csv")
-    args = ap.parse_args()
+    args = _bench.parse(ap)
     work = ensure_dir(args.work)
     proxy = work / f"proxy-{args.dataset}-random-ipc{args.ipc}"
     if not (proxy / "proxy.json").exists():
@@ -111,12 +109,11 @@ def main() -> None:
             row.update(measure(optuna.load_study(study_name=name, storage=store), args.trials))
             base = base or row["trials_per_min"]
             row["speedup_vs_1"] = round(row["trials_per_min"] / base, 2)
-            row.update(dataset=args.dataset, space=args.space, recipe=args.recipe, sampler="grid", threads=1)
+            row.update(dataset=args.dataset, space=args.space, recipe=args.recipe, sampler="grid", threads=args.threads)
             rows.append(row)
             print(", ".join(f"{k}={v}" for k, v in row.items()), flush=True)
-    df = pd.DataFrame(rows)
-    with atomic_open(Path(args.out)) as f:
-        df.to_csv(f, index=False)
+    df = _bench.upsert(args.out, rows, KEY)  # rows of other settings (e.g. a PostgreSQL-only run) are kept
+    _bench.record(args.out)
     print(df[["storage", "workers", "trials_per_min", "speedup_vs_1", "lost", "duplicated", "left_running"]])
     print(f"wrote {args.out}")
 

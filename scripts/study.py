@@ -7,29 +7,29 @@ Distils each method at each ipc with the search space's default member as the ma
 `--distill-preset` of each method), audits all proxies and every peer on one pool with
 `nasdd.validate.validate` (every training cached in `<work>/results.db`, so reruns only train what is
 new), and writes the report (plots, report.md/html) into `--out`; proxies and the cache live in `--work`.
-The exact command is saved as `command.txt`.
+The exact command is recorded in results/README.md (earlier runs saved it as `command.txt`).
 """
 
 from __future__ import annotations
 
-import argparse
-import shlex
 import sys
 from pathlib import Path
+
+import _bench
 
 from nasdd.data import load_dataset
 from nasdd.distill import METHODS, ProxySet
 from nasdd.pipeline import make_proxies
 from nasdd.report import write_report
 from nasdd.spaces import load_space
-from nasdd.utils import atomic_open, ensure_dir, set_quiet
+from nasdd.storage import sqlite_url
+from nasdd.utils import ensure_dir
 from nasdd.validate import validate
 from nasdd.validate.pool import draw_pool
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dataset", default="mnist5k")
+    ap = _bench.parser(__doc__, out=None)
     ap.add_argument("--data-root", default="data")
     ap.add_argument("--max-per-class", type=int, default=None)
     ap.add_argument("--methods", default="all", help="comma list or 'all' registered methods")
@@ -42,16 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--peers", default="all")
     ap.add_argument("--distill-preset", default="cpu", help="each method's preset (quick for a fast look)")
     ap.add_argument("--resamples", type=int, default=1000)
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--quiet", action="store_true")
-    ap.add_argument("--out", required=True, help="tables, plots and report (committed)")
     ap.add_argument("--work", default=None, help="proxies and the training cache (default runs/<out name>)")
-    args = ap.parse_args(argv)
-    set_quiet(args.quiet)
+    args = _bench.parse(ap, argv)
+    if not args.out:
+        ap.error("--out is required (tables, plots and report; committed)")
     out = ensure_dir(args.out)
     work = ensure_dir(args.work or Path("runs") / out.name)
-    with atomic_open(out / "command.txt") as f:
-        f.write("PYTHONPATH=. python scripts/study.py " + " ".join(map(shlex.quote, argv or sys.argv[1:])) + "\n")
     bundle = load_dataset(args.dataset, root=args.data_root, max_per_class=args.max_per_class)
     space = load_space(args.space)
     methods = METHODS.names() if args.methods == "all" else args.methods.split(",")
@@ -72,10 +68,11 @@ def main(argv: list[str] | None = None) -> int:
         proxy_epochs=[int(e) for e in args.proxy_epochs.split(",")],
         n_resamples=args.resamples,
         out=out,
-        storage=f"sqlite:///{(work / 'results.db').resolve()}",
+        storage=sqlite_url(work / "results.db"),
         device=args.device,
     )
     write_report(out, proxy_dirs=folders)
+    _bench.record(out, argv)
     cols = ["name", "kind", "tau", "tau_low", "tau_high", "rho", "cost_sample_grads", "speedup_sample_grads"]
     print(result.summary[[c for c in cols if c in result.summary]].to_string(index=False))
     return 0

@@ -14,10 +14,12 @@ import torch
 from optuna.trial import TrialState
 
 from nasdd import search as S
+from nasdd import storage
 from nasdd.cli import main
 from nasdd.distill import distill
 from nasdd.distill.proxy import ProxySet
 from nasdd.errors import NasddError
+from nasdd.search import objective, retraining, workers
 from nasdd.spaces import load_space, parse_space
 from nasdd.train import TrainRecipe
 
@@ -42,7 +44,7 @@ def counted(study):
 def count_calls(monkeypatch, before=None):
     """Count (and optionally intercept) the trainer calls the search makes."""
     calls = []
-    real = S.train_arch
+    real = objective.train_arch
 
     def wrapper(spec, *args, **kw):
         calls.append(spec)
@@ -50,7 +52,7 @@ def count_calls(monkeypatch, before=None):
             args, kw = before(len(calls), spec, args, kw)
         return real(spec, *args, **kw)
 
-    monkeypatch.setattr(S, "train_arch", wrapper)
+    monkeypatch.setattr(objective, "train_arch", wrapper)
     return calls
 
 
@@ -184,11 +186,24 @@ def test_two_processes_share_one_storage(digits, proxy, tmp_path):
 def test_a_new_trial_yields_to_an_older_one_being_claimed(monkeypatch):
     study = optuna.create_study()
     older, newer = study.ask(), study.ask()  # two workers created trials at once; neither claimed yet
-    assert S._busy(study, before=newer.number) == 1  # so the newer one sees no room in a study of 1
-    assert S._busy(study, before=older.number) == 0  # and the older one runs
-    assert S._busy(study) == 0  # the loop's plain count waits for the claim
-    monkeypatch.setattr(S, "ORPHAN_S", -1.0)  # an unclaimed trial this old was orphaned at birth
-    assert S._busy(study, before=newer.number) == 0
+    assert workers.busy(study, before=newer.number) == 1  # so the newer one sees no room in a study of 1
+    assert workers.busy(study, before=older.number) == 0  # and the older one runs
+    assert workers.busy(study) == 0  # the loop's plain count waits for the claim
+    assert workers.awaited(study, heartbeat=False)  # a worker with nothing left to start waits for the claims
+    monkeypatch.setattr(workers, "ORPHAN_S", -1.0)  # an unclaimed trial this old was orphaned at birth
+    assert workers.busy(study, before=newer.number) == 0 and not workers.awaited(study, heartbeat=False)
+
+
+def test_a_trial_orphaned_at_birth_is_waited_for_not_raced(digits, proxy, tmp_path, monkeypatch):
+    log = f"journal:{tmp_path / 'study.log'}"
+    kw = {"storage": log, "sampler": "grid", "recipe": RECIPE, "out": tmp_path / "out", "show_progress": False}
+    S.search(TINY, str(proxy), digits, study_name="o", trials=3, device="cpu", **kw)
+    optuna.load_study(study_name="o", storage=_storage(tmp_path / "study.log")).ask()  # its worker died at once
+    monkeypatch.setattr(workers, "ORPHAN_S", 2.0)
+    study = S.search(TINY, str(proxy), digits, study_name="o", trials=6, device="cpu", **kw)
+    done = counted(study)  # no trial yielded to the orphan (each would have used up a grid point)
+    assert len(done) == 6 and len({t.user_attrs["arch_key"] for t in done}) == 6
+    assert len(study.trials) == 7 and not study.get_trials(states=(TrialState.RUNNING,))
 
 
 def test_repeated_arch_is_served_from_cache(digits, proxy, tmp_path, monkeypatch):
@@ -278,7 +293,7 @@ def test_retrain_top_names_a_winner_once(digits, proxy, tmp_path, monkeypatch):
     assert df.loc[df["winner"], "val_accuracy"].item() == df["val_accuracy"].max()
     assert df["test_accuracy"].between(0, 1).all() and (df["sample_grads"] == len(digits.y_train)).all()
     fits = []
-    monkeypatch.setattr(S, "fit", lambda *a, **k: fits.append(1))
+    monkeypatch.setattr(retraining, "fit", lambda *a, **k: fits.append(1))
     again = S.retrain(study, digits, 2, TrainRecipe.parse("full,epochs=1"), device="cpu", show_progress=False)
     assert not fits and again["val_accuracy"].tolist() == df["val_accuracy"].tolist()
 
@@ -337,3 +352,39 @@ def test_whitened_proxy_scores_on_transformed_val(digits):
     assert torch.allclose(data.x_val, 2 * digits.x_val) and torch.equal(data.x, base.images)
     full = S.training_data("full", digits, torch.device("cpu"))
     assert len(full.x) == len(digits.y_train) and full.proxy_id == f"full-{digits.key}" and full.lr is None
+
+
+def test_progress_prints_one_line_per_finished_trial_off_a_terminal(digits, proxy, tmp_path, capsys):
+    run(digits, proxy, tmp_path, trials=3, sampler="grid", show_progress=True)
+    lines = capsys.readouterr().out.splitlines()  # captured: not a terminal
+    assert len(lines) == 3 and all(line.startswith(f"trial {i} val ") for i, line in enumerate(lines))
+    assert "ETA" in lines[0] and lines[-1].endswith("3/3 finished, best " + lines[-1].rsplit(" ", 1)[-1])
+    run(digits, proxy, tmp_path, study_name="q", trials=1, sampler="grid", show_progress=False)
+    assert capsys.readouterr().out == ""
+
+
+def test_an_interrupted_trial_is_queued_again_only_until_its_last_retry():
+    for history, queued in (([], True), (list(range(100, 100 + workers.MAX_RETRY)), False)):
+        study = optuna.create_study()
+        trial = study.ask()
+        trial.set_user_attr("worker", storage.worker_id())
+        study._storage.set_trial_system_attr(trial._trial_id, "retry_history", history)
+        text = workers.interrupted(study)
+        waiting = study.get_trials(states=(TrialState.WAITING,))
+        assert study.trials[0].state == TrialState.FAIL and len(waiting) == queued
+        assert ("queued again;" in text) == queued and ("not queued again" in text) != queued
+
+
+def test_trials_on_one_host_share_the_torch_threads():
+    study = optuna.create_study()
+    for _ in range(2):
+        study.ask().set_user_attr("worker", storage.worker_id())  # two trials running here (e.g. --jobs 2)
+    before = torch.get_num_threads()
+    try:
+        shared = objective.Objective(*[None] * 8, threads=4, share_threads=True)
+        shared._set_threads(study.get_trials())
+        assert torch.get_num_threads() == 2
+        objective.Objective(*[None] * 8, threads=3)._set_threads(study.get_trials())
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)

@@ -19,8 +19,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
-import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -32,31 +30,11 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from nasdd.arch import ArchSpec
-from nasdd.errors import NasddError
-from nasdd.storage import rdb_storage
+from nasdd.storage import died_here, open_storage, worker_id
 from nasdd.utils import progress
 
-WORKER = f"{socket.gethostname()}:{os.getpid()}"
+WORKER = worker_id()
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
-def open_storage(url: str | None) -> optuna.storages.BaseStorage:
-    """An Optuna storage from a URL: `sqlite:///file.db`, any SQLAlchemy URL, `journal:FILE`
-    (a JournalFileBackend log for many workers on a shared file system), or None for in-memory."""
-    if url is None:
-        return optuna.storages.InMemoryStorage()
-    try:
-        if url.startswith("journal:"):
-            from optuna.storages.journal import JournalFileBackend
-
-            return optuna.storages.JournalStorage(JournalFileBackend(url.split(":", 1)[1]))
-        kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
-        return rdb_storage(url, engine_kwargs=kwargs)
-    except Exception as exc:  # SQLAlchemy and driver errors come in many types
-        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
-        raise NasddError(
-            f"cannot open storage {url!r}: {type(exc).__name__}: {first}; check the URL and the server"
-        ) from exc
 
 
 @dataclass(frozen=True)
@@ -78,14 +56,8 @@ Compute = Callable[[Job], tuple[float, dict[str, Any]]]  # -> (value, result dic
 def _alive(t: FrozenTrial, stale_after: float) -> bool:
     """Whether a RUNNING claim still has a worker (see the module docstring)."""
     worker, started, beat = t.user_attrs.get("worker", ""), t.datetime_start, t.user_attrs.get("beat")
-    host, _, pid = worker.rpartition(":")
-    if host == socket.gethostname() and pid.isdigit():
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            pass
+    if died_here(worker):
+        return False
     if beat is not None:
         return time.time() - float(beat) < 3 * float(t.user_attrs.get("beat_every", 60.0))
     return started is None or (datetime.now() - started).total_seconds() < stale_after

@@ -1,0 +1,111 @@
+"""`nasdd search`: the search from the command line (see `nasdd.search.study.search`)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from nasdd.errors import NasddError
+from nasdd.search.samplers import PRUNERS, REPORTS, SAMPLERS
+from nasdd.search.workers import HEARTBEAT_S
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from nasdd.cli import add_data_args
+
+    parser.add_argument("--space", required=True, help="search space: a YAML path or a name in search_spaces/")
+    parser.add_argument("--proxy", required=True, help="a proxy folder (from `nasdd distill`), or `full`")
+    add_data_args(parser)
+    parser.add_argument("--trials", type=int, default=20, help="finished trials the study should hold (default 20)")
+    parser.add_argument("--timeout", type=float, default=None, help="stop starting new trials after S seconds")
+    parser.add_argument("--study", required=True, help="study name; the same name and storage resume the search")
+    parser.add_argument(
+        "--storage",
+        default=None,
+        help="Optuna storage: an SQLAlchemy URL (sqlite:///PATH, postgresql://...), journal:PATH or PATH.log "
+        "(default: sqlite in the study folder); `optuna-dashboard URL` opens it",
+    )
+    parser.add_argument("--sampler", default="tpe", choices=list(SAMPLERS), help="Optuna sampler (default tpe)")
+    parser.add_argument(
+        "--pruner",
+        default="none",
+        choices=PRUNERS,
+        help=f"prune on intermediate val accuracy ({REPORTS} reports per trial); single objective only: "
+        "Optuna forbids pruning in multi-objective studies",
+    )
+    parser.add_argument(
+        "--objective", default="accuracy", help="accuracy (maximised), accuracy,params or accuracy,flops (minimised)"
+    )
+    parser.add_argument("--jobs", type=int, default=1, help="parallel trials in this process (Optuna n_jobs)")
+    parser.add_argument("--seed", type=int, default=0, help="sampler and training seed")
+    parser.add_argument("--top", type=int, default=5, help="architectures in top.csv (default 5)")
+    parser.add_argument("--recipe", default=None, help="training recipe (default `proxy`, or `full` with --proxy full)")
+    parser.add_argument("--retrain-top", type=int, default=0, help="retrain the top K on the full data; name a winner")
+    parser.add_argument("--retrain-recipe", default="full", help="recipe for --retrain-top (default full)")
+    parser.add_argument("--out", default=None, help="study folder for outputs (default results/<study>)")
+    parser.add_argument(
+        "--heartbeat",
+        type=int,
+        default=HEARTBEAT_S,
+        help=f"seconds between heartbeats of a running trial in an RDB storage; a trial silent for twice that "
+        f"is failed and redone by another worker (default {HEARTBEAT_S})",
+    )
+
+
+def command(args: argparse.Namespace) -> int:
+    import pandas as pd
+    from optuna.trial import TrialState
+
+    from nasdd.arch import ArchSpec
+    from nasdd.cli import load_data_from_args
+    from nasdd.search.outputs import top_trials
+    from nasdd.search.study import search
+    from nasdd.search.workers import counted_trials
+
+    study = search(
+        args.space,
+        args.proxy,
+        load_data_from_args(args),
+        study_name=args.study,
+        trials=args.trials,
+        timeout=args.timeout,
+        storage=args.storage,
+        sampler=args.sampler,
+        pruner=args.pruner,
+        objective=args.objective,
+        jobs=args.jobs,
+        seed=args.seed,
+        top=args.top,
+        recipe=args.recipe,
+        retrain_top=args.retrain_top,
+        retrain_recipe=args.retrain_recipe,
+        out=args.out,
+        device=args.device,
+        show_progress=not args.quiet,
+        heartbeat=args.heartbeat,
+        threads=args.threads,
+    )
+    out = Path(args.out or Path("results") / args.study)
+    counted = counted_trials(study)
+    if counted and all(t.state == TrialState.FAIL for t in counted):
+        reason = counted[0].user_attrs.get("fail_reason", "unknown")
+        raise NasddError(
+            f"every trial failed ({len(counted)}; the first: {reason}); lower the recipe's lr or check the proxy, "
+            "then search with a new --study"
+        )
+    states = pd.Series([t.state.name for t in counted]).value_counts().to_dict()
+    print(f"study {args.study}: {len(counted)} finished trials {states}; outputs in {out}")
+    if len(study.directions) > 1 and counted:
+        print(f"Pareto front: {len(study.best_trials)} trials (listed first in top.csv, by val accuracy)")
+    for t in top_trials(study, 1):
+        extra = f" {args.objective.split(',')[1]} {t.values[1]:g}" if len(t.values) > 1 else ""
+        print(f"best: trial {t.number} {ArchSpec.from_json(t.user_attrs['arch'])} val {t.values[0]:.4f}{extra}")
+    if args.retrain_top and (out / "retrain.csv").exists():
+        df = pd.read_csv(out / "retrain.csv")
+        if "winner" in df and df["winner"].any():
+            w = df[df["winner"]].iloc[0]
+            print(
+                f"winner after full-data retraining: {ArchSpec.from_json(w['arch'])} "
+                f"val {w['val_accuracy']:.4f} test {w['test_accuracy']:.4f}"
+            )
+    return 0

@@ -1,0 +1,194 @@
+"""Scoring one candidate: suggest an ArchSpec, serve it from the cache or train it on the proxy, score it on val.
+
+Trial user attributes: `arch` (JSON), `arch_key`, `proxy_id`, `recipe_key`, `params`, `flops`
+(forward FLOPs per sample), `seconds`, `sample_grads`, `train_flops`, and `cached_from` on cache hits.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from optuna.trial import FrozenTrial, TrialState
+
+from nasdd.arch import ArchSpec
+from nasdd.data import DatasetBundle
+from nasdd.errors import NasddError
+from nasdd.search.workers import busy
+from nasdd.spaces import SearchSpace
+from nasdd.storage import died_here, worker_id
+from nasdd.train import TrainRecipe, train_arch
+from nasdd.utils import stable_hash
+
+
+class CandidateFailed(Exception):
+    """A candidate that could not be trained; the trial is recorded as FAIL with the reason."""
+
+
+class Surplus(Exception):
+    """The study reached its trial count (other workers finished it) while this trial was being created."""
+
+
+@dataclass
+class TrainingData:
+    """What candidates train on (a proxy or the full split) and what they are scored on (real val)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    num_classes: int
+    lr: float | None
+    proxy_id: str
+    provenance: dict
+
+
+def training_data(proxy: Any, bundle: DatasetBundle, device: torch.device) -> TrainingData:
+    """`proxy`: "full", a ProxySet folder, or a loaded ProxySet. Tensors are moved to `device` once."""
+    x_val, y_val = bundle.x_val, bundle.y_val
+    if isinstance(proxy, str) and proxy == "full":
+        x, y, lr, pid, prov = bundle.x_train, bundle.y_train, None, f"full-{bundle.key}", {"method": "full"}
+    else:
+        if isinstance(proxy, str | Path):
+            from nasdd.distill.proxy import ProxySet
+
+            proxy = ProxySet.load(proxy, bundle)
+        (x, y), lr, pid, prov = proxy.train_data(), proxy.lr, proxy.id, dict(proxy.provenance)
+        x_val = proxy.input_transform(x_val)
+    to = lambda t: t.detach().to(device)  # noqa: E731
+    return TrainingData(to(x), to(y), to(x_val), to(y_val), bundle.num_classes, lr, pid, prov)
+
+
+def _cache_hit(trials: list[FrozenTrial], cache_key: str) -> FrozenTrial | None:
+    """The first complete trial of the same architecture, proxy, recipe and seed."""
+    same = (t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get("cache_key") == cache_key)
+    return next(same, None)
+
+
+def _set_attrs(trial: optuna.Trial, **attrs: Any) -> None:
+    for k, v in attrs.items():
+        trial.set_user_attr(k, v)
+
+
+RESULT_ATTRS = ("params", "flops", "val_accuracy", "val_loss", "steps")
+
+
+@dataclass
+class Objective:
+    """The per-trial work: suggest, (cache | train on the proxy), score on real val."""
+
+    space: SearchSpace
+    data: TrainingData
+    recipe: TrainRecipe
+    objectives: list[str]
+    target: int
+    seed: int
+    device: torch.device
+    eval_every: int
+    threads: int = 0  # torch threads this worker may use; 0: leave torch's setting alone
+    share_threads: bool = False  # divide `threads` among the trials running on this host
+
+    @property
+    def recipe_key(self) -> str:
+        return self.recipe.key()
+
+    def __call__(self, trial: optuna.Trial) -> float | list[float]:
+        trial.set_user_attr("worker", worker_id())
+        now = trial.study.get_trials(deepcopy=False)  # one read serves the room, cache and threads checks
+        if busy(trial.study, before=trial.number, trials=now) >= self.target:
+            trial.set_user_attr("surplus", "the study already had its trials when this one started")
+            trial.study.stop()
+            raise Surplus("study complete")
+        spec = self.space.suggest(trial)
+        cache_key = stable_hash([spec.key(), self.data.proxy_id, self.recipe_key, self.seed], 16)
+        _set_attrs(
+            trial,
+            arch=spec.to_json(),
+            arch_key=spec.key(),
+            proxy_id=self.data.proxy_id,
+            recipe_key=self.recipe_key,
+            train_seed=self.seed,
+            cache_key=cache_key,
+        )
+        if (hit := _cache_hit(now, cache_key)) is not None:
+            _set_attrs(trial, **{k: hit.user_attrs.get(k) for k in RESULT_ATTRS})
+            _set_attrs(
+                trial,
+                cached_from=hit.user_attrs.get("cached_from", hit.number),
+                seconds=0.0,
+                sample_grads=0,
+                train_flops=0,
+            )
+            return hit.values if len(self.objectives) > 1 else hit.values[0]
+        self._set_threads(now)
+        return self._train(trial, spec)
+
+    def _set_threads(self, trials: list[FrozenTrial]) -> None:
+        """Give this training its share of the torch threads: workers (and `--jobs`) on one host would
+        otherwise each start torch's full count and oversubscribe the cores."""
+        if not self.threads:
+            return
+        n = 1
+        if self.share_threads:
+            host = socket.gethostname()
+            running = [t for t in trials if t.state == TrialState.RUNNING and "worker" in t.user_attrs]
+            here = [t for t in running if str(t.user_attrs["worker"]).rpartition(":")[0] == host]
+            n = max(1, sum(not died_here(t.user_attrs["worker"]) for t in here))
+        if torch.get_num_threads() != max(1, self.threads // n):
+            torch.set_num_threads(max(1, self.threads // n))
+
+    def _train(self, trial: optuna.Trial, spec: ArchSpec) -> float | list[float]:
+        d = self.data
+        start = time.perf_counter()
+
+        def on_eval(unit: int, acc: float) -> None:
+            trial.report(acc, unit)
+            if trial.should_prune():
+                per_unit = len(d.x) if self.recipe.steps is None else min(self.recipe.batch_size, len(d.x))
+                _set_attrs(trial, pruned_at=unit, seconds=time.perf_counter() - start, sample_grads=unit * per_unit)
+                raise optuna.TrialPruned(f"val accuracy {acc:.4f} at {unit}")
+
+        try:
+            res = train_arch(
+                spec,
+                d.x,
+                d.y,
+                self.recipe,
+                num_classes=d.num_classes,
+                seed=self.seed,
+                device=self.device,
+                eval_data=(d.x_val, d.y_val),
+                eval_every=self.eval_every,
+                on_eval=on_eval,
+            )
+        except (RuntimeError, ValueError, MemoryError, NasddError) as exc:  # CUDA OOM is a RuntimeError
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            res = None
+            reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+        if res is not None:
+            _set_attrs(
+                trial,
+                params=res.params,
+                flops=res.flops_per_sample,
+                val_accuracy=res.accuracy,
+                val_loss=res.loss,
+                steps=res.steps,
+                seconds=res.seconds,
+                sample_grads=res.sample_grads,
+                train_flops=res.train_flops,
+            )
+            reason = res.error or ""
+            if res.ok:
+                values = [
+                    res.accuracy,
+                    *(res.params if o == "params" else res.flops_per_sample for o in self.objectives[1:]),
+                ]
+                return values if len(values) > 1 else values[0]
+        trial.set_user_attr("fail_reason", reason or "unknown failure")
+        raise CandidateFailed(reason)

@@ -1,0 +1,220 @@
+"""The search: open (or join) the study, run trials until it holds `trials` finished ones, write outputs."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from optuna.trial import FrozenTrial, TrialState
+
+from nasdd import __version__
+from nasdd.data import DatasetBundle, load_dataset
+from nasdd.errors import NasddError
+from nasdd.search.objective import CandidateFailed, Objective, Surplus, TrainingData, training_data
+from nasdd.search.outputs import TrialProgress, write_outputs
+from nasdd.search.retraining import retrain
+from nasdd.search.samplers import OBJECTIVES, REPORTS, make_pruner, make_sampler, parse_objective
+from nasdd.search.workers import (
+    HEARTBEAT_S,
+    awaited,
+    busy,
+    counted_trials,
+    fail_dead_trials,
+    interrupted,
+    is_counted,
+    retry_trial,
+)
+from nasdd.spaces import SearchSpace, load_space
+from nasdd.storage import open_storage, sqlite_url
+from nasdd.train import TrainRecipe
+from nasdd.utils import ensure_dir, resolve_device, write_json
+
+
+def _default_recipe(proxy: Any) -> str:
+    return "full" if isinstance(proxy, str) and proxy == "full" else "proxy"
+
+
+def _fingerprint(
+    space: SearchSpace, bundle: DatasetBundle, data: TrainingData, recipe: TrainRecipe, objectives: list[str]
+) -> dict:
+    """What a resumed or joining worker must share with the study (the seed may differ per worker)."""
+    return {
+        "space": space.name,
+        "family": space.family,
+        "dataset": bundle.key,
+        "proxy_id": data.proxy_id,
+        "recipe_key": recipe.key(),
+        "objective": ",".join(objectives),
+    }
+
+
+def search(
+    space: SearchSpace | str,
+    proxy: Any,
+    bundle: DatasetBundle | str,
+    *,
+    study_name: str,
+    trials: int = 20,
+    timeout: float | None = None,
+    storage: str | None = None,
+    sampler: str = "tpe",
+    pruner: str = "none",
+    objective: str = "accuracy",
+    jobs: int = 1,
+    seed: int = 0,
+    top: int = 5,
+    recipe: str | TrainRecipe | None = None,
+    retrain_top: int = 0,
+    retrain_recipe: str | TrainRecipe = "full",
+    out: str | Path | None = None,
+    device: str | torch.device = "auto",
+    show_progress: bool = True,
+    heartbeat: int | None = HEARTBEAT_S,
+    threads: int | None = None,
+) -> optuna.Study:
+    """Run (or resume) a search until the study holds `trials` finished trials; return the Optuna study.
+
+    `proxy`: "full", a ProxySet folder or a ProxySet. `recipe`: a TrainRecipe or recipe text (default
+    `proxy`, or `full` with `proxy="full"`); a learned proxy lr replaces the recipe's. Outputs go to
+    `out` (default results/<study_name>): trials.csv, top.csv, PNG plots, config.json and, with
+    `retrain_top`, retrain.csv. `heartbeat`: seconds between trial heartbeats in RDB storages (module doc).
+    `threads`: torch threads per trial; None: torch's count shared among the trials running on this host
+    (other workers' and this worker's `jobs`), so workers started side by side do not oversubscribe the cores.
+    """
+    if trials < 1 or jobs < 1 or top < 0 or retrain_top < 0:
+        raise NasddError("--trials and --jobs must be >= 1, --top and --retrain-top >= 0")
+    if timeout is not None and not timeout > 0:
+        raise NasddError(f"--timeout must be > 0 seconds, got {timeout:g}; leave it out for no limit")
+    space = load_space(space) if isinstance(space, str | Path) else space
+    bundle = load_dataset(bundle) if isinstance(bundle, str) else bundle
+    device = resolve_device(device)
+    objectives = parse_objective(objective)
+    multi = len(objectives) > 1
+    out = ensure_dir(out or Path("results") / study_name)
+    data = training_data(proxy, bundle, device)
+    base = recipe if isinstance(recipe, TrainRecipe) else TrainRecipe.parse(recipe or _default_recipe(proxy))
+    train_recipe = replace(base, lr=data.lr) if data.lr else base
+    resource = train_recipe.steps if train_recipe.steps is not None else train_recipe.epochs
+    every = max(1, resource // REPORTS) if pruner != "none" else 0
+    _quiet_optuna()
+    url = storage or sqlite_url(out / "study.db")
+    study = _open_study(
+        study_name,
+        url,
+        pruner=make_pruner(pruner, multi=multi, resource=resource, every=every),
+        directions=[OBJECTIVES[o] for o in objectives],
+        fingerprint=_fingerprint(space, bundle, data, train_recipe, objectives),
+        heartbeat=heartbeat,
+    )
+    # A resumed (or joining) worker continues the sampler's randomness instead of replaying it; the grid
+    # sampler's order must be the same in every worker (it maps trial numbers to grid points).
+    sampler_seed = seed if sampler == "grid" else seed + len(study.get_trials(deepcopy=False))
+    study.sampler = make_sampler(sampler, space, seed=sampler_seed, trials=trials, multi=multi)
+    config = {
+        "version": __version__,
+        "study": study_name,
+        "storage": url,
+        "space": {"name": space.name, "path": space.path, "size": space.size},
+        "dataset": bundle.meta(),
+        "proxy": {
+            "id": data.proxy_id,
+            "source": str(proxy) if isinstance(proxy, str | Path) else "object",
+            "provenance": data.provenance,
+            "train_size": len(data.x),
+        },
+        "recipe": asdict(train_recipe),
+        "sampler": sampler,
+        "pruner": pruner,
+        "eval_every": every,
+        "objective": objectives,
+        "trials": trials,
+        "timeout": timeout,
+        "jobs": jobs,
+        "seed": seed,
+        "sampler_seed": sampler_seed,
+        "device": str(device),
+        "threads": threads or "shared",
+    }
+    write_json(out / "config.json", config)
+    torch_threads = torch.get_num_threads()
+    share = threads is None and device.type == "cpu"
+    run = Objective(space, data, train_recipe, objectives, trials, seed, device, every, threads or torch_threads, share)
+    try:
+        _optimize(study, run, trials=trials, timeout=timeout, jobs=jobs, show_progress=show_progress)
+    finally:
+        torch.set_num_threads(torch_threads)
+    write_outputs(study, out, top)
+    if retrain_top:
+        rr = retrain_recipe if isinstance(retrain_recipe, TrainRecipe) else TrainRecipe.parse(retrain_recipe)
+        retrain(study, bundle, retrain_top, rr, seed=seed, device=device, out=out, show_progress=show_progress)
+    return study
+
+
+def _quiet_optuna() -> None:
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+def _open_study(name: str, url: str, *, fingerprint: dict, heartbeat: int | None, **kwargs: Any) -> optuna.Study:
+    store = open_storage(url, heartbeat=heartbeat, on_stale=retry_trial)
+    try:
+        study = optuna.create_study(study_name=name, storage=store, load_if_exists=True, **kwargs)
+    except ValueError as exc:
+        raise NasddError(f"cannot open study {name!r}: {exc}") from exc
+    old = study.user_attrs.get("nasdd")
+    if old is None:
+        study.set_user_attr("nasdd", fingerprint)
+    elif old != fingerprint:
+        diff = ", ".join(f"{k}: {old.get(k)!r} -> {v!r}" for k, v in fingerprint.items() if old.get(k) != v)
+        raise NasddError(f"study {name!r} in this storage was made with other settings ({diff}); use a new --study")
+    return study
+
+
+def _optimize(
+    study: optuna.Study, run: Objective, *, trials: int, timeout: float | None, jobs: int, show_progress: bool
+) -> None:
+    """Run trials until the study holds `trials` counted ones; wait for (or redo) other workers' trials."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    heartbeat = study._storage.get_heartbeat_interval() if hasattr(study._storage, "get_heartbeat_interval") else None
+    poll = min(5.0, heartbeat or 5.0)
+    shown = TrialProgress(study.study_name, trials, len(counted_trials(study)), show=show_progress)
+
+    def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
+        now = study.get_trials(deepcopy=False)  # one read serves the progress and the stop test
+        shown.update(study, trial, [t for t in now if is_counted(t)])
+        if busy(study, trials=now) >= trials:
+            study.stop()
+
+    try:
+        while deadline is None or time.monotonic() < deadline:
+            fail_dead_trials(study)
+            now = study.get_trials(deepcopy=False)
+            # a trial just created elsewhere holds its place until claimed or orphaned: wait for it rather
+            # than start one that would yield (and burn a grid point) while it is not yet claimed
+            missing = trials - busy(study, before=len(now), trials=now)
+            waiting = [t for t in now if t.state == TrialState.WAITING]
+            if missing <= 0 and not waiting:
+                if sum(map(is_counted, now)) >= trials or not awaited(study, heartbeat is not None):
+                    break
+                time.sleep(poll)  # the rest is running in other workers: wait until it finishes or goes stale
+                continue
+            if isinstance(study.sampler, optuna.samplers.GridSampler) and study.sampler.is_exhausted(study):
+                break
+            study.optimize(
+                run,
+                n_trials=max(missing, 1),
+                timeout=None if deadline is None else max(0.0, deadline - time.monotonic()),
+                n_jobs=jobs,
+                catch=(CandidateFailed, Surplus),
+                callbacks=[after_trial],
+                gc_after_trial=False,
+            )
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(interrupted(study)) from None
+    finally:
+        shown.close()

@@ -1,0 +1,41 @@
+"""The benchmark runner shared by scripts/ (scripts/_bench.py)."""
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+
+import _bench  # noqa: E402
+
+
+def test_rows_are_reused_and_replaced_by_their_settings(tmp_path):
+    csv = tmp_path / "r.csv"
+    assert _bench.find(csv, {"ipc": 10}) is None
+    key = ["ipc", "preset"]
+    _bench.upsert(csv, [{"ipc": 1, "preset": "cpu", "acc": 0.5}, {"ipc": 10, "preset": "cpu", "acc": 0.7}], key)
+    _bench.upsert(csv, [{"ipc": 10, "preset": "cpu", "acc": 0.8}, {"ipc": 10, "preset": "quick", "acc": 0.6}], key)
+    df = pd.read_csv(csv)
+    assert df.to_dict("records") == [
+        {"ipc": 1, "preset": "cpu", "acc": 0.5},
+        {"ipc": 10, "preset": "cpu", "acc": 0.8},
+        {"ipc": 10, "preset": "quick", "acc": 0.6},
+    ]
+    assert _bench.find(csv, {"ipc": 10.0, "preset": "cpu"})["acc"] == 0.8  # 10 and 10.0 are the same setting
+    assert _bench.find(csv, {"ipc": 10, "preset": "dc"}) is None and _bench.find(csv, {"seed": 0}) is None
+
+
+def test_the_command_goes_into_the_results_readme(tmp_path, monkeypatch):
+    readme = tmp_path / "results" / "README.md"
+    readme.parent.mkdir()
+    head = "| file | command | what |\n|---|---|---|\n"
+    readme.write_text(head + "| `a.csv`, `a.png` | `python old.py` (two runs) | a |\n")
+    monkeypatch.setattr(sys, "argv", [str(_bench.ROOT / "scripts" / "bench_a.py"), "--ipc", "10"])
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert _bench.record(readme.parent / "a.csv", readme=readme)
+    assert _bench.record(readme.parent / "b.csv", ["--x", "a b"], readme=readme)
+    assert not _bench.record(tmp_path / "elsewhere.csv", readme=readme)
+    lines = readme.read_text().splitlines()
+    assert lines[2] == "| `a.csv`, `a.png` | `OMP_NUM_THREADS=1 python scripts/bench_a.py --ipc 10` (two runs) | a |"
+    assert lines[3] == "| `b.csv` | `OMP_NUM_THREADS=1 python scripts/bench_a.py --x 'a b'` | |" and len(lines) == 4
