@@ -10,7 +10,7 @@ Fast path (`fast=True`, the default; `fast=False` is the plain loop, kept for be
 batch is run forward and backward in chunks whose largest activation fits in cache (`CHUNK_BYTES`),
 accumulating gradients; this is exact up to float rounding for models without batch statistics and is
 skipped for models with BatchNorm. Models may be compiled with `torch.compile` (`compile_model`, or the
-environment variable `NASDD_COMPILE=auto|1|0`); see `nasdd.trainfast` for when `auto` compiles.
+environment variable `NASDD_COMPILE=1`; off by default, see `nasdd.trainfast` for why).
 A compilation that fails falls back to eager for that architecture, with a warning.
 """
 
@@ -227,8 +227,7 @@ def fit(
     With `eval_data`, accuracy is measured at the end and, if `eval_every` > 0, every that many
     epochs (or steps with `recipe.steps`); `on_eval(index, accuracy)` may raise (e.g. optuna.TrialPruned).
     `fast=False` runs the plain loop (whole batches, eager, no_grad evaluation); `compile_model` is
-    True/False, or None for `NASDD_COMPILE` (default `auto`; see the module docstring). Both change
-    results only by float rounding.
+    True/False, or None for `NASDD_COMPILE` (0 or 1, default 0). Both change results only by float rounding.
     """
     device = resolve_device(device)
     model.to(device)
@@ -246,8 +245,7 @@ def fit(
     chunk = chunk_size(model, shape, bs, device) if fast else bs
     fwd: Callable[[torch.Tensor], torch.Tensor] = model
     key = model_key(model, shape)
-    flops = 3.0 * res.flops_per_sample * total * bs  # training FLOPs, as TrainResult.train_flops estimates them
-    if fast and key not in COMPILE_FAILED and compile_wanted(compile_model, device, flops):
+    if fast and key not in COMPILE_FAILED and compile_wanted(compile_model):
         fwd = compiled(model)
     ev = {"device": device, "batch_size": recipe.eval_batch_size, "fast": fast}
     step, start = 0, time.perf_counter()

@@ -5,15 +5,17 @@ Chunks: on CPU a training batch runs forward and backward in slices whose larges
 stay in cache; gradients are accumulated, so the update is the batch's up to float rounding. Only for
 models without batch statistics (no BatchNorm): there a slice would change the statistics.
 
-Compilation: `torch.compile(model, dynamic=False)` for the chunk's one static shape (a shorter last slice
-runs eager, so it never recompiles). Dynamo keeps one cache entry per architecture in the process and
-Inductor's on-disk cache makes a repeat in a new process cost seconds. `auto` compiles only where the
-measured break-even says it pays (`COMPILE_MIN_FLOPS`); on CUDA it is not measured, so `auto` is off there.
+Compilation (opt-in: `fit(compile_model=True)` or `NASDD_COMPILE=1`): `torch.compile(model, dynamic=False)`
+for the chunk's one static shape (a shorter last slice runs eager, so it never recompiles). Dynamo keeps
+one cache entry per architecture in the process; Inductor's on-disk cache makes a repeat in a new process
+cost seconds. It is not automatic because on one CPU thread its gain changes sign with the architecture
+(results/train_throughput.csv): pooled ConvNets gain over chunks alone, a ConvNet without pooling loses,
+and a cold compile costs 20-120 s, so it pays only for long trainings of pooled ConvNets (full data,
+truth tables). On CUDA it is not measured here.
 """
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable
 
@@ -24,10 +26,9 @@ from torch import nn
 from nasdd.errors import NasddError
 from nasdd.utils import stable_hash
 
-CHUNK_BYTES = 4 * 2**20  # CPU: chunk a batch so that its largest activation is about this size (L2/L3 cache)
-# `compile_model=None` ("auto") compiles on these devices when 3 x forward FLOPs x sample-gradients exceed
-# the value: ~80 s of eager training here, where a cold compile costs 20-40 s and saves ~40% of each step.
-COMPILE_MIN_FLOPS = {"cpu": 1.5e12}
+# CPU: chunk a batch so that its largest activation is about this size (measured: 4-16 MiB alike for pooled
+# ConvNets, 16 MiB slower for a ConvNet without pooling; this machine has 2 MiB L2 per core, 32 MiB L3)
+CHUNK_BYTES = 8 * 2**20
 COMPILE_FAILED: set[str] = set()  # structural keys of models whose compilation failed in this process
 
 
@@ -65,15 +66,14 @@ def chunk_size(
     return min(batch_size, 2 ** max(3, int(fits).bit_length() - 1))
 
 
-def compile_wanted(compile_model: bool | None, device: torch.device, train_flops: float) -> bool:
-    if compile_model is None:
-        env = os.environ.get("NASDD_COMPILE", "auto").lower()
-        if env not in ("auto", "0", "1"):
-            raise NasddError(f"NASDD_COMPILE={env!r} is invalid; valid values: auto, 0, 1")
-        compile_model = None if env == "auto" else env == "1"
-    if compile_model is None:
-        return train_flops >= COMPILE_MIN_FLOPS.get(device.type, math.inf)
-    return compile_model
+def compile_wanted(compile_model: bool | None) -> bool:
+    """`compile_model`, or when None the environment variable NASDD_COMPILE (0 or 1, default 0)."""
+    if compile_model is not None:
+        return compile_model
+    env = os.environ.get("NASDD_COMPILE", "0")
+    if env not in ("0", "1"):
+        raise NasddError(f"NASDD_COMPILE={env!r} is invalid; valid values: 0, 1")
+    return env == "1"
 
 
 def model_key(model: nn.Module, shape: tuple[int, ...]) -> str:
