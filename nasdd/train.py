@@ -244,8 +244,8 @@ def fit(
     total = recipe.total_steps(n)
     chunk = chunk_size(model, shape, bs, device) if fast else bs
     fwd: Callable[[torch.Tensor], torch.Tensor] = model
-    key = model_key(model, shape)
-    if fast and key not in COMPILE_FAILED and compile_wanted(compile_model):
+    key = model_key(model, shape) if fast and compile_wanted(compile_model) else ""
+    if key and key not in COMPILE_FAILED:
         fwd = compiled(model)
     ev = {"device": device, "batch_size": recipe.eval_batch_size, "fast": fast}
     step, start = 0, time.perf_counter()

@@ -8,8 +8,10 @@ no compile) and `compiled` (`fast=True, compile_model=True`; its first, compilin
 `compile_seconds`, with an empty Inductor cache, i.e. cold). Evaluation: `evaluate(fast=False)` against
 `evaluate(fast=True)`. For the default `convnet_cpu` member also `nasdd.batched.fit_seeds` over 3 seeds
 against 3 separate `fit` calls. The machine's single-thread SGEMM rate (`torch.mm` at the shapes of
-these convolutions' im2col GEMMs) bounds training at 3 x forward FLOPs per image; `sgemm_bound_fraction`
-is each row's share of that limit. Example (the committed results/train_throughput.csv)::
+these convolutions' im2col GEMMs, best of 20) bounds training at 3 x forward FLOPs per image if
+convolutions ran as SGEMM; `sgemm_bound_fraction` is each row's share of that limit (wall rate), `_cpu`
+the same per CPU second. oneDNN's direct convolutions beat torch.mm at these shapes, so it is a reference,
+not a ceiling. Example (the committed results/train_throughput.csv)::
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python scripts/bench_train.py --threads 1
 """
@@ -53,7 +55,7 @@ def _device_name(device: torch.device) -> str:
         return platform.processor() or platform.machine()
 
 
-def sgemm_gflops(device: torch.device, repeats: int = 5) -> float:
+def sgemm_gflops(device: torch.device, repeats: int = 20) -> float:
     """The best GFLOP/s of float32 torch.mm over GEMM_SHAPES (best of `repeats` per shape)."""
     best = 0.0
     for m, k, n in GEMM_SHAPES:
@@ -223,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     df["train_seconds"] = (df["sample_grads"] / df["train_images_per_s"]).round(2)
     df["eval_seconds"] = (df["eval_images"] / df["eval_images_per_s"]).round(2)
     df["sgemm_bound_images_per_s"] = (df["sgemm_gflops"] * 1e3 / (3 * df["forward_mflops_per_image"])).round(1)
+    df["sgemm_bound_fraction_cpu"] = (df["train_images_per_cpu_s"] / df["sgemm_bound_images_per_s"]).round(3)
     with atomic_open(args.out) as f:
         df.to_csv(f, index=False)
     print(f"wrote {args.out} ({len(rows)} rows, torch threads {torch.get_num_threads()}, device {device})")
