@@ -191,7 +191,6 @@ def _evaluate(
     return int(correct) / n, float(total_loss) / n
 
 
-
 def _lr_at(recipe: TrainRecipe, step: int, total: int) -> float:
     if recipe.schedule == "step":
         return recipe.lr * (0.1 if step >= total // 2 else 1.0)
