@@ -5,12 +5,20 @@ It returns accuracy and loss on an evaluation split, wall seconds and machine-in
 sample-gradient evaluations (one per sample per training step) and forward FLOPs per sample
 (training FLOPs are estimated as 3x forward FLOPs per sample-gradient). A NaN or infinite loss ends
 the training with a failed result instead of raising.
+
+Fast path (`fast=True`, the default; `fast=False` is the plain loop, kept for benchmarks): on CPU a
+batch is run forward and backward in chunks whose largest activation fits in cache (`CHUNK_BYTES`),
+accumulating gradients; this is exact up to float rounding for models without batch statistics and is
+skipped for models with BatchNorm. Models may be compiled with `torch.compile` (`compile_model`, or the
+environment variable `NASDD_COMPILE=1`; off by default, see `nasdd.trainfast` for why).
+A compilation that fails falls back to eager for that architecture, with a warning.
 """
 
 from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 
@@ -22,6 +30,7 @@ from nasdd.arch import ArchSpec
 from nasdd.augment import make_augment
 from nasdd.errors import NasddError
 from nasdd.models import build, forward_flops, param_count
+from nasdd.trainfast import COMPILE_FAILED, chunk_size, compile_wanted, compiled, forward_backward, model_key
 from nasdd.utils import progress, resolve_device, stable_hash
 
 
@@ -145,12 +154,29 @@ class TrainResult:
         return d
 
 
-@torch.no_grad()
 def evaluate(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, device: str | torch.device = "auto", batch_size: int = 1024
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    device: str | torch.device = "auto",
+    batch_size: int = 1024,
+    fast: bool = True,
 ) -> tuple[float, float]:
-    """(accuracy, mean cross-entropy) of `model` on (x, y); y hard labels."""
+    """(accuracy, mean cross-entropy) of `model` on (x, y); y hard labels.
+
+    `fast`: under `torch.inference_mode`, in cache-sized batches on CPU (eval mode is per-sample: exact).
+    """
     device = resolve_device(device)
+    if fast:
+        batch_size = chunk_size(model, tuple(x.shape[1:]), batch_size, device, per_sample=True)
+    with torch.inference_mode() if fast else torch.no_grad():
+        return _evaluate(model, x, y, device, batch_size)
+
+
+def _evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device, batch_size: int
+) -> tuple[float, float]:
     was_training = model.training
     model.eval()
     correct = torch.zeros((), dtype=torch.long, device=device)
@@ -192,15 +218,20 @@ def fit(
     on_eval: Callable[[int, float], None] | None = None,
     show_progress: bool = False,
     desc: str = "train",
+    fast: bool = True,
+    compile_model: bool | None = None,
 ) -> TrainResult:
     """Train `model` in place on (x, y) — y long class ids or a float [N, K] soft-label matrix.
 
     With `eval_data`, accuracy is measured at the end and, if `eval_every` > 0, every that many
     epochs (or steps with `recipe.steps`); `on_eval(index, accuracy)` may raise (e.g. optuna.TrialPruned).
+    `fast=False` runs the plain loop (whole batches, eager, no_grad evaluation); `compile_model` is
+    True/False, or None for `NASDD_COMPILE` (0 or 1, default 0). Both change results only by float rounding.
     """
     device = resolve_device(device)
     model.to(device)
-    res = TrainResult(params=param_count(model), flops_per_sample=forward_flops(model, tuple(x.shape[1:])))
+    shape = tuple(x.shape[1:])
+    res = TrainResult(params=param_count(model), flops_per_sample=forward_flops(model, shape))
     if len(x) == 0:
         raise NasddError("cannot train on an empty set")
     gen = torch.Generator().manual_seed(seed)
@@ -210,6 +241,12 @@ def fit(
     n, bs = len(x), min(recipe.batch_size, len(x))
     per_epoch = math.ceil(n / bs)
     total = recipe.total_steps(n)
+    chunk = chunk_size(model, shape, bs, device) if fast else bs
+    fwd: Callable[[torch.Tensor], torch.Tensor] = model
+    key = model_key(model, shape) if fast and compile_wanted(compile_model) else ""
+    if key and key not in COMPILE_FAILED:
+        fwd = compiled(model)
+    ev = {"device": device, "batch_size": recipe.eval_batch_size, "fast": fast}
     step, start = 0, time.perf_counter()
     bar = progress(total=total, desc=desc, disable=not show_progress)
     # On CUDA the finiteness check (a host sync) runs every SYNC_EVERY steps; elsewhere every step.
@@ -223,27 +260,35 @@ def fit(
             if step >= total:
                 break
             idx = perm[i * bs : (i + 1) * bs]
-            xb = x[idx]
+            xb, yb = x[idx], y[idx]
             if augment is not None:
                 xb = augment(xb, int(torch.randint(2**31, (1,), generator=gen)))
             for group in opt.param_groups:
                 group["lr"] = _lr_at(recipe, step, total)
-            loss = F.cross_entropy(model(xb), y[idx])
-            nonfinite = ~torch.isfinite(loss.detach())
+            opt.zero_grad(set_to_none=True)
+            try:
+                loss = forward_backward(fwd, model, xb, yb, chunk)
+            except Exception as exc:  # a failed compilation: this architecture trains eager from here on
+                if fwd is model:
+                    raise
+                warnings.warn(f"torch.compile failed ({type(exc).__name__}: {exc}); training eager", stacklevel=2)
+                COMPILE_FAILED.add(key)
+                fwd = model
+                opt.zero_grad(set_to_none=True)
+                loss = forward_backward(fwd, model, xb, yb, chunk)
+            nonfinite = ~torch.isfinite(loss)
             bad = nonfinite if bad is None else bad | nonfinite
             if (step % check_every == 0 or step == total - 1) and bool(bad):
-                res.status, res.error = "failed", f"non-finite training loss ({float(loss.detach())}) by step {step}"
+                res.status, res.error = "failed", f"non-finite training loss ({float(loss)}) by step {step}"
                 break
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
             opt.step()
             res.sample_grads += len(idx)
-            last_loss = loss.detach()
+            last_loss = loss
             step += 1
             bar.update(1)
             unit = step if recipe.steps is not None else (step // per_epoch if step % per_epoch == 0 else 0)
             if eval_data is not None and eval_every and unit and unit % eval_every == 0 and step < total:
-                acc, _ = evaluate(model, *eval_data, device=device, batch_size=recipe.eval_batch_size)
+                acc, _ = evaluate(model, *eval_data, **ev)
                 res.eval_samples += len(eval_data[0])
                 res.history.append((unit, acc))
                 if on_eval is not None:
@@ -255,7 +300,7 @@ def fit(
     if last_loss is not None:
         res.train_loss = float(last_loss)
     if res.ok and eval_data is not None:
-        res.accuracy, res.loss = evaluate(model, *eval_data, device=device, batch_size=recipe.eval_batch_size)
+        res.accuracy, res.loss = evaluate(model, *eval_data, **ev)
         res.eval_samples += len(eval_data[0])
         if not math.isfinite(res.loss):
             res.status, res.error = "failed", "non-finite evaluation loss"

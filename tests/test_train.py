@@ -189,3 +189,85 @@ def test_recipe_parse():
 def test_bad_recipes(text, message):
     with pytest.raises(NasddError, match=message):
         TrainRecipe.parse(text)
+
+
+def _params(model):
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def test_fast_chunks_train_as_the_plain_loop(digits, monkeypatch):
+    """Cache-sized chunks (gradient accumulation) give the whole batch's update up to float rounding."""
+    import nasdd.trainfast as trainfast
+
+    x, y = _subset(digits)
+    monkeypatch.setattr(trainfast, "CHUNK_BYTES", 16 * 1024)  # forces chunks of 8 on 8x8 digits
+    model = build_seeded(SMALL, (1, 8, 8), 10, 0)
+    assert trainfast.chunk_size(model, (1, 8, 8), 64, torch.device("cpu")) == 8
+    recipe = TrainRecipe(epochs=3, batch_size=64, lr=0.05, augment="dsa")
+    runs = []
+    for fast in (True, False):
+        model = build_seeded(SMALL, (1, 8, 8), 10, 0)
+        res = fit(model, x, y, recipe, seed=2, eval_data=digits.split("val"), fast=fast, compile_model=False)
+        runs.append((res, _params(model)))
+    (a, pa), (b, pb) = runs
+    assert torch.allclose(pa, pb, atol=1e-4) and a.steps == b.steps and a.sample_grads == b.sample_grads
+    assert a.accuracy == pytest.approx(b.accuracy, abs=0.01) and a.train_loss == pytest.approx(b.train_loss, rel=1e-4)
+
+
+def test_chunks_are_refused_for_batch_statistics(digits):
+    from nasdd.trainfast import chunk_size
+
+    shape, cpu = (1, 28, 28), torch.device("cpu")
+    bn = build_seeded(ArchSpec.make("convnet", depth=2, width=32, normalization="batchnorm"), shape, 10, 0)
+    assert chunk_size(bn, shape, 256, cpu) == 256  # a slice would change BN statistics
+    assert chunk_size(bn, shape, 256, cpu, per_sample=True) == 64  # eval mode is per-sample; 64 x 100 KB fit
+    assert chunk_size(build_seeded(SMALL, shape, 10, 0), shape, 256, torch.device("cuda")) == 256
+
+
+def test_compile_decision(monkeypatch):
+    from nasdd.trainfast import compile_wanted
+
+    monkeypatch.delenv("NASDD_COMPILE", raising=False)
+    assert not compile_wanted(None) and compile_wanted(True) and not compile_wanted(False)
+    monkeypatch.setenv("NASDD_COMPILE", "1")
+    assert compile_wanted(None) and not compile_wanted(False)
+    monkeypatch.setenv("NASDD_COMPILE", "yes")
+    with pytest.raises(NasddError, match="valid values: 0, 1"):
+        compile_wanted(None)
+
+
+def test_failed_compilation_falls_back_to_eager(digits, monkeypatch):
+    import nasdd.train as train
+    from nasdd.trainfast import COMPILE_FAILED, model_key
+
+    def broken(model):
+        def fwd(x):
+            raise RuntimeError("no C++ compiler")
+
+        return fwd
+
+    monkeypatch.setattr(train, "compiled", broken)
+    x, y = _subset(digits, 128)
+    recipe = TrainRecipe(steps=6, batch_size=32, lr=0.05)
+    models = [build_seeded(SMALL, (1, 8, 8), 10, 0) for _ in range(2)]
+    with pytest.warns(UserWarning, match="torch.compile failed .RuntimeError: no C.. compiler.; training eager"):
+        res = fit(models[0], x, y, recipe, seed=1, compile_model=True)
+    key = model_key(models[0], (1, 8, 8))
+    assert res.ok and res.steps == 6 and key in COMPILE_FAILED
+    COMPILE_FAILED.discard(key)
+    fit(models[1], x, y, recipe, seed=1, compile_model=False)
+    assert torch.equal(_params(models[0]), _params(models[1]))  # the failed step was redone from scratch
+
+
+@pytest.mark.slow
+def test_compiled_and_eager_training_agree(digits):
+    """torch.compile (15-25 s cold here) trains as eager up to float rounding on a fixed seed."""
+    x, y = _subset(digits)
+    recipe = TrainRecipe(epochs=3, batch_size=64, lr=0.05)
+    runs = [
+        train_arch(SMALL, x, y, recipe, num_classes=10, seed=0, eval_data=digits.split("val"), compile_model=c)
+        for c in (True, False)
+    ]
+    assert all(r.ok for r in runs)
+    assert runs[0].accuracy == pytest.approx(runs[1].accuracy, abs=0.01)
+    assert runs[0].train_loss == pytest.approx(runs[1].train_loss, rel=1e-3)
