@@ -11,10 +11,15 @@ network has them, use running statistics frozen from a real batch (16 images per
 `dsa` applies the same DSA draw to the real and the synthetic batch of a class before the gradients
 (one seed per class, siamese) and per-sample DSA when training the network, as the DSA code does.
 
-Classes are batched: the synthetic per-class gradients (and the backward through them) come from one
-`torch.func.vmap(torch.func.grad(...))` over a [classes, ipc, ...] tensor; the real ones from one
-forward/backward per class (faster than vmap on CPU); real batches are drawn on the device, without host
-round trips; the network is re-initialised in place, never rebuilt.
+Speed (measured on one CPU core, `scripts/bench_distill.py --speed`): per-class gradients come from plain
+autograd on the module, one forward/backward per class (in cache-sized chunks, `nasdd.distill.chunks`;
+`create_graph` for the synthetic ones), and only
+for the parameters the distance counts (conv/linear weights: 1-D parameters count 0); the image gradient is
+`autograd.grad` w.r.t. the images alone, so no gradient w.r.t. the network weights is back-propagated.
+`torch.func` (`vmap(grad)` over classes, kept as `reference=True` for tests and the benchmark) computes the
+same numbers but was slower here: functorch's wrappers cost ~30%, and vmap turns per-class weight gradients
+into grouped convolutions. Real batches are drawn on the device, without host round trips; the network is
+re-initialised in place, never rebuilt.
 
 Cost counting: one sample-gradient per real image per matching pass, two per synthetic image (its
 gradient and the backward through that gradient), one per image of the forward-only BatchNorm
@@ -34,6 +39,7 @@ from nasdd.arch import ArchSpec
 from nasdd.augment import DEFAULT_STRATEGY, DSA
 from nasdd.data import DatasetBundle
 from nasdd.distill.base import Distiller, register
+from nasdd.distill.chunks import chunk_size
 from nasdd.errors import NasddError
 from nasdd.train import TrainRecipe, build_seeded, fit
 
@@ -121,6 +127,7 @@ class GradientMatching(Distiller):
         "cpu": {"iterations": {1: 50, 10: 8}, "batch_real": 64, "inner_loop": 2},
     }
     augment_strategy: str | None = None  # DSA strategy for `dsa`
+    reference = False  # True: the previous torch.func matching path (tests and the speed benchmark)
 
     def _validate(self, bundle: DatasetBundle) -> None:
         super()._validate(bundle)
@@ -164,7 +171,8 @@ class GradientMatching(Distiller):
             schedule="constant",
             augment=f"dsa:{self.augment_strategy}" if self.augment_strategy else None,
         )
-        self.class_grads = vmap(grad(self._loss), in_dims=(None, None, 0, 0))
+        # the distance counts only parameters of 2+ dimensions (layer_distance): only their gradients are taken
+        self.matched = [(n, p) for n, p in self.net.named_parameters() if p.dim() > 1]
 
     def _loss(self, params: dict, buffers: dict, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(functional_call(self.net, (params, buffers), (x,)), y)
@@ -208,21 +216,43 @@ class GradientMatching(Distiller):
             seeds = torch.randint(2**31 - 1, (k,)).tolist()
             real, syn = siamese_augment(self.dsa, real, syn, seeds)
             real = real.detach()  # its augmentation shares a graph with syn; keep the real gradients constant
+        self.count(k * b + 2 * k * ipc)
+        if self.reference:
+            return self._reference_distance(real, syn)
+        g_real = self.class_grads_autograd(real, create_graph=False)
+        return gradient_distance(g_real, self.class_grads_autograd(syn, create_graph=True))
+
+    def class_grads_autograd(self, x: torch.Tensor, create_graph: bool) -> dict[str, torch.Tensor]:
+        """Per-class gradients of the matched weights on x [K, n, ...]: a forward/backward per class (in
+        cache-sized chunks on CPU, summed); with `create_graph` they stay differentiable w.r.t. x."""
+        names, weights = zip(*self.matched, strict=True)
+        n, size = x.shape[1], chunk_size(self.net, x[0])
+        grads = []
+        for c in range(self.k):
+            parts = [
+                torch.autograd.grad(
+                    F.cross_entropy(self.net(xc), torch.full((len(xc),), c, device=self.dev), reduction="sum"),
+                    weights,
+                    create_graph=create_graph,
+                )
+                for xc in x[c].split(size)
+            ]
+            grads.append([sum(g) / n for g in zip(*parts, strict=True)])
+        return {name: torch.stack([g[i] for g in grads]) for i, name in enumerate(names)}
+
+    def _reference_distance(self, real: torch.Tensor, syn: torch.Tensor) -> torch.Tensor:
+        """The previous implementation (torch.func): real gradients by `grad` per class, synthetic ones by
+        `vmap(grad)` over classes; the same distance up to float noise, kept for tests and the benchmark."""
+        k, ipc = syn.shape[:2]
         classes = torch.arange(k, device=self.dev)[:, None]
         params = {n: p.detach() for n, p in self.net.named_parameters()}
         buffers = dict(self.net.named_buffers())
-        g_real = self.real_grads(params, buffers, real)
-        g_syn = self.class_grads(params, buffers, syn, classes.expand(k, ipc))
-        self.count(k * b + 2 * k * ipc)
-        return gradient_distance(g_real, g_syn)
-
-    def real_grads(self, params: dict, buffers: dict, real: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Per-class gradients on the real batch [K, B, ...]: one forward/backward per class (on CPU this
-        is faster than vmap, whose per-class weight gradients become grouped convolutions)."""
         one = grad(self._loss)
         y = torch.zeros(real.shape[1], dtype=torch.long, device=self.dev)
         grads = [one(params, buffers, real[c], y + c) for c in range(self.k)]
-        return {n: torch.stack([g[n] for g in grads]).detach() for n in params}
+        g_real = {n: torch.stack([g[n] for g in grads]).detach() for n in params}
+        g_syn = vmap(grad(self._loss), in_dims=(None, None, 0, 0))(params, buffers, syn, classes.expand(k, ipc))
+        return gradient_distance(g_real, g_syn)
 
     def _train_net(self) -> None:
         seed = int(torch.randint(2**31 - 1, (1,)))
@@ -235,8 +265,8 @@ class GradientMatching(Distiller):
         for ol in range(self.outer_loop):
             self._freeze_bn()
             loss = self.match_loss()
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
+            # w.r.t. the images only: the network weights need no gradient (and keep none for `fit`)
+            (self.images.grad,) = torch.autograd.grad(loss, self.images)
             self.opt.step()
             total += loss.detach()
             if ol < self.outer_loop - 1:
