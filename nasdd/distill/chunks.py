@@ -12,6 +12,7 @@ with BatchNorm in training mode, and every non-CPU device, gets one batch.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -25,7 +26,11 @@ def chunk_size(net: nn.Module, x: torch.Tensor) -> int:
     return CPU_CHUNK if x.device.type == "cpu" and not mixes else max(len(x), 1)
 
 
-def chunked(fn: Callable[[torch.Tensor], torch.Tensor], net: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """`fn(x)` (a per-sample map through `net`, e.g. `net.features`) computed chunk by chunk (`chunk_size`)."""
+def chunked(fn: Callable[[torch.Tensor], Any], net: nn.Module, x: torch.Tensor) -> Any:
+    """`fn(x)` (a per-sample map through `net`, e.g. `net.features`, returning a tensor or a list of
+    tensors such as `layer_outputs`) computed chunk by chunk (`chunk_size`)."""
     size = chunk_size(net, x)
-    return fn(x) if size >= len(x) else torch.cat([fn(c) for c in x.split(size)])
+    if size >= len(x):
+        return fn(x)
+    parts = [fn(c) for c in x.split(size)]
+    return torch.cat(parts) if isinstance(parts[0], torch.Tensor) else [torch.cat(p) for p in zip(*parts, strict=True)]
