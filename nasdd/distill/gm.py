@@ -11,15 +11,15 @@ network has them, use running statistics frozen from a real batch (16 images per
 `dsa` applies the same DSA draw to the real and the synthetic batch of a class before the gradients
 (one seed per class, siamese) and per-sample DSA when training the network, as the DSA code does.
 
-Speed (measured on one CPU core, `scripts/bench_distill.py --speed`): per-class gradients come from plain
-autograd on the module, one forward/backward per class (in cache-sized chunks, `nasdd.distill.chunks`;
-`create_graph` for the synthetic ones), and only
-for the parameters the distance counts (conv/linear weights: 1-D parameters count 0); the image gradient is
-`autograd.grad` w.r.t. the images alone, so no gradient w.r.t. the network weights is back-propagated.
-`torch.func` (`vmap(grad)` over classes, kept as `reference=True` for tests and the benchmark) computes the
-same numbers but was slower here: functorch's wrappers cost ~30%, and vmap turns per-class weight gradients
-into grouped convolutions. Real batches are drawn on the device, without host round trips; the network is
-re-initialised in place, never rebuilt.
+Speed (one CPU core, `scripts/bench_distill.py --speed`, `results/distill_speed.csv`): per-class gradients
+come from plain autograd on the module, one forward/backward per class (in cache-sized chunks on CPU,
+`nasdd.distill.chunks`; `create_graph` for the synthetic ones), only for the parameters the distance counts
+(1-D parameters count 0); the image gradient is `autograd.grad` w.r.t. the images alone. The previous
+torch.func path (`grad` per class for the real batch, `vmap(grad)` over classes for the synthetic one) is
+kept as `reference=True` for tests and the benchmark: the same numbers, but functorch's wrappers cost ~30%
+on the real gradients and vmap's grouped convolutions ~1.7x on the synthetic ones. A matching step is
+then ~1.3x faster; an outer iteration stays bound by the convolutions (real batches, inner training).
+Real batches are drawn on the device, without host round trips; the network is re-initialised in place.
 
 Cost counting: one sample-gradient per real image per matching pass, two per synthetic image (its
 gradient and the backward through that gradient), one per image of the forward-only BatchNorm
