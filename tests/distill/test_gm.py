@@ -115,10 +115,10 @@ def test_bad_options_are_refused(digits):
 def test_real_gradients_are_constants(digits):
     d = METHODS.get("dsa")(ipc=1, iterations=0, batch_real=4, arch=SMALL)
     d.run(digits)
-    params = {n: p.detach() for n, p in d.net.named_parameters()}
     real = d.real_batch(4).requires_grad_(True)  # e.g. augmented together with the synthetic images
-    grads = d.real_grads(params, dict(d.net.named_buffers()), real)
+    grads = d.class_grads_autograd(real, create_graph=False)
     assert not any(g.requires_grad for g in grads.values())
+    assert all(g.requires_grad for g in d.class_grads_autograd(real, create_graph=True).values())
     assert d.match_loss().requires_grad
 
 
