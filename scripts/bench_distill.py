@@ -10,6 +10,11 @@ recipe (computed once per ipc and recipe, and reused from `random.csv` when it h
 With `--work DIR` each proxy is saved to `DIR/proxies/<method>-ipc<k>` (the layout of `nasdd.pipeline.make_proxies`,
 so `scripts/bench_validate.py --work DIR` audits these very proxies) and reused when it is already there (its
 peak memory is then unknown: NaN). MTT's expert training is reported apart (`expert_*` columns).
+With `--speed` nothing is evaluated: for each method, one distiller is set up and its outer iterations are
+timed `--rounds` times on the previous path (`reference=True`: dc/dsa's torch.func matching, the original DM
+code's loop over classes, MTT's back-propagation through the whole unroll) and on the current one,
+interleaved, from the same images and seeds; the median seconds per iteration of both paths, their ratio
+and the load average go to `results/distill_speed.csv` (one row per method, ipc, preset and path).
 Peak memory: CUDA max_memory_allocated on GPU; on CPU the growth of the process's peak resident set during
 distillation (VmHWM reset through /proc/self/clear_refs; ru_maxrss growth where that is unavailable).
 """
@@ -164,6 +169,68 @@ def bench_one(method: str, bundle, ipc: int, recipe: TrainRecipe, recipe_text: s
     return row
 
 
+SPEED_COLUMNS = ["method", "ipc", "preset", "path", "rounds", "sec_per_iter", "sec_min", "speedup", "load"]
+
+
+def loadavg() -> str:
+    """The 1-, 5- and 15-minute load averages (the machine is shared: wall seconds are noisy)."""
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "nan"
+
+
+def bench_speed(method: str, bundle, ipc: int, args) -> list[dict]:
+    """Seconds per outer iteration of the previous (`reference`) and the current path, interleaved."""
+    cls = METHODS.get(method)
+    preset = args.preset if args.preset in cls.presets else None
+    options = {k: v for k, v in args.options.items() if k in cls.defaults or k == "lr_img"}
+    label = (preset or "default") + "".join(f"+{k}={v}" for k, v in options.items())
+    kwargs = {**cls.presets.get(preset, {}), **options, "iterations": 0}
+    d = cls(ipc=ipc, seed=args.seed, device=args.device, **kwargs)
+    d.run(bundle)  # validation and setup (MTT: experts), no iteration
+    load = loadavg()
+    times: dict[str, list[float]] = {"reference": [], "current": []}
+    start = d.images.detach().clone()
+    for r in range(args.rounds):
+        for path in ("reference", "current") if r % 2 == 0 else ("current", "reference"):
+            d.reference = path == "reference"
+            with torch.no_grad():
+                d.images.copy_(start)
+            torch.manual_seed(args.seed * 1_000_003 + r)  # the same draws on both paths
+            t = time.perf_counter()
+            d.step(r)
+            times[path].append(time.perf_counter() - t)
+            print(f"  {method} round {r} {path}: {times[path][-1]:.2f} s", flush=True)
+    load += " -> " + loadavg()
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return [
+        {
+            "method": method,
+            "ipc": ipc,
+            "preset": label,
+            "path": path,
+            "rounds": args.rounds,
+            "sec_per_iter": round(med[path], 3),
+            "sec_min": round(min(times[path]), 3),
+            "speedup": round(med["reference"] / med[path], 2),
+            "load": load,
+        }
+        for path in ("reference", "current")
+    ]
+
+
+def write_speed(rows: list[dict], path: Path) -> pd.DataFrame:
+    """Upsert rows (by method, ipc, preset, path) into the speed CSV."""
+    df = pd.read_csv(path) if path.exists() else pd.DataFrame(columns=SPEED_COLUMNS)
+    new = pd.DataFrame(rows, columns=SPEED_COLUMNS)
+    keys = ["method", "ipc", "preset", "path"]
+    old = df.set_index(keys).index.isin(new.set_index(keys).index) if len(df) else []
+    out = pd.concat([df[~old], new], ignore_index=True) if len(df) else new
+    _write(out[SPEED_COLUMNS], path)
+    return out
+
+
 def combine(results: Path, dataset: str) -> pd.DataFrame:
     """Rebuild `distill_<dataset>.csv` and `.png` from every per-method CSV present."""
     folder = results / f"distill_{dataset}"
@@ -228,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--speed", action="store_true", help="time outer iterations, previous path against current")
+    p.add_argument("--rounds", type=int, default=3, help="with --speed: timed iterations per path")
     args = p.parse_args(argv)
     set_quiet(args.quiet)
     if args.threads:
@@ -245,6 +314,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     name = args.dataset if args.max_per_class is None else f"{args.dataset}_max{args.max_per_class}"
     results = Path(args.results)
+    if args.speed:
+        rows = [row for ipc in ipcs for m in methods if m != "random" for row in bench_speed(m, bundle, ipc, args)]
+        df = write_speed(rows, results / "distill_speed.csv")
+        print(df.to_string(index=False))
+        return 0
     folder = results / f"distill_{name}"
     folder.mkdir(parents=True, exist_ok=True)
     for ipc in ipcs:

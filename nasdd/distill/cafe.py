@@ -16,6 +16,7 @@ CPU deviations (also in `note`): the outer and inner loops are capped (`max_oute
 query batch is 32 per class instead of 128; the `cpu` preset uses 10 rounds, 64 real images and 16 query
 images per class, a window of 3, at most 10 outer and 5 inner steps per round. The authors' code trains
 without augmentation by default (`dsa_strategy` enables DSA, the CAFE+DSA variant).
+Speed: on CPU the network passes run in cache-sized chunks (`nasdd.distill.chunks`; `reference=True`: one batch).
 Cost: real and query images are forward-only (one sample-gradient each), synthetic images forward+backward,
 inner training as the trainer counts it.
 """
@@ -31,6 +32,7 @@ import torch.nn.functional as F
 from nasdd.augment import DSA
 from nasdd.data import DatasetBundle
 from nasdd.distill.base import Distiller, register
+from nasdd.distill.chunks import chunked
 from nasdd.distill.dm import RealSampler, class_means, reinit_
 from nasdd.errors import NasddError
 from nasdd.train import TrainRecipe, fit
@@ -79,6 +81,7 @@ class CAFE(Distiller):
             "max_inner": 5,
         },
     }
+    reference = False  # True: every pass in one batch, as before the chunks (tests and the speed benchmark)
 
     def setup(self, bundle: DatasetBundle) -> None:
         for arch in self.pool_:
@@ -105,6 +108,10 @@ class CAFE(Distiller):
         w = self.options["layer_weights"]
         self.weights = [1.0] * len(self.net.blocks) if w is None else [float(v) for v in w]
 
+    def _pass(self, fn, x: torch.Tensor):
+        """`fn(x)` through the network: in cache-sized chunks on CPU, in one batch with `reference`."""
+        return fn(x) if self.reference else chunked(fn, self.net, x)
+
     def _augment(self, x: torch.Tensor, seed: int) -> torch.Tensor:
         return x if self.dsa is None else self.dsa(x, seed)
 
@@ -113,8 +120,8 @@ class CAFE(Distiller):
         xr, yr = self.sampler()
         seed = int(torch.randint(2**31 - 1, (1,)))
         with torch.no_grad():
-            real = self.net.layer_outputs(self._augment(xr, seed))
-        syn = self.net.layer_outputs(self._augment(self.images, seed))
+            real = self._pass(self.net.layer_outputs, self._augment(xr, seed))
+        syn = self._pass(self.net.layer_outputs, self._augment(self.images, seed))
         loss = self.images.new_zeros(())
         for w, r, s in zip(self.weights, real, syn, strict=True):
             diff = class_means(r.flatten(1), yr, self.k) - class_means(s.flatten(1), self.labels, self.k)
@@ -134,7 +141,7 @@ class CAFE(Distiller):
         xq, yq = self.query()
         was = self.net.training
         self.net.eval()
-        acc = (self.net(xq).argmax(1) == yq).float().mean()
+        acc = (self._pass(self.net, xq).argmax(1) == yq).float().mean()
         self.net.train(was)
         self.count(len(xq))
         return float(acc)

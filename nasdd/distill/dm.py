@@ -5,8 +5,10 @@ every class and the synthetic set with the same DSA draw, and minimises the sum 
 squared distance between the mean embeddings (`features`) of real and synthetic images; the images are
 updated by SGD (lr 1.0, momentum 0.5 in the paper).
 
-All classes go through one forward pass for the real batch and one for the synthetic set; per-class
-means are taken with `index_add_` over labels. CPU deviations: one DSA draw per iteration shared by all
+All classes go through one pass for the real batch and one for the synthetic set, in cache-sized chunks on
+CPU (`nasdd.distill.chunks`); per-class means are taken with `index_add_` over labels. The original DM
+code's loop over classes (the same loss up to float noise) is kept as `reference=True` for tests and the
+speed benchmark (`scripts/bench_distill.py --speed`). CPU deviations: one DSA draw per iteration shared by all
 classes (the paper draws one per class), and the `cpu` preset uses 64 real images per class instead of
 256 and far fewer than the paper's 20,000 iterations.
 Cost: real images are forward-only (counted one sample-gradient each), synthetic images forward+backward.
@@ -22,6 +24,7 @@ from torch import nn
 from nasdd.augment import DEFAULT_STRATEGY, DSA
 from nasdd.data import DatasetBundle
 from nasdd.distill.base import Distiller, register
+from nasdd.distill.chunks import chunked
 
 
 def class_means(f: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -81,6 +84,7 @@ class DistributionMatching(Distiller):
         "quick": {"iterations": 60, "batch_real": 16},
         "cpu": {"iterations": 400, "batch_real": 64},
     }
+    reference = False  # True: the original DM code's per-class loop (tests and the speed benchmark)
 
     def setup(self, bundle: DatasetBundle) -> None:
         self.net = matching_net(self, 0)
@@ -94,15 +98,29 @@ class DistributionMatching(Distiller):
         reinit_(self.net)
         xr, yr = self.sampler()
         seed = int(torch.randint(2**31 - 1, (1,)))
-        with torch.no_grad():
-            real = class_means(self.net.features(self.dsa(xr, seed)), yr, self.k)
-        syn = class_means(self.net.features(self.dsa(self.images, seed)), self.labels, self.k)
-        loss = ((real - syn) ** 2).sum()
+        if self.reference:
+            loss = self._reference_loss(xr, yr, seed)
+        else:
+            with torch.no_grad():
+                real = class_means(chunked(self.net.features, self.net, self.dsa(xr, seed)), yr, self.k)
+            syn = class_means(chunked(self.net.features, self.net, self.dsa(self.images, seed)), self.labels, self.k)
+            loss = ((real - syn) ** 2).sum()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
         self.count(len(xr) + len(self.images))
         return float(loss.detach())
+
+    def _reference_loss(self, xr: torch.Tensor, yr: torch.Tensor, seed: int) -> torch.Tensor:
+        """The original DM code's loop: per class, embed its augmented real batch and synthetic images and add
+        the squared distance of their means (one DSA draw per iteration, as in `step`)."""
+        loss = self.images.new_zeros(())
+        for c in range(self.k):
+            with torch.no_grad():
+                real = self.net.features(self.dsa(xr[yr == c], seed)).mean(0)
+            syn = self.net.features(self.dsa(self.images[self.labels == c], seed)).mean(0)
+            loss = loss + ((real - syn) ** 2).sum()
+        return loss
 
     def extra_state(self) -> dict[str, Any]:
         return {"opt": self.opt.state_dict()}

@@ -161,6 +161,7 @@ class MTT(Distiller):
     )
     default_iterations = 1000
     default_lr_img = 100.0
+    reference = False  # True: back-propagate through the whole unroll (memory ∝ syn_steps; speed benchmark)
     defaults: dict[str, Any] = {
         "num_experts": 5,
         "expert_epochs": 2,  # M: expert epochs the student must cover
@@ -268,7 +269,10 @@ class MTT(Distiller):
         n = len(self.images)
         batch = o["batch_syn"] or n
         plan = make_plan(n, o["syn_steps"], min(batch, n), self.dsa, self.dev)
-        loss, g_img, g_lr, g_lab = match_grad(self.net, w0, target, self.images, self.labels, self.syn_lr, plan)
+        if self.reference:
+            loss, g_img, g_lr, g_lab = self._reference_grad(w0, target, plan)
+        else:
+            loss, g_img, g_lr, g_lab = match_grad(self.net, w0, target, self.images, self.labels, self.syn_lr, plan)
         self.count(3 * sum(len(b) for b in plan.batches))
         self.images.grad, self.syn_lr.grad = g_img, g_lr.reshape(())
         self.opt_img.step()
@@ -282,6 +286,13 @@ class MTT(Distiller):
                 self.labels.clamp_(min=0)
                 self.labels.div_(self.labels.sum(1, keepdim=True).clamp_min(1e-8))
         return loss
+
+    def _reference_grad(self, w0, target, plan: Plan) -> tuple[float, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """`match_grad`'s outputs by back-propagating through the whole unroll (the paper's implementation)."""
+        loss = match_loss_unrolled(self.net, w0, target, self.images, self.labels, self.syn_lr, plan)
+        wrt = [self.images, self.syn_lr] + ([self.labels] if self.opt_lab is not None else [])
+        grads = torch.autograd.grad(loss, wrt)
+        return float(loss.detach()), grads[0], grads[1], grads[2] if len(grads) > 2 else None
 
     # ------------------------------------------------------------------------------- checkpoints
     def extra_state(self) -> dict[str, Any]:

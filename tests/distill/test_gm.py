@@ -115,8 +115,34 @@ def test_bad_options_are_refused(digits):
 def test_real_gradients_are_constants(digits):
     d = METHODS.get("dsa")(ipc=1, iterations=0, batch_real=4, arch=SMALL)
     d.run(digits)
-    params = {n: p.detach() for n, p in d.net.named_parameters()}
     real = d.real_batch(4).requires_grad_(True)  # e.g. augmented together with the synthetic images
-    grads = d.real_grads(params, dict(d.net.named_buffers()), real)
+    grads = d.class_grads_autograd(real, create_graph=False)
     assert not any(g.requires_grad for g in grads.values())
+    assert all(g.requires_grad for g in d.class_grads_autograd(real, create_graph=True).values())
     assert d.match_loss().requires_grad
+
+
+BN = ArchSpec.make("convnet", depth=2, width=8, normalization="batchnorm")
+
+
+@pytest.mark.parametrize("method,arch", [("dc", SMALL), ("dsa", SMALL), ("dc", BN)])
+def test_autograd_path_matches_reference(digits, monkeypatch, method, arch):
+    """The autograd matching path (in chunks) gives the previous torch.func path's loss and image gradient,
+    and the same proxy after a few iterations (float noise only)."""
+    monkeypatch.setattr("nasdd.distill.chunks.CPU_CHUNK", 4)  # real batches of 20 and ipc 5 both get split
+    cls = METHODS.get(method)
+    runs = []
+    for reference in (True, False):
+        d = cls(ipc=5, seed=1, iterations=2, outer_loop=2, inner_loop=1, batch_real=20, arch=arch)
+        d.reference = reference
+        proxy = d.run(digits)
+        torch.manual_seed(5)
+        d._freeze_bn()
+        loss = d.match_loss()
+        (g,) = torch.autograd.grad(loss, d.images)
+        runs.append((proxy.images, loss.detach(), g, d.sample_grads))
+    (pa, la, ga, ca), (pb, lb, gb, cb) = runs
+    assert torch.allclose(pa, pb, atol=1e-5)
+    assert torch.allclose(la, lb, rtol=1e-5)
+    assert torch.allclose(ga, gb, rtol=1e-4, atol=1e-6)
+    assert ca == cb

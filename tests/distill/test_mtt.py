@@ -128,3 +128,19 @@ def test_resume_continues_exactly(digits, buffer_root, tmp_path):
     resumed = _mtt(digits, buffer_root, iterations=4, out=tmp_path, resume=True, **kw)
     assert torch.equal(straight.images, resumed.images) and torch.equal(straight.labels, resumed.labels)
     assert straight.lr == resumed.lr
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_step_matches_the_unrolled_reference(digits, buffer_root, soft):
+    """A distillation through `match_grad` ends where back-propagating through the unroll ends."""
+    cls = METHODS.get("mtt")
+    kw = {**cls.presets["quick"], "iterations": 3, "learn_labels": soft}
+    proxies = []
+    for reference in (True, False):
+        d = cls(ipc=2, seed=4, device="cpu", buffer_root=buffer_root, **kw)
+        d.reference = reference
+        proxies.append(d.run(digits))
+    a, b = proxies
+    assert torch.allclose(a.images, b.images, rtol=1e-4, atol=1e-4)
+    assert a.lr == pytest.approx(b.lr, rel=1e-4)
+    assert torch.allclose(a.labels.float(), b.labels.float(), atol=1e-5)
