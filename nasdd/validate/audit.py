@@ -51,7 +51,9 @@ def _recipe(r: TrainRecipe | str, base: str) -> TrainRecipe:
 
 
 def _labels(proxies: Sequence[Any]) -> list[str]:
-    names = [f"{p.provenance.get('method', 'proxy')}-ipc{p.ipc}" for p in proxies]
+    """`dm-ipc10`; `dm-space-ipc10` when distilled through a search space; a short id where names collide."""
+    space = ["-space" if p.provenance.get("config", {}).get("match_space") else "" for p in proxies]
+    names = [f"{p.provenance.get('method', 'proxy')}{s}-ipc{p.ipc}" for p, s in zip(proxies, space, strict=True)]
     return [f"{n}-{p.id[-6:]}" if names.count(n) > 1 else n for n, p in zip(names, proxies, strict=True)]
 
 
