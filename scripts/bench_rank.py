@@ -18,13 +18,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import _bench
 import numpy as np
 import pandas as pd
 
 from nasdd.data import load_dataset
 from nasdd.distill import ProxySet
 from nasdd.spaces import load_space
-from nasdd.utils import set_quiet
 from nasdd.validate import stats, validate
 from nasdd.validate.budget import break_even, budget_recipe, parse_fraction
 from nasdd.validate.peers import resolve_peers
@@ -189,24 +189,18 @@ def plot(summary: pd.DataFrame, deltas: pd.DataFrame, ceiling: dict, out: Path) 
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--dataset", default="fashion_mnist")
+    ap = _bench.parser(__doc__, out="results/bench_fashion_mnist", work="runs/bench_rank", dataset="fashion_mnist")
     ap.add_argument("--truth", default="results/bench_fashion_mnist/truth.csv")
     ap.add_argument("--check", default="results/bench_fashion_mnist/truth_2x.csv", help="2x-length table ('' skips)")
     ap.add_argument("--proxies", nargs="*", default=[], metavar="DIR")
     ap.add_argument("--peers", default="random,herding,early,grad_norm,snip,synflow,naswot,params")
-    ap.add_argument("--budgets", default="1/300,1/100,1/30", help="fractions of one truth training")
+    ap.add_argument("--budgets", default="1/1000,1/300,1/100", help="fractions of one truth training")
     ap.add_argument("--ipcs", default="10", help="ipcs of the proxies and subset peers")
     ap.add_argument("--proxy-recipe", default="proxy", help="base recipe shortened to each budget")
     ap.add_argument("--preset", default="cpu", help="distillation preset of the subset peers")
     ap.add_argument("--resamples", type=int, default=1000)
     ap.add_argument("--storage", default="journal:results/bench_fashion_mnist/scores.journal")
-    ap.add_argument("--work", default="runs/bench_rank", help="subset peers and per-call tables (not committed)")
-    ap.add_argument("--out", default="results/bench_fashion_mnist")
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--quiet", action="store_true", help="no progress bars")
-    args = ap.parse_args()
-    set_quiet(args.quiet)
+    args = _bench.parse(ap)
     args.ipcs = [int(i) for i in args.ipcs.split(",")]
     if args.storage.startswith("journal:"):
         Path(args.storage[len("journal:") :]).parent.mkdir(parents=True, exist_ok=True)
@@ -254,7 +248,7 @@ def main() -> None:
     text = verdict(summary, delta, ceiling)
     (out / "verdict.md").write_text(text)
     print(text)
-    print(f"noise ceiling tau {ceiling['tau']:.3f} [{ceiling['tau_low']:.3f}, {ceiling['tau_high']:.3f}]")
+    _bench.record(out)
 
 
 if __name__ == "__main__":
