@@ -23,8 +23,9 @@ the project's learned soft labels (`softmax(y / label_temperature)`, shared with
 label weights; no augmentation by default (`dsa`; digits are not flip-invariant); no ZCA; images start
 from real samples (`init`) instead of a Gaussian-cluster initialisation.
 CPU preset deviations: matching ConvNet 32 wide; a shorter unroll and window; the inner optimiser is the
-evaluation recipe's (SGD lr 0.01, momentum 0.9, weight decay 5e-4); a larger image lr; real batch 256;
-a few hundred outer iterations.
+evaluation recipe's (SGD lr 0.01, momentum 0.9, weight decay 5e-4); a larger image lr (0.01) and label
+lr (0.01); real batch 256; at ipc 10, minibatches of 20 synthetic images per inner step; 250 (ipc 1) and
+120 (ipc 10) outer iterations instead of tens of thousands.
 """
 
 from __future__ import annotations
@@ -145,7 +146,8 @@ class RaTBPTT(SoftLabels, Distiller):
     note = (
         "exact window gradient in bounded memory (one inner step rebuilt at a time); learned soft labels "
         "(softmax, shared with dd); no augmentation or ZCA by default; cpu preset: width-32 ConvNet, unroll "
-        "and window shortened, inner SGD as the evaluation recipe, real batch 256, larger image lr"
+        "150 / window 30, inner SGD as the evaluation recipe, real batch 256, image and label lr 0.01, 250 / 120 "
+        "iterations at ipc 1 / 10"
     )
     default_iterations = 2000
     default_lr_img = 0.001
@@ -180,10 +182,11 @@ class RaTBPTT(SoftLabels, Distiller):
             "lr_label": 0.01,
         },
         "cpu": {
-            "iterations": {1: 300, 10: 100},
+            "iterations": {1: 250, 10: 120},
             "unroll": 150,
             "window": 30,
             "width": 32,
+            "batch_syn": 20,  # ipc 10: 20 of the 100 images per inner step (ipc 1: all 10)
             "inner_optim": "sgd",
             "inner_lr": 0.01,
             "inner_wd": 5e-4,
