@@ -36,7 +36,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from nasdd.arch import ArchSpec
 from nasdd.augment import DSA
 from nasdd.data import DatasetBundle
 from nasdd.distill.base import Distiller, register
@@ -216,11 +215,7 @@ class RaTBPTT(SoftLabels, Distiller):
         for key, least in (("batch_real", 1), ("batch_syn", 0)):
             if not (isinstance(o[key], int) and o[key] >= least):
                 raise NasddError(f"ratbptt option {key} must be an integer >= {least}, got {o[key]!r}")
-        self.matching_arch()
-
-    def matching_arch(self) -> ArchSpec:
-        """The network every unroll trains: the base's `arch`, narrowed by `width` / `normalization`."""
-        return with_width(self.arch, self.options["width"], self.options["normalization"])
+        with_width(self.arch, o["width"], o["normalization"])  # refuses bad width / normalization options
 
     def setup(self, bundle: DatasetBundle) -> None:
         o = self.options
@@ -228,13 +223,15 @@ class RaTBPTT(SoftLabels, Distiller):
         self.x_real, self.y_real = bundle.x_train.to(self.dev), bundle.y_train.to(self.dev)
         self.dsa = None if o["dsa"] in (None, "", "none") else DSA(o["dsa"])
         wd = float(o["inner_wd"])
-        self.inner = InnerOptimizer(o["inner_optim"], float(o["inner_lr"]), float(o["inner_momentum"]), wd)
+        self.inner = with_width(self.arch, o["width"], o["normalization"])  # or members of --match-space
+        self.inner_opt = InnerOptimizer(o["inner_optim"], float(o["inner_lr"]), float(o["inner_momentum"]), wd)
         self.opt = torch.optim.Adam([{"params": [self.images], "lr": self.lr_img}, *self.label_groups()])
         self.grad_ema: float | None = None
 
     def step(self, it: int) -> float:
         o, n = self.options, len(self.images)
-        module = build(self.matching_arch(), self.bundle.channels, self.bundle.image_size, self.bundle.num_classes)
+        arch = self.inner_archs(it)[0]
+        module = build(arch, self.bundle.channels, self.bundle.image_size, self.bundle.num_classes)
         module = module.to(self.dev)  # a fresh random initialisation (the base seeds every iteration)
         w0 = torch.cat([p.detach().flatten() for p in module.parameters()])
         n_pre = int(torch.randint(o["unroll"] - o["window"] + 1, ()))
@@ -245,7 +242,7 @@ class RaTBPTT(SoftLabels, Distiller):
             x_real = self.dsa(x_real, int(torch.randint(2**31, ())))
         probs = self.target_probs() if o["learn_labels"] else self.targets
         leaf = probs.detach().requires_grad_(bool(o["learn_labels"]))
-        loss, g_img, g_lab = window_grad(FlatNet(module), self.inner, w0, self.images, leaf, plan, n_pre, x_real,
+        loss, g_img, g_lab = window_grad(FlatNet(module), self.inner_opt, w0, self.images, leaf, plan, n_pre, x_real,
                                          self.y_real[idx])  # fmt: skip
         self.opt.zero_grad(set_to_none=True)
         self.images.grad = self._clip(g_img)

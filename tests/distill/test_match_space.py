@@ -27,6 +27,7 @@ CHEAP = {
     "krr": {"batch_real": 32, "models": 2},
     "frepo": {"batch_real": 32, "pool_size": 2, "max_online_steps": 2},
     "dd": {"batch_real": 32, "unroll_steps": 2},
+    "ratbptt": {"batch_real": 32, "unroll": 4, "window": 2},
     "mtt": {"num_experts": 1, "expert_epochs": 1, "max_start_epoch": 0, "syn_steps": 2, "dsa": "none"},
 }
 
