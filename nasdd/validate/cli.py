@@ -7,6 +7,7 @@ from pathlib import Path
 
 from nasdd.cli import add_data_args, load_data_from_args
 from nasdd.errors import NasddError
+from nasdd.validate.pool import add_pool_arguments
 from nasdd.validate.stats import DEFAULT_KS
 
 
@@ -28,10 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_data_args(parser)
     parser.add_argument("--space", help="search space name or YAML path (needed with --pool and --study)")
     src = parser.add_mutually_exclusive_group()
-    src.add_argument("--pool", type=int, help="draw this many architectures spread over the space's factors")
-    src.add_argument("--archs", help="JSON-lines file of ArchSpec dicts")
+    add_pool_arguments(parser, src)
     src.add_argument("--study", help="use the architectures of this Optuna study's completed trials")
-    parser.add_argument("--pool-seed", type=int, default=0, help="seed of the pool draw (default 0)")
     parser.add_argument("--study-storage", help="storage URL of --study (default: --storage)")
     parser.add_argument("--proxies", nargs="*", default=[], metavar="DIR", help="ProxySet folders to audit")
     parser.add_argument("--peers", default="all", help="comma-separated peers or 'all' (see `nasdd list peers`)")
@@ -71,17 +70,12 @@ def command(args: argparse.Namespace) -> int:
     out = ensure_dir(args.out)
     storage = args.storage or f"sqlite:///{(Path(out) / 'results.db').resolve()}"
     table = TruthTable.load(args.truth_table) if args.truth_table else None
-    if args.pool is not None:
-        if space is None:
-            raise NasddError("--pool needs --space (the space to draw from)")
-        pool = pools.draw_pool(space, args.pool, args.pool_seed)
-    elif args.archs:
-        pool = pools.read_archs(args.archs)
-    elif args.study:
+    pool = pools.pool_from_args(args, space)
+    if pool is None and args.study:
         pool = pools.study_pool(args.study, args.study_storage or storage, space)
-    elif table is not None:
+    if pool is None and table is not None:
         pool = table.archs()
-    else:
+    if pool is None:
         raise NasddError("give the pool: --pool N, --archs FILE, --study NAME or --truth-table CSV")
     bundle = load_data_from_args(args)
     proxies = [ProxySet.load(p, bundle) for p in args.proxies]

@@ -8,16 +8,15 @@ from pathlib import Path
 
 from nasdd.cli import add_data_args, load_data_from_args
 from nasdd.errors import NasddError
+from nasdd.validate.pool import add_pool_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_data_args(parser)
     parser.add_argument("--space", help="search space name or YAML path (the table pins it)")
     src = parser.add_mutually_exclusive_group()
-    src.add_argument("--pool", type=int, help="draw this many architectures spread over the space's factors")
-    src.add_argument("--archs", help="JSON-lines file of ArchSpec dicts")
+    add_pool_arguments(parser, src)
     src.add_argument("--merge", nargs="+", metavar="CSV", help="merge these tables into --out (no training)")
-    parser.add_argument("--pool-seed", type=int, default=0, help="seed of the pool draw (default 0)")
     parser.add_argument("--seeds", type=int, default=3, help="training seeds per architecture (default 3)")
     parser.add_argument("--recipe", default="full", help="truth training recipe (default 'full')")
     parser.add_argument("--shard", default=None, help="I/N: train only every N-th member from I (one per worker)")
@@ -43,8 +42,7 @@ def command(args: argparse.Namespace) -> int:
     if args.seeds < 1:
         raise NasddError(f"--seeds must be at least 1, got {args.seeds}")
     space = load_space(args.space)
-    pool = pools.draw_pool(space, args.pool, args.pool_seed) if args.pool is not None else pools.read_archs(args.archs)
-    pool = tt.shard(pool, args.shard)
+    pool = tt.shard(pools.pool_from_args(args, space), args.shard)
     recipe = TrainRecipe.parse(args.recipe, TrainRecipe.parse("full"))
     bundle = load_data_from_args(args)
     if out.exists():
