@@ -9,7 +9,8 @@ from nasdd.distill.mtt import FlatNet, make_plan
 from nasdd.distill.ratbptt import InnerOptimizer, RaTBPTT, window_grad, window_loss_unrolled
 from nasdd.errors import NasddError
 from nasdd.models import build
-from tests.distill.helpers import check_proxy, mean_accuracy, random_accuracy
+
+from .helpers import check_proxy, mean_accuracy, random_accuracy
 
 CPU = torch.device("cpu")
 TINY = ArchSpec.make("convnet", depth=1, width=4, normalization="instancenorm")
