@@ -210,6 +210,7 @@ def main() -> None:
     table = TruthTable.load(args.truth)
     bundle = load_dataset(args.dataset)
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     if args.check:
         convergence(table, TruthTable.load(args.check), args.resamples).to_csv(out / "convergence.csv", index=False)
     ctx = {
