@@ -21,7 +21,6 @@ distillation (VmHWM reset through /proc/self/clear_refs; ru_maxrss growth where 
 
 from __future__ import annotations
 
-import argparse
 import math
 import resource
 import statistics
@@ -29,10 +28,9 @@ import sys
 import time
 from pathlib import Path
 
+import _bench  # noqa: E402  (puts this checkout's nasdd first on the path)
 import pandas as pd
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nasdd.data import load_dataset  # noqa: E402
 from nasdd.distill import METHODS, ProxySet, distill  # noqa: E402
@@ -41,7 +39,7 @@ from nasdd.distill.evaluate import evaluate_proxy  # noqa: E402
 from nasdd.errors import NasddError  # noqa: E402
 from nasdd.pipeline import proxy_folder  # noqa: E402
 from nasdd.train import RECIPES, TrainRecipe  # noqa: E402
-from nasdd.utils import atomic_path, proc_status_kb, resolve_device, set_quiet  # noqa: E402
+from nasdd.utils import atomic_path, proc_status_kb, resolve_device  # noqa: E402
 
 COLUMNS = [
     "method", "ipc", "preset", "iterations", "distill_seconds", "distill_sample_grads", "peak_mem_mb",
@@ -100,20 +98,13 @@ def _stats(accs: list[float]) -> tuple[float, float]:
 
 
 def _read(path: Path) -> pd.DataFrame:
-    return pd.read_csv(path).reindex(columns=COLUMNS) if path.exists() else pd.DataFrame(columns=COLUMNS)
-
-
-def _write(df: pd.DataFrame, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        df.to_csv(tmp, index=False)
+    return _bench.read(path).reindex(columns=COLUMNS)
 
 
 def _upsert(path: Path, row: dict) -> None:
-    """Replace the row of the same (ipc, preset) in a per-method CSV, keep the others."""
-    df = _read(path)
-    keep = df[~((df["ipc"] == row["ipc"]) & (df["preset"].astype(str) == str(row["preset"])))]
-    out = pd.concat([keep, pd.DataFrame([row])], ignore_index=True) if len(keep) else pd.DataFrame([row])
-    _write(out[COLUMNS].sort_values("ipc"), path)
+    """Replace the row of the same (ipc, preset) in a per-method CSV, keep the others (sorted by ipc)."""
+    df = _bench.upsert(path, [row], ["ipc", "preset"], columns=COLUMNS)
+    _bench.write(df.sort_values("ipc", kind="stable"), path)
 
 
 def random_level(folder: Path, bundle, ipc: int, recipe: TrainRecipe, recipe_text: str, args) -> float:
@@ -227,7 +218,7 @@ def write_speed(rows: list[dict], path: Path) -> pd.DataFrame:
     keys = ["method", "ipc", "preset", "path"]
     old = df.set_index(keys).index.isin(new.set_index(keys).index) if len(df) else []
     out = pd.concat([df[~old], new], ignore_index=True) if len(df) else new
-    _write(out[SPEED_COLUMNS], path)
+    _bench.write(out[SPEED_COLUMNS], path)
     return out
 
 
@@ -239,7 +230,7 @@ def combine(results: Path, dataset: str) -> pd.DataFrame:
         return pd.DataFrame(columns=COLUMNS)
     df = pd.concat(frames, ignore_index=True)[COLUMNS].sort_values(["ipc", "method"])
     df["published"] = [published(dataset, m, i) for m, i in zip(df["method"], df["ipc"], strict=True)]
-    _write(df, results / f"distill_{dataset}.csv")
+    _bench.write(df, results / f"distill_{dataset}.csv")
     plot(df, results / f"distill_{dataset}.png", dataset)
     return df
 
@@ -273,8 +264,7 @@ def plot(df: pd.DataFrame, path: Path, dataset: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--dataset", default="mnist5k")
+    p = _bench.parser(__doc__, out="results")
     p.add_argument("--methods", default="random", help="comma-separated method names")
     p.add_argument("--ipc", default="1,10", help="comma-separated images per class")
     p.add_argument("--preset", default="cpu", help="method preset (methods without it use their defaults)")
@@ -290,17 +280,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-recipe", default="proxy", help="recipe preset and/or key=value pairs")
     p.add_argument("--max-per-class", type=int, default=None)
     p.add_argument("--seed", type=int, default=0, help="distillation seed")
-    p.add_argument("--results", default="results")
     p.add_argument("--work", default=None, help="save (and reuse) each proxy under DIR/proxies/<method>-ipc<k>")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--quiet", action="store_true")
     p.add_argument("--speed", action="store_true", help="time outer iterations, previous path against current")
     p.add_argument("--rounds", type=int, default=3, help="with --speed: timed iterations per path")
-    args = p.parse_args(argv)
-    set_quiet(args.quiet)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = _bench.parse(p, argv)
     try:
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
         for m in methods:
@@ -313,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     name = args.dataset if args.max_per_class is None else f"{args.dataset}_max{args.max_per_class}"
-    results = Path(args.results)
+    results = Path(args.out)
     if args.speed:
         rows = [row for ipc in ipcs for m in methods if m != "random" for row in bench_speed(m, bundle, ipc, args)]
         df = write_speed(rows, results / "distill_speed.csv")

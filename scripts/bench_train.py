@@ -30,6 +30,7 @@ from pathlib import Path
 
 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="nasdd-bench-inductor-"))  # cold compiles
 
+import _bench  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
@@ -38,7 +39,7 @@ from nasdd.batched import fit_seeds  # noqa: E402
 from nasdd.data import DatasetBundle, load_dataset  # noqa: E402
 from nasdd.spaces import load_space  # noqa: E402
 from nasdd.train import TrainRecipe, build_seeded, evaluate, fit  # noqa: E402
-from nasdd.utils import atomic_open, resolve_device  # noqa: E402
+from nasdd.utils import resolve_device  # noqa: E402
 
 VARIANTS = {"plain": {"fast": False}, "chunks": {"compile_model": False}, "compiled": {"compile_model": True}}
 # (M, K, N) of im2col GEMMs: out channels x (in channels x 9) x (pixels x images), for widths 32 and 128
@@ -171,22 +172,16 @@ def bench_seeds(spec: ArchSpec, bundle: DatasetBundle, args: argparse.Namespace,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = _bench.parser(__doc__, out="results/train_throughput.csv", device="cpu")
     parser.add_argument("--members", type=int, default=0, help="seeded random members per space, besides the listed")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--dataset", default="mnist5k")
     parser.add_argument("--batch-size", type=int, default=256, help="the proxy recipe's batch size")
     parser.add_argument("--budget", type=float, default=3.0, help="about this many seconds per plain measurement")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max-steps", type=int, default=100)
     parser.add_argument("--seed-steps", type=int, default=6, help="steps of the 3-seed comparison")
     parser.add_argument("--eval-images", type=int, default=1000)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", default="results/train_throughput.csv")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = _bench.parse(parser, argv)
     device = resolve_device(args.device)
     bundle = load_dataset(args.dataset)
     gflops = sgemm_gflops(device)
@@ -226,8 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     df["eval_seconds"] = (df["eval_images"] / df["eval_images_per_s"]).round(2)
     df["sgemm_bound_images_per_s"] = (df["sgemm_gflops"] * 1e3 / (3 * df["forward_mflops_per_image"])).round(1)
     df["sgemm_bound_fraction_cpu"] = (df["train_images_per_cpu_s"] / df["sgemm_bound_images_per_s"]).round(3)
-    with atomic_open(args.out) as f:
-        df.to_csv(f, index=False)
+    _bench.write(df, args.out)
+    _bench.record(args.out, argv)
     print(f"wrote {args.out} ({len(rows)} rows, torch threads {torch.get_num_threads()}, device {device})")
     return 0
 
