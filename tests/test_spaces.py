@@ -214,6 +214,8 @@ def test_the_wheel_ships_every_module_and_space(tmp_path):
     assert not modules - names, f"not in the wheel (list their packages in pyproject.toml): {modules - names}"
     yamls = sorted(p.stem for p in (ROOT / "search_spaces").glob("*.yaml"))
     assert {f"nasdd/search_spaces/{n}.yaml" for n in yamls} <= names and "nasdd/catalog.json" in names
+    tables = {str(p.relative_to(ROOT)) for p in (ROOT / "nasdd" / "validate").glob("truth_*.csv")}
+    assert tables and tables <= names  # the truth tables `nasdd run` reads
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     env = {**os.environ, "PYTHONPATH": str(site)}

@@ -208,6 +208,22 @@ def describe(table: TruthTable) -> str:
     )
 
 
+SHIPPED = Path(__file__).parent  # tables installed with nasdd: truth_*.csv beside this module
+
+
+def shipped(*, dataset_key: str, space: str, recipe: TrainRecipe, pool: Sequence[ArchSpec]) -> TruthTable | None:
+    """A truth table shipped with nasdd made with these settings and holding every member of `pool`."""
+    for path in sorted(SHIPPED.glob("truth_*.csv")):
+        table = TruthTable.load(path)
+        meta = (table.meta["dataset_key"], table.meta["space"], table.meta["recipe_key"])
+        acc = table.accuracies()
+        if meta == (dataset_key, space, recipe.key()) and all(
+            a.key() in acc.index and acc.loc[a.key()].notna().all() for a in pool
+        ):
+            return table
+    return None
+
+
 def truth_scores(table: TruthTable, pool: Sequence[ArchSpec]) -> tuple[list[ArchSpec], Scores]:
     """The members of `pool` the table holds (with at least one accuracy) and their ground-truth Scores,
     arranged as if trained by `nasdd.validate.truth.ground_truth` (test split, one column per seed)."""

@@ -123,3 +123,18 @@ def test_nasdd_truth_builds_and_validate_reads_it(digits, tmp_path, capsys):
     audit = ["validate", "--dataset", "digits", "--truth-table", str(out), "--peers", "params"]
     assert main([*audit, "--out", str(tmp_path / "audit"), "--quiet"]) == 0
     assert "3 of 3 pool members held" in capsys.readouterr().out
+
+
+def test_nasdd_run_finds_its_shipped_truth_table():
+    from nasdd.data import load_dataset
+    from nasdd.pipeline import PRESETS
+    from nasdd.spaces import draw_pool, load_space
+
+    quick = PRESETS["quick"]
+    bundle, space = load_dataset("mnist5k"), load_space(quick.space)
+    recipe = TrainRecipe.parse(quick.truth_recipe, TrainRecipe.parse("full"))
+    pool = draw_pool(space, quick.pool, 0)
+    table = tt.shipped(dataset_key=bundle.key, space=space.name, recipe=recipe, pool=pool)
+    assert table is not None and table.accuracies().loc[[a.key() for a in pool]].notna().all().all()
+    assert tt.shipped(dataset_key=bundle.key, space=space.name, recipe=RECIPE, pool=pool) is None  # other recipe
+    assert tt.shipped(dataset_key=bundle.key, space=space.name, recipe=recipe, pool=draw_pool(space, 10, 7)) is None
