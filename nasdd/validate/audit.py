@@ -263,7 +263,7 @@ def validate(
     out = ensure_dir(out) if out is not None else None
     if storage is None and out is not None:
         storage = f"sqlite:///{(out / 'results.db').resolve()}"
-    requested = len(pool)
+    requested, truth = len(pool), None
     if truth_table is not None:
         truth_table.check(
             dataset_key=bundle.key,
@@ -271,7 +271,7 @@ def validate(
             recipe_key=None if truth_recipe is None else _recipe(truth_recipe, "full").key(),
         )
         truth_recipe = truth_table.recipe
-        pool, _ = table_truth(truth_table, pool)
+        pool, truth = table_truth(truth_table, pool)
         if len(pool) < 3:
             raise NasddError(f"the truth table holds {len(pool)} of the {requested} pool members; 3 are needed")
     truth_recipe, base_recipe = _recipe(truth_recipe or "full", "full"), _recipe(proxy_recipe, "proxy")
@@ -292,9 +292,7 @@ def validate(
         "n_resamples": n_resamples,
         "bootstrap_seed": bootstrap_seed,
     }
-    if truth_table is not None:
-        truth = table_truth(truth_table, pool)[1]
-    else:
+    if truth is None:
         truth = ground_truth(ctx["store"], bundle, pool, truth_recipe, list(range(truth_seeds)), device=device)
     rows: list[Scores] = []
     for proxy, label in zip(proxies, _labels(proxies), strict=True):

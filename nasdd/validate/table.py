@@ -154,7 +154,7 @@ class TruthTable:
         frame = first.frame
         for t in tables[1:]:
             frame = frame.combine_first(t.frame)
-        return cls(frame[[c for c in _column_order(frame)]], dict(first.meta))
+        return cls(frame[_column_order(frame)], dict(first.meta))
 
 
 def _column_order(frame: pd.DataFrame) -> list[str]:
