@@ -154,13 +154,8 @@ class TruthTable:
         frame = first.frame
         for t in tables[1:]:
             frame = frame.combine_first(t.frame)
-        return cls(frame[_column_order(frame)], dict(first.meta))
-
-
-def _column_order(frame: pd.DataFrame) -> list[str]:
-    """Keep the per-seed columns after the descriptive ones (combine_first sorts columns)."""
-    per_seed = [c for c in frame.columns if re.search(r"_s\d+$", c)]
-    return [c for c in frame.columns if c not in per_seed] + sorted(per_seed, key=lambda c: int(c.rsplit("s", 1)[1]))
+        # the first shard's column order (combine_first may sort); `to_frame` orders the per-seed columns
+        return cls(frame[list(dict.fromkeys([*first.frame.columns, *frame.columns]))], dict(first.meta))
 
 
 def build(
