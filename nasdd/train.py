@@ -216,6 +216,8 @@ def fit(
     eval_data: tuple[torch.Tensor, torch.Tensor] | None = None,
     eval_every: int = 0,
     on_eval: Callable[[int, float], None] | None = None,
+    on_checkpoint: Callable[[dict], None] | None = None,
+    resume: dict | None = None,
     show_progress: bool = False,
     desc: str = "train",
     fast: bool = True,
@@ -227,6 +229,9 @@ def fit(
     epochs (or steps with `recipe.steps`); `on_eval(index, accuracy)` may raise (e.g. optuna.TrialPruned).
     `fast=False` runs the plain loop (whole batches, eager, no_grad evaluation); `compile_model` is
     True/False, or None for `NASDD_COMPILE` (0 or 1, default 0). Both change results only by float rounding.
+    `on_checkpoint(state)` is called at every evaluation that falls on an epoch boundary, before `on_eval`;
+    `fit(model, ..., resume=state)` with the model's weights of that moment continues the same training
+    exactly (optimizer, data order and cost carry over), so a training can be stopped and extended later.
     """
     device = resolve_device(device)
     model.to(device)
@@ -248,6 +253,8 @@ def fit(
         fwd = compiled(model)
     ev = {"device": device, "batch_size": recipe.eval_batch_size, "fast": fast}
     step, start = 0, time.perf_counter()
+    if resume is not None:
+        step = _resume(resume, opt, gen, res, per_epoch)
     bar = progress(total=total, desc=desc, disable=not show_progress)
     # On CUDA the finiteness check (a host sync) runs every SYNC_EVERY steps; elsewhere every step.
     check_every = SYNC_EVERY if device.type == "cuda" else 1
@@ -291,6 +298,8 @@ def fit(
                 acc, _ = evaluate(model, *eval_data, **ev)
                 res.eval_samples += len(eval_data[0])
                 res.history.append((unit, acc))
+                if on_checkpoint is not None and step % per_epoch == 0:
+                    on_checkpoint(_checkpoint(opt, gen, res, step))
                 if on_eval is not None:
                     on_eval(unit, acc)
         if res.status == "failed":
@@ -306,6 +315,20 @@ def fit(
             res.status, res.error = "failed", "non-finite evaluation loss"
     res.seconds = time.perf_counter() - start
     return res
+
+
+def _checkpoint(opt: torch.optim.Optimizer, gen: torch.Generator, res: TrainResult, step: int) -> dict:
+    """What `fit` needs, besides the model's weights, to continue a training from an epoch boundary."""
+    return {"optimizer": opt.state_dict(), "generator": gen.get_state(), "step": step, "sample_grads": res.sample_grads}
+
+
+def _resume(state: dict, opt: torch.optim.Optimizer, gen: torch.Generator, res: TrainResult, per_epoch: int) -> int:
+    if state["step"] % per_epoch:
+        raise NasddError(f"a training resumes only at an epoch boundary, not at step {state['step']}")
+    opt.load_state_dict(state["optimizer"])
+    gen.set_state(state["generator"])
+    res.sample_grads = int(state["sample_grads"])
+    return int(state["step"])
 
 
 def build_seeded(spec: ArchSpec, shape: tuple[int, int, int], num_classes: int, seed: int) -> nn.Module:

@@ -136,6 +136,37 @@ def test_eval_every_and_pruning(digits):
         )
 
 
+class _Stop(Exception):
+    pass
+
+
+def test_a_stopped_training_resumes_exactly(digits):
+    x, y = _subset(digits, 200)
+    recipe = TrainRecipe(epochs=4, batch_size=64, schedule="cosine")
+    kw = {"seed": 3, "device": "cpu", "eval_data": digits.split("val"), "eval_every": 1}
+    straight = build_seeded(SMALL, (1, 8, 8), 10, 3)
+    whole = fit(straight, x, y, recipe, **kw)
+    saved = {}
+
+    def stop_at_2(unit, acc):
+        if unit == 2:
+            raise _Stop
+
+    model = build_seeded(SMALL, (1, 8, 8), 10, 3)
+    with pytest.raises(_Stop):
+        fit(model, x, y, recipe, on_checkpoint=lambda s: saved.update(s), on_eval=stop_at_2, **kw)
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    again = build_seeded(SMALL, (1, 8, 8), 10, 0)
+    again.load_state_dict(weights)
+    rest = fit(again, x, y, recipe, resume=saved, **kw)
+    assert rest.sample_grads == whole.sample_grads and rest.steps == whole.steps
+    assert rest.history == whole.history[2:] and rest.accuracy == pytest.approx(whole.accuracy, abs=1e-6)
+    for a, b in zip(straight.parameters(), again.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+    with pytest.raises(NasddError, match="epoch boundary"):
+        fit(again, x, y, recipe, resume={**saved, "step": 1}, **kw)
+
+
 def test_evaluate_matches_direct_computation(digits):
     model = build_seeded(SMALL, (1, 8, 8), 10, 0)
     x, y = digits.split("val")
