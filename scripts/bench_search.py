@@ -14,38 +14,154 @@ recorded wall time of the run that trained. The proxy is a stratified random sub
 `--proxy DIR` names a distilled one (the CSV says which).
 
     python scripts/bench_search.py --dataset mnist5k --trials 12   # ~10 minutes on 2 CPU cores
+
+With `--budgets` it compares searches at equal total compute instead (module `_equal_compute`: a proxy
+search with retraining, the same on a random subset, Hyperband and successive halving on the full data,
+a zero-cost prescreen), on the Fashion-MNIST ranking benchmark's truth table and its recorded proxy
+scores; full-data trainings are cached as learning curves (`_curves`) shared by every search:
+
+    OMP_NUM_THREADS=1 python scripts/bench_search.py --budgets 0.5,1,3 --shard 0/2 &   # and --shard 1/2
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import time
 from pathlib import Path
 
 import _bench
+import _equal_compute as ec
+import matplotlib
 import pandas as pd
+from _curves import Curves
 
 from nasdd.arch import ArchSpec
 from nasdd.data import load_dataset
 from nasdd.distill import distill
 from nasdd.distill.proxy import ProxySet
 from nasdd.search import counted_trials, retrain, search
+from nasdd.spaces import load_space
 from nasdd.train import TrainRecipe
 from nasdd.utils import write_json
+from nasdd.validate.table import TruthTable
+
+matplotlib.use("Agg")
+RANK = "results/bench_fashion_mnist"
+
+
+def _context(args) -> ec.Ctx:
+    """The truth table's pool, its truth, the ranking benchmark's scores and costs at `--rank-budget`."""
+    table = TruthTable.load(args.table)
+    bundle = load_dataset(table.meta["dataset"])
+    table.check(dataset_key=bundle.key)
+    recipe, n = table.recipe, len(bundle.y_train)
+    summary = pd.read_csv(Path(args.rank) / "summary.csv")
+    summary = summary[summary.budget == args.rank_budget].set_index("name")
+    scores = pd.read_csv(Path(args.rank) / f"scores_{args.rank_budget.split('/')[1]}.csv", index_col="arch_key")
+    costs = {}
+    named = {"proxy-tpe": args.proxy_name, "subset-tpe": args.subset, "zerocost-topk": args.zerocost}
+    for strategy, name in named.items():
+        row = summary.loc[name]
+        distill = float(row.get("distill_sample_grads", 0) or 0)
+        distill = 0.0 if distill != distill else distill  # NaN: nothing distilled
+        column = f"{name}@{args.rank_budget}"
+        costs[strategy] = {"column": column, "per_candidate": row.grads_per_candidate, "distill": distill}
+    work = Path(args.work)
+    curves = Curves(Path(args.out).with_suffix("") / "curves", work / "checkpoints", bundle, recipe, seed=0)
+    truth = table.accuracies().mean(axis=1)
+    assert recipe.steps is None, "the truth recipe must count epochs (Hyperband rungs are epochs)"
+    return ec.Ctx(load_space(table.meta["space"]), table.archs(), curves, truth, scores, recipe.epochs, n, costs)
+
+
+def _locked_upsert(out: Path, row: dict) -> None:
+    """Add one search's row; several shard processes write the same CSV."""
+    with open(out.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _bench.upsert(out, [row], ["budget_truths", "strategy", "seed"])
+
+
+def summarise(df: pd.DataFrame) -> pd.DataFrame:
+    g = df.groupby(["budget_truths", "strategy"])
+    return (
+        g.agg(
+            searches=("seed", "size"),
+            regret_mean=("regret", "mean"),
+            regret_std=("regret", "std"),
+            regret_max=("regret", "max"),
+            spent_truths=("spent_grads", lambda s: s.mean() / df.budget_grads.iloc[0] * df.budget_truths.iloc[0]),
+        )
+        .round(4)
+        .reset_index()
+    )
+
+
+def plot(df: pd.DataFrame, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for strategy, g in df.groupby("strategy"):
+        m = g.groupby("budget_truths")["regret"]
+        x, mean = m.mean().index, 100 * m.mean()
+        ax.errorbar(x, mean, yerr=[mean - 100 * m.min(), 100 * m.max() - mean], marker="o", capsize=3, label=strategy)
+    ax.set_xscale("log")
+    ax.set_xlabel("total budget (truth trainings of 648k sample-gradients, distillation included)")
+    ax.set_ylabel("regret (test accuracy points; bars: min-max over seeds)")
+    ax.set_title("Fashion-MNIST, 60-member pool: search at equal compute")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def equal_compute(args) -> None:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    ctx = _context(args)
+    out = Path(args.out)
+    jobs = [(b, s, seed) for b in map(float, args.budgets.split(",")) for seed in range(args.seeds)
+            for s in args.strategies.split(",")]  # fmt: skip
+    i, n = (int(v) for v in args.shard.split("/"))
+    for b, strategy, seed in jobs[i::n]:
+        start = time.perf_counter()
+        row = ec.run(ctx, strategy, b, seed)
+        row["wall_s"] = round(time.perf_counter() - start, 1)
+        _locked_upsert(out, row)
+        print(", ".join(f"{k}={v}" for k, v in row.items() if k not in ("winner", "winner_key")), flush=True)
+    df = pd.read_csv(out)
+    summary = summarise(df)
+    _bench.write(summary, out.with_suffix("").with_name(out.stem + "_summary.csv"))
+    plot(df, out.with_suffix(".png"))
+    _bench.record(out)
+    print(summary.to_string(index=False))
 
 
 def main() -> None:
     ap = _bench.parser(__doc__, out=None, work="runs/bench_search", device="cpu", threads=1)
+    ap.add_argument("--budgets", default=None, help="equal-compute mode: total budgets in truth trainings")
+    ap.add_argument("--seeds", type=int, default=3, help="search seeds per budget and strategy (equal compute)")
+    ap.add_argument("--strategies", default=",".join(ec.STRATEGIES))
+    ap.add_argument("--table", default=f"{RANK}/truth.csv", help="truth table (equal compute)")
+    ap.add_argument("--rank", default=RANK, help="ranking benchmark results with the proxy scores")
+    ap.add_argument("--rank-budget", default="1/100", help="per-candidate budget of the proxy scores")
+    ap.add_argument("--proxy", default=None, help="a distilled proxy folder (default: a random subset at --ipc)")
+    ap.add_argument("--proxy-name", default="dm-space-ipc10", help="equal compute: the distilled proxy's rank name")
+    ap.add_argument("--subset", default="random-ipc10")
+    ap.add_argument("--zerocost", default="snip")
+    ap.add_argument("--shard", default="0/1", help="I/N: this process runs every N-th search")
     ap.add_argument("--space", default="convnet_cpu")
     ap.add_argument("--sampler", default="tpe")
     ap.add_argument("--trials", type=int, default=12)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--ipc", type=int, default=10)
-    ap.add_argument("--proxy", default=None, help="a distilled proxy folder (default: a random subset at --ipc)")
     ap.add_argument("--proxy-recipe", default="proxy,epochs=12,batch_size=10")
     ap.add_argument("--retrain-top", type=int, default=3, help="retrain each search's top K on the full data")
     ap.add_argument("--skip-dc", action="store_true", help="skip the 300-epoch DC-recipe proxy search")
     args = _bench.parse(ap)
+    if args.budgets:
+        args.out = args.out or "results/search_fashion_mnist.csv"
+        return equal_compute(args)
     bundle = load_dataset(args.dataset)
     proxy = ProxySet.load(args.proxy, bundle) if args.proxy else distill(bundle, "random", ipc=args.ipc, seed=args.seed)
     runs = [("proxy", proxy, args.proxy_recipe)]

@@ -1,0 +1,111 @@
+"""Real-data learning curves, trained once and extended on demand: the evaluation cache of the
+equal-compute search benchmark (`bench_search.py --budgets`).
+
+A curve is one training of an architecture with the truth recipe on the full training split (seed 0),
+its val accuracy after every epoch. A search that needs epoch `e` of a member reads it, or trains the
+member from its last checkpoint up to `e` (`nasdd.train.fit(resume=...)` continues the same training
+exactly), so every search and every strategy shares the same trainings while each is charged what it
+would have trained. Curves are JSON files, one per architecture (committed with the results); the
+checkpoints stay under the work folder. A lock per architecture lets several processes share the cache.
+Without a checkpoint (another machine, a cleaned work folder) a curve is extended by retraining from the
+start, which gives the same numbers.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from nasdd.arch import ArchSpec
+from nasdd.data import DatasetBundle
+from nasdd.train import TrainRecipe, build_seeded, evaluate, fit
+from nasdd.utils import atomic_open, ensure_dir
+
+
+class _Reached(Exception):
+    """Raised from the evaluation hook once the wanted epoch is trained."""
+
+
+class Curves:
+    """Val accuracy of `spec` after epoch `e` of the truth recipe, trained on first request."""
+
+    def __init__(self, folder: Path, ckpts: Path, bundle: DatasetBundle, recipe: TrainRecipe, seed: int = 0) -> None:
+        self.folder, self.ckpts = ensure_dir(folder), ensure_dir(ckpts)
+        self.bundle, self.recipe, self.seed = bundle, recipe, seed
+        self.trained_s = 0.0  # wall seconds this process spent training
+
+    def _path(self, spec: ArchSpec) -> Path:
+        return self.folder / f"{spec.key()}.json"
+
+    def read(self, spec: ArchSpec) -> dict:
+        p = self._path(spec)
+        return json.loads(p.read_text()) if p.exists() else {"arch": spec.to_json(), "val": [], "seconds": 0.0}
+
+    def val(self, spec: ArchSpec, epoch: int) -> float:
+        """Val accuracy after `epoch` (1-based) epochs of the truth recipe."""
+        if not 1 <= epoch <= self.recipe.epochs:
+            raise ValueError(f"epoch {epoch} outside 1..{self.recipe.epochs}")
+        curve = self.read(spec)
+        if len(curve["val"]) < epoch:
+            with open(self.ckpts / f"{spec.key()}.lock", "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be training this one
+                curve = self.read(spec)
+                if len(curve["val"]) < epoch:
+                    curve = self._extend(spec, curve, epoch)
+        return curve["val"][epoch - 1]
+
+    def test(self, spec: ArchSpec) -> float:
+        """Test accuracy after the whole recipe (trains it to the end if needed)."""
+        self.val(spec, self.recipe.epochs)
+        return self.read(spec)["test"]
+
+    def _extend(self, spec: ArchSpec, curve: dict, epoch: int) -> dict:
+        b, ckpt = self.bundle, self.ckpts / f"{spec.key()}.pt"
+        model = build_seeded(spec, (b.channels, b.image_size, b.image_size), b.num_classes, self.seed)
+        state = torch.load(ckpt, weights_only=False) if ckpt.exists() else None
+        if state is not None and state["epoch"] == len(curve["val"]):
+            model.load_state_dict(state["model"])
+        else:
+            state, curve["val"] = None, []  # no usable checkpoint: retrain from the start (same numbers)
+        start = time.perf_counter()
+
+        def checkpoint(s: dict) -> None:
+            nonlocal state
+            state = {**s, "model": {k: v.clone() for k, v in model.state_dict().items()}, "epoch": len(curve["val"])}
+
+        def record(unit: int, acc: float) -> None:
+            curve["val"].append(acc)
+            if unit >= epoch:
+                raise _Reached
+
+        try:
+            res = fit(
+                model,
+                b.x_train,
+                b.y_train,
+                self.recipe,
+                seed=self.seed,
+                device="cpu",
+                eval_data=(b.x_val, b.y_val),
+                eval_every=1,
+                on_eval=record,
+                on_checkpoint=checkpoint,
+                resume=state,
+            )
+            curve["val"].append(res.accuracy)  # the last epoch's evaluation is the final one
+            curve["test"] = evaluate(model, b.x_test, b.y_test, device="cpu")[0]
+            state = None
+        except _Reached:
+            pass
+        curve["seconds"] += time.perf_counter() - start
+        self.trained_s += time.perf_counter() - start
+        if state is not None:
+            state["epoch"] = len(curve["val"])
+            torch.save(state, ckpt)
+        with atomic_open(self._path(spec)) as f:
+            json.dump(curve, f)
+        return curve

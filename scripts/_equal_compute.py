@@ -1,0 +1,191 @@
+"""Searches at equal compute (`bench_search.py --budgets`): what a user would run instead of a proxy search,
+each held to the same total budget in sample-gradients (distillation included), on a truth table's pool.
+
+Every strategy is a real Optuna study (ask/tell) over the search space; a suggested architecture is
+mapped onto the nearest member of the truth table's pool (fewest differing factors, ties by key), so
+every chosen architecture has a converged true accuracy (NAS-Bench style). Strategies:
+
+- `proxy-tpe`: TPE on the distilled proxy's scores (the ranking benchmark's trainings at one budget per
+  candidate), then the top k retrained on the full data with the truth recipe; winner by full-data val.
+  The distillation is charged; k = floor(0.9 * (budget - distillation) / truth training), the rest
+  pays the proxy trials (each member scored once; a repeat is a free cache hit, as in `nasdd search`).
+- `subset-tpe`: the same protocol on a random subset of the same size (nothing to distil).
+- `hyperband`: TPE on the full data with Optuna's HyperbandPruner, rungs in real-data epochs of the truth
+  recipe (min 1 epoch, max the recipe's, reduction factor 3); winner: the best complete trial.
+- `random-sha`: random sampling on the full data with successive halving (min 1 epoch, factor 3).
+- `zerocost-topk`: a zero-cost score (snip) of every member, then the top k = floor(rest / truth
+  training) trained in full.
+
+Full-data trainings come from `_curves.Curves` (one training per member with seed 0, shared by every
+strategy and search seed; each search is charged what it trained), so search seeds differ only in the
+sampler's randomness. Regret = best true accuracy in the pool minus the winner's (truth table, mean of
+its seeds, test split).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import optuna
+import pandas as pd
+from optuna.trial import TrialState
+
+from nasdd.arch import ArchSpec
+from nasdd.spaces import SearchSpace
+
+STRATEGIES = ("proxy-tpe", "subset-tpe", "hyperband", "random-sha", "zerocost-topk")
+MAX_REPEATS = 200  # consecutive cache hits after which a proxy search has converged
+
+
+@dataclass
+class Ctx:
+    """What every search of one benchmark shares."""
+
+    space: SearchSpace
+    members: list[ArchSpec]
+    curves: object  # _curves.Curves
+    truth: pd.Series  # arch key -> mean true test accuracy
+    scores: pd.DataFrame  # arch key x score column (proxy, subset, zero-cost)
+    epochs: int  # truth recipe epochs
+    epoch_grads: int  # sample-gradients of one full-data epoch
+    costs: dict  # strategy -> {"column", "per_candidate", "distill"}
+
+    @property
+    def truth_grads(self) -> int:
+        return self.epochs * self.epoch_grads
+
+
+def projector(space: SearchSpace, members: list[ArchSpec]) -> Callable[[ArchSpec], ArchSpec]:
+    """The pool member with the fewest factors differing from a suggested architecture (ties: by key)."""
+    factors = space.factors()
+    ordered = sorted(members, key=ArchSpec.key)
+
+    def nearest(spec: ArchSpec) -> ArchSpec:
+        return min(ordered, key=lambda m: sum(m.get(f) != spec.get(f) for f in factors))
+
+    return nearest
+
+
+def _study(sampler: str, seed: int, pruner: optuna.pruners.BasePruner | None = None) -> optuna.Study:
+    s = optuna.samplers.TPESampler(seed=seed) if sampler == "tpe" else optuna.samplers.RandomSampler(seed=seed)
+    return optuna.create_study(direction="maximize", sampler=s, pruner=pruner or optuna.pruners.NopPruner())
+
+
+def retrain_top(ctx: Ctx, ranked: list[ArchSpec], k: int) -> tuple[ArchSpec, int]:
+    """Train the top `k` of `ranked` with the truth recipe; the winner has the best full-data val.
+    With k = 0 the winner is the first of `ranked`. Returns the winner and the sample-gradients spent."""
+    if k == 0:
+        return ranked[0], 0
+    vals = {m.key(): ctx.curves.val(m, ctx.epochs) for m in ranked[:k]}
+    best = max(ranked[:k], key=lambda m: vals[m.key()])
+    return best, k * ctx.truth_grads
+
+
+def proxy_search(ctx: Ctx, strategy: str, budget: int, seed: int) -> dict:
+    """TPE on cheap scores (a proxy or a subset), or a zero-cost prescreen, then the top k in full."""
+    c = ctx.costs[strategy]
+    zerocost = strategy == "zerocost-topk"
+    left = budget - c["distill"] - (c["per_candidate"] * len(ctx.members) if zerocost else 0)
+    k = max(0, math.floor((1.0 if zerocost else 0.9) * left / ctx.truth_grads))
+    trials_budget = left - k * ctx.truth_grads
+    score = ctx.scores[c["column"]]
+    seen: dict[str, float] = {}
+    n_trials = 0
+    if zerocost:  # every member scored
+        seen = {m.key(): float(score[m.key()]) for m in ctx.members}
+        spent_trials = c["per_candidate"] * len(ctx.members)
+        n_trials = len(ctx.members)
+    else:
+        study, nearest, spent_trials, repeats = _study("tpe", seed), projector(ctx.space, ctx.members), 0, 0
+        while spent_trials + c["per_candidate"] <= trials_budget and len(seen) < len(ctx.members):
+            trial = study.ask()
+            key = nearest(ctx.space.suggest(trial)).key()
+            n_trials += 1
+            if key in seen:
+                study.tell(trial, seen[key])
+                repeats += 1
+                if repeats >= MAX_REPEATS:
+                    break
+                continue
+            repeats = 0
+            seen[key] = float(score[key])
+            spent_trials += c["per_candidate"]
+            study.tell(trial, seen[key])
+    if not seen:
+        return {"k": k, "trials": 0, "scored": 0, "spent": c["distill"], "winner": None}
+    by_key = {m.key(): m for m in ctx.members}
+    ranked = [by_key[key] for key in sorted(seen, key=seen.get, reverse=True)]
+    winner, retrain_grads = retrain_top(ctx, ranked, min(k, len(ranked)))
+    spent = c["distill"] + spent_trials + retrain_grads
+    return {"k": k, "trials": n_trials, "scored": len(seen), "spent": spent, "winner": winner}
+
+
+def multifidelity_search(ctx: Ctx, strategy: str, budget: int, seed: int) -> dict:
+    """Hyperband (TPE) or successive halving (random) on the full data, rungs in epochs, until the budget."""
+    if strategy == "hyperband":
+        pruner = optuna.pruners.HyperbandPruner(min_resource=1, max_resource=ctx.epochs, reduction_factor=3)
+        study = _study("tpe", seed, pruner)
+    else:
+        study = _study("random", seed, optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3))
+    nearest = projector(ctx.space, ctx.members)
+    done: dict[str, float] = {}  # members trained to the end in this search (a repeat is a free cache hit)
+    reached: dict[str, tuple[int, float]] = {}  # furthest epoch (and its val) of every member trained
+    spent = n_trials = repeats = 0
+    while spent + ctx.epoch_grads <= budget and repeats < MAX_REPEATS and len(done) < len(ctx.members):
+        trial = study.ask()
+        spec = nearest(ctx.space.suggest(trial))
+        n_trials += 1
+        if spec.key() in done:
+            study.tell(trial, done[spec.key()])
+            repeats += 1
+            continue
+        repeats, epoch, acc = 0, 0, math.nan
+        while epoch < ctx.epochs and spent + ctx.epoch_grads <= budget:
+            epoch += 1
+            acc = ctx.curves.val(spec, epoch)
+            spent += ctx.epoch_grads
+            trial.report(acc, epoch)
+            if epoch < ctx.epochs and trial.should_prune():
+                break
+        if epoch > reached.get(spec.key(), (0, 0.0))[0]:
+            reached[spec.key()] = (epoch, acc)
+        if epoch == ctx.epochs:
+            done[spec.key()] = acc
+            study.tell(trial, acc)
+        else:
+            study.tell(trial, state=TrialState.PRUNED)
+    if not reached:
+        return {"k": 0, "trials": n_trials, "scored": 0, "spent": spent, "winner": None}
+    by_key = {m.key(): m for m in ctx.members}
+    best = max(done, key=done.get) if done else max(reached, key=lambda key: reached[key])
+    return {"k": len(done), "trials": n_trials, "scored": len(reached), "spent": spent, "winner": by_key[best]}
+
+
+def run(ctx: Ctx, strategy: str, budget_truths: float, seed: int) -> dict:
+    """One search; the row of the results CSV."""
+    budget = round(budget_truths * ctx.truth_grads)
+    fn = multifidelity_search if strategy in ("hyperband", "random-sha") else proxy_search
+    r = fn(ctx, strategy, budget, seed)
+    w: ArchSpec | None = r.pop("winner")
+    best = float(ctx.truth.max())
+    true = float(ctx.truth[w.key()]) if w is not None else math.nan
+    return {
+        "budget_truths": budget_truths,
+        "strategy": strategy,
+        "seed": seed,
+        "budget_grads": budget,
+        "spent_grads": int(r["spent"]),
+        "spent_truths": round(r["spent"] / ctx.truth_grads, 3),
+        "distill_grads": int(ctx.costs.get(strategy, {}).get("distill", 0)),
+        "trials": r["trials"],
+        "candidates_scored": r["scored"],
+        "full_trainings": r["k"],
+        "winner": str(w) if w is not None else "",
+        "winner_key": w.key() if w is not None else "",
+        "winner_true_acc": round(true, 4),
+        "best_true_acc": round(best, 4),
+        "regret": round(best - true, 4),
+        "winner_rank": int((ctx.truth > true).sum()) + 1 if w is not None else -1,
+    }
