@@ -96,6 +96,36 @@ def summarise(df: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+def verdict(summary: pd.DataFrame, truth_acc: pd.DataFrame) -> str:
+    """The issue's question: at which budgets does the proxy search match Hyperband's regret at <= 1/5 of
+    Hyperband's budget? With the truth's own seed noise for scale."""
+    top = truth_acc.loc[truth_acc.mean(axis=1).nlargest(10).index]
+    noise = 100 * top.std(axis=1, ddof=1).mean()
+    m = summary.pivot(index="budget_truths", columns="strategy", values="regret_mean") * 100
+    lines = [
+        f"Regret in test-accuracy points (mean over search seeds). The truth's own seed-to-seed std for the top "
+        f"10 members is {noise:.2f} points: regrets below it are ties.",
+        "",
+        m.round(2).to_markdown(),
+        "",
+    ]
+    if {"hyperband", "proxy-tpe"} <= set(m.columns):
+        for b, hb in m["hyperband"].dropna().items():
+            cheap = m["proxy-tpe"][m.index <= b / 5].dropna()
+            ok = cheap[cheap <= hb]
+            lines.append(
+                f"- Hyperband at {b:g} truth trainings: regret {hb:.2f}. "
+                + (
+                    f"The proxy search matches it at {ok.index.min():g} ({ok.iloc[0]:.2f}), "
+                    f"{b / ok.index.min():.0f}x less compute."
+                    if len(ok)
+                    else "No proxy search at <= 1/5 of that budget matches it"
+                    + (f" (best {cheap.min():.2f} at {cheap.idxmin():g})." if len(cheap) else " (none run).")
+                )
+            )
+    return "\n".join(lines) + "\n"
+
+
 def plot(df: pd.DataFrame, path: Path) -> None:
     import matplotlib.pyplot as plt
 
@@ -133,6 +163,7 @@ def equal_compute(args) -> None:
     summary = summarise(df)
     _bench.write(summary, out.with_suffix("").with_name(out.stem + "_summary.csv"))
     plot(df, out.with_suffix(".png"))
+    (out.with_suffix("") / "verdict.md").write_text(verdict(summary, TruthTable.load(args.table).accuracies()))
     _bench.record(out)
     print(summary.to_string(index=False))
 
