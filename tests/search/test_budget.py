@@ -122,6 +122,7 @@ def test_multi_fidelity_rungs_are_epochs_of_real_data(digits, tmp_path, pruner):
     study = run(digits, p, tmp_path, recipe="proxy,epochs=9", pruner=pruner, sampler="random", trials=8)
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert config["eval_every"] == 1 and study.pruner._min_resource == 1
+    assert pruner == "sha" or study.pruner._max_resource == 9  # Hyperband: from 1 epoch to the recipe's 9
     trained = [t for t in study.get_trials() if S.is_counted(t) and "cached_from" not in t.user_attrs]
     for t in trained:  # one report per epoch, keyed by the epoch number (the last epoch is the final value)
         last = t.user_attrs.get("pruned_at", 8)
