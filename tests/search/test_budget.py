@@ -14,6 +14,7 @@ from nasdd.cli import main
 from nasdd.distill import distill
 from nasdd.distill.proxy import ProxySet
 from nasdd.errors import NasddError
+from nasdd.storage import open_storage
 from nasdd.train import TrainRecipe
 from nasdd.validate.budget import training_grads
 
@@ -147,11 +148,13 @@ def test_two_workers_together_stay_within_the_budget(digits, proxy, tmp_path):
     study = run(digits, proxy, tmp_path, budget=budget, jobs=2)
     assert spent(study) == 5 * COST and not study.get_trials(states=(TrialState.RUNNING,))
     url = f"sqlite:///{tmp_path / 'shared.db'}"
+    open_storage(url)  # the schema first: two workers creating a fresh SQLite file at once can collide on it
     errors = []
 
     def worker(i):
         try:
-            run(digits, proxy, tmp_path, study_name="w", storage=url, budget=budget, out=tmp_path / f"w{i}", seed=i)
+            run(digits, proxy, tmp_path, study_name="w", storage=url, budget=budget, out=tmp_path / f"w{i}", seed=i,
+                heartbeat=1)  # polls the other worker every second
         except Exception as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
