@@ -26,9 +26,14 @@ test. Optuna does the sampling, pruning, storage and parallelism:
   trials still running elsewhere (with a journal, only for those on its own host), so the study ends
   complete. SIGINT (Ctrl-C) fails and requeues the running trial and exits with code 130.
 
-Modules: `objective` (scoring one candidate), `samplers` (samplers, pruners, objectives), `workers`
-(liveness, counting, retries), `study` (the loop: `search()`), `outputs` (progress, CSV, plots), `retraining`
-(the top candidates on the full data), `cli` (`nasdd search`). Names are imported on first use, so
+Budget: with `budget` (sample-gradients) the search stops starting trials when the next one's full
+cost no longer fits, counting every worker's finished trials, the running ones at full cost, the
+retraining of the top k (reserved from the start) and optionally the distillation (module `budget`).
+
+Modules: `budget` (the compute budget), `objective` (scoring one candidate), `samplers` (samplers, pruners,
+objectives), `workers` (liveness, counting, retries), `study` (the loop: `search()`), `outputs` (progress,
+CSV, plots), `retraining` (the top candidates on the full data), `cli` (`nasdd search`). Names are imported
+on first use, so
 `nasdd list` and `nasdd search --help` do not load torch.
 """
 
@@ -50,6 +55,9 @@ _EXPORTS = {
     "catalog": "samplers",
     "make_sampler": "samplers",
     "make_pruner": "samplers",
+    "Budget": "budget",
+    "parse_grads": "budget",
+    "trial_cost": "budget",
     "is_counted": "workers",
     "counted_trials": "workers",
     "fail_dead_trials": "workers",

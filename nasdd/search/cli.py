@@ -16,7 +16,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--space", required=True, help="search space: a YAML path or a name in search_spaces/")
     parser.add_argument("--proxy", required=True, help="a proxy folder (from `nasdd distill`), or `full`")
     add_data_args(parser)
-    parser.add_argument("--trials", type=int, default=20, help="finished trials the study should hold (default 20)")
+    parser.add_argument(
+        "--trials",
+        type=int,
+        default=None,
+        help="finished trials the study should hold (default 20; with --budget and no --trials, only the budget stops)",
+    )
+    parser.add_argument(
+        "--budget",
+        default=None,
+        help="total compute in sample-gradients (648000, 648k, 3.2M, 1.5G) for every worker's trials, the "
+        "--retrain-top retraining (reserved from the start) and, with --budget-includes-distill, the proxy's "
+        "distillation; a trial starts only when its full cost fits (budget.json says what was spent)",
+    )
+    parser.add_argument(
+        "--budget-includes-distill",
+        action="store_true",
+        help="count the proxy's distillation cost (its provenance) in --budget",
+    )
     parser.add_argument("--timeout", type=float, default=None, help="stop starting new trials after S seconds")
     parser.add_argument("--study", required=True, help="study name; the same name and storage resume the search")
     parser.add_argument(
@@ -30,8 +47,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--pruner",
         default="none",
         choices=PRUNERS,
-        help=f"prune on intermediate val accuracy ({REPORTS} reports per trial); single objective only: "
-        "Optuna forbids pruning in multi-objective studies",
+        help=f"prune on intermediate val accuracy: median ({REPORTS} reports per trial), hyperband or sha "
+        "(successive halving, reduction factor 3) with rungs in epochs of the training data (from 1 epoch to the "
+        f"recipe's; {REPORTS} reports when the recipe counts steps); single objective only: Optuna forbids "
+        "pruning in multi-objective studies",
     )
     parser.add_argument(
         "--objective", default="accuracy", help="accuracy (maximised), accuracy,params or accuracy,flops (minimised)"
@@ -53,15 +72,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def command(args: argparse.Namespace) -> int:
+    import json
+
     import pandas as pd
     from optuna.trial import TrialState
 
     from nasdd.arch import ArchSpec
     from nasdd.cli import load_data_from_args
+    from nasdd.search.budget import parse_grads
     from nasdd.search.outputs import top_trials
     from nasdd.search.study import search
     from nasdd.search.workers import counted_trials
 
+    budget = parse_grads(args.budget) if args.budget is not None else None  # before the data loads
     study = search(
         args.space,
         args.proxy,
@@ -84,6 +107,8 @@ def command(args: argparse.Namespace) -> int:
         show_progress=not args.quiet,
         heartbeat=args.heartbeat,
         threads=args.threads,
+        budget=budget,
+        budget_includes_distill=args.budget_includes_distill,
     )
     out = Path(args.out or Path("results") / args.study)
     counted = counted_trials(study)
@@ -100,6 +125,12 @@ def command(args: argparse.Namespace) -> int:
     for t in top_trials(study, 1):
         extra = f" {args.objective.split(',')[1]} {t.values[1]:g}" if len(t.values) > 1 else ""
         print(f"best: trial {t.number} {ArchSpec.from_json(t.user_attrs['arch'])} val {t.values[0]:.4f}{extra}")
+    if budget is not None and (out / "budget.json").exists():
+        b = json.loads((out / "budget.json").read_text())
+        print(
+            f"budget {b['budget']:,} sample-gradients: trials {b['spent_trials']:,}, "
+            f"retraining {b['spent_retrain']:,}, distillation {b['distill_counted']:,}, left {b['left']:,}"
+        )
     if args.retrain_top and (out / "retrain.csv").exists():
         df = pd.read_csv(out / "retrain.csv")
         if "winner" in df and df["winner"].any():

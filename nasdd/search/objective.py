@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,8 @@ from optuna.trial import FrozenTrial, TrialState
 from nasdd.arch import ArchSpec
 from nasdd.data import DatasetBundle
 from nasdd.errors import NasddError
-from nasdd.search.workers import busy
+from nasdd.search.budget import Budget, trial_cost
+from nasdd.search.workers import holding
 from nasdd.spaces import SearchSpace
 from nasdd.storage import died_here, worker_id
 from nasdd.train import TrainRecipe, train_arch
@@ -31,7 +32,7 @@ class CandidateFailed(Exception):
 
 
 class Surplus(Exception):
-    """The study reached its trial count (other workers finished it) while this trial was being created."""
+    """The study reached its trial count or spent its budget (other workers did) while this trial was being created."""
 
 
 @dataclass
@@ -86,12 +87,13 @@ class Objective:
     data: TrainingData
     recipe: TrainRecipe
     objectives: list[str]
-    target: int
+    target: float  # trials the study should hold (math.inf: only the budget stops it)
     seed: int
     device: torch.device
     eval_every: int
     threads: int = 0  # torch threads this worker may use; 0: leave torch's setting alone
     share_threads: bool = False  # divide `threads` among the trials running on this host
+    budget: Budget | None = None  # start a trial only when its full cost fits
 
     @property
     def recipe_key(self) -> str:
@@ -100,8 +102,8 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
         trial.set_user_attr("worker", worker_id())
         now = trial.study.get_trials(deepcopy=False)  # one read serves the room, cache and threads checks
-        if busy(trial.study, before=trial.number, trials=now) >= self.target:
-            trial.set_user_attr("surplus", "the study already had its trials when this one started")
+        if self.full(holding(trial.study, before=trial.number, trials=now)):
+            trial.set_user_attr("surplus", "the study already had its trials or spent its budget when this one started")
             trial.study.stop()
             raise Surplus("study complete")
         spec = self.space.suggest(trial)
@@ -128,6 +130,10 @@ class Objective:
         self._set_threads(now)
         return self._train(trial, spec)
 
+    def full(self, held: list[FrozenTrial]) -> bool:
+        """Whether the trials holding a place leave no room for one more (by count or by budget)."""
+        return len(held) >= self.target or (self.budget is not None and self.budget.room(held) < 1)
+
     def _set_threads(self, trials: list[FrozenTrial]) -> None:
         """Give this training its share of the torch threads: workers (and `--jobs`) on one host would
         otherwise each start torch's full count and oversubscribe the cores."""
@@ -149,8 +155,9 @@ class Objective:
         def on_eval(unit: int, acc: float) -> None:
             trial.report(acc, unit)
             if trial.should_prune():
-                per_unit = len(d.x) if self.recipe.steps is None else min(self.recipe.batch_size, len(d.x))
-                _set_attrs(trial, pruned_at=unit, seconds=time.perf_counter() - start, sample_grads=unit * per_unit)
+                done = replace(self.recipe, **{"steps" if self.recipe.steps is not None else "epochs": unit})
+                spent = trial_cost(done, len(d.x))  # exact: the first `unit` epochs (or steps) of the recipe
+                _set_attrs(trial, pruned_at=unit, seconds=time.perf_counter() - start, sample_grads=spent)
                 raise optuna.TrialPruned(f"val accuracy {acc:.4f} at {unit}")
 
         try:

@@ -17,25 +17,27 @@ from nasdd.utils import atomic_open, atomic_path, progress
 
 class TrialProgress:
     """Per-trial progress: a bar with ETA on a terminal, one line per finished trial on stdout otherwise
-    (logs, pipes); nothing when `show` is false (`--quiet`)."""
+    (logs, pipes); nothing when `show` is false (`--quiet`). `trials` None: no set count (a budget stops it)."""
 
-    def __init__(self, name: str, trials: int, done: int, *, show: bool) -> None:
+    def __init__(self, name: str, trials: int | None, done: int, *, show: bool) -> None:
         self.lines = show and not sys.stdout.isatty()
-        self.trials, self.first, self.start = trials, min(done, trials), time.monotonic()
+        self.trials, self.start = trials, time.monotonic()
+        self.first = done if trials is None else min(done, trials)
         disable = None if show and not self.lines else True
         self.bar = progress(total=trials, initial=self.first, desc=f"search {name}", unit="trial", disable=disable)
 
     def update(self, study: optuna.Study, trial: FrozenTrial, counted: list[FrozenTrial]) -> None:
         """After `trial` ended; `counted`: the study's finished trials now (every worker's)."""
-        done, best = min(len(counted), self.trials), best_text(study, counted)
+        done, best = len(counted) if self.trials is None else min(len(counted), self.trials), best_text(study, counted)
         self.bar.set_postfix_str(best, refresh=False)
         self.bar.update(max(0, done - self.bar.n))  # through update() so tqdm's ETA sees the rate
         if self.lines and is_counted(trial):
-            print(f"trial {trial.number} {_outcome(trial)}; {done}/{self.trials} finished, {best}{self._eta(done)}")
+            of = "" if self.trials is None else f"/{self.trials}"
+            print(f"trial {trial.number} {_outcome(trial)}; {done}{of} finished, {best}{self._eta(done)}")
             sys.stdout.flush()
 
     def _eta(self, done: int) -> str:
-        if done <= self.first or done >= self.trials:
+        if self.trials is None or done <= self.first or done >= self.trials:
             return ""
         left = (time.monotonic() - self.start) / (done - self.first) * (self.trials - done)
         return f", ETA {time.strftime('%H:%M:%S', time.gmtime(left))}"

@@ -19,9 +19,10 @@ SAMPLERS: dict[str, str] = {
     "qmc": "scrambled Sobol quasi-random sequence, categoricals mapped onto Sobol coordinates",
     "nsga2": "NSGA-II genetic algorithm (population min(50, max(4, trials // 4))), made for multi-objective",
 }
-PRUNERS = ("none", "median", "hyperband")
+PRUNERS = ("none", "median", "hyperband", "sha")
+MULTI_FIDELITY = ("hyperband", "sha")  # rungs in epochs of the training data when the recipe counts epochs
 OBJECTIVES = {"accuracy": "maximize", "params": "minimize", "flops": "minimize"}
-REPORTS = 10  # intermediate validation accuracies per trial when a pruner is on
+REPORTS = 10  # intermediate validation accuracies per trial (median pruner, or a recipe counting steps)
 
 
 def catalog() -> list[tuple[str, str]]:
@@ -52,6 +53,15 @@ def make_sampler(name: str, space: SearchSpace, *, seed: int, trials: int, multi
     return optuna.samplers.NSGAIISampler(seed=seed, population_size=min(50, max(4, trials // 4)))
 
 
+def report_every(pruner: str, *, resource: int, steps: bool) -> int:
+    """Epochs (or steps) between intermediate val accuracies: none without a pruner; every epoch for
+    Hyperband and successive halving on a recipe that counts epochs (their rungs are then epochs of the
+    training data: min_resource 1 epoch, max_resource the recipe's epochs); else `REPORTS` per trial."""
+    if pruner == "none":
+        return 0
+    return 1 if pruner in MULTI_FIDELITY and not steps else max(1, resource // REPORTS)
+
+
 def make_pruner(name: str, *, multi: bool, resource: int, every: int) -> optuna.pruners.BasePruner:
     if name not in PRUNERS:
         raise unknown_name("pruner", name, PRUNERS)
@@ -60,7 +70,9 @@ def make_pruner(name: str, *, multi: bool, resource: int, every: int) -> optuna.
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=5)
     if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=every, max_resource=resource)
+        return optuna.pruners.HyperbandPruner(min_resource=every, max_resource=resource, reduction_factor=3)
+    if name == "sha":  # random search with successive halving: `--sampler random --pruner sha`
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=every, reduction_factor=3)
     return optuna.pruners.NopPruner()
 
 

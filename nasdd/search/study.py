@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from dataclasses import asdict, replace
@@ -15,16 +16,17 @@ from optuna.trial import FrozenTrial, TrialState
 from nasdd import __version__
 from nasdd.data import DatasetBundle, load_dataset
 from nasdd.errors import NasddError
+from nasdd.search.budget import Budget, distill_cost, parse_grads, trial_cost
 from nasdd.search.objective import CandidateFailed, Objective, Surplus, TrainingData, training_data
 from nasdd.search.outputs import TrialProgress, write_outputs
 from nasdd.search.retraining import retrain
-from nasdd.search.samplers import OBJECTIVES, REPORTS, make_pruner, make_sampler, parse_objective
+from nasdd.search.samplers import OBJECTIVES, make_pruner, make_sampler, parse_objective, report_every
 from nasdd.search.workers import (
     HEARTBEAT_S,
     awaited,
-    busy,
     counted_trials,
     fail_dead_trials,
+    holding,
     interrupted,
     is_counted,
     retry_trial,
@@ -59,7 +61,7 @@ def search(
     bundle: DatasetBundle | str,
     *,
     study_name: str,
-    trials: int = 20,
+    trials: int | None = None,
     timeout: float | None = None,
     storage: str | None = None,
     sampler: str = "tpe",
@@ -76,8 +78,11 @@ def search(
     show_progress: bool = True,
     heartbeat: int | None = HEARTBEAT_S,
     threads: int | None = None,
+    budget: int | str | None = None,
+    budget_includes_distill: bool = False,
 ) -> optuna.Study:
-    """Run (or resume) a search until the study holds `trials` finished trials; return the Optuna study.
+    """Run (or resume) a search until the study holds `trials` finished trials (default 20) or has spent its
+    `budget`; return the Optuna study.
 
     `proxy`: "full", a ProxySet folder or a ProxySet. `recipe`: a TrainRecipe or recipe text (default
     `proxy`, or `full` with `proxy="full"`); a learned proxy lr replaces the recipe's. Outputs go to
@@ -85,8 +90,16 @@ def search(
     `retrain_top`, retrain.csv. `heartbeat`: seconds between trial heartbeats in RDB storages (module doc).
     `threads`: torch threads per trial; None: torch's count shared among the trials running on this host
     (other workers' and this worker's `jobs`), so workers started side by side do not oversubscribe the cores.
+    `budget`: total sample-gradients (an int or `648k`, `3.2M`, `1.5G`) for the trials of every worker, the
+    retraining of the top `retrain_top` (reserved from the start) and, with `budget_includes_distill`, the
+    proxy's distillation (see `nasdd.search.budget`); with a budget and no `trials`, only the budget stops
+    the search. budget.json records the budget, what trials and retraining spent, and what is left.
     """
-    if trials < 1 or jobs < 1 or top < 0 or retrain_top < 0:
+    total = parse_grads(budget) if budget is not None else None
+    if budget_includes_distill and total is None:
+        raise NasddError("--budget-includes-distill needs --budget")
+    target: float = trials if trials is not None else (math.inf if total is not None else 20)
+    if target < 1 or jobs < 1 or top < 0 or retrain_top < 0:
         raise NasddError("--trials and --jobs must be >= 1, --top and --retrain-top >= 0")
     if timeout is not None and not timeout > 0:
         raise NasddError(f"--timeout must be > 0 seconds, got {timeout:g}; leave it out for no limit")
@@ -100,7 +113,13 @@ def search(
     base = recipe if isinstance(recipe, TrainRecipe) else TrainRecipe.parse(recipe or _default_recipe(proxy))
     train_recipe = replace(base, lr=data.lr) if data.lr else base
     resource = train_recipe.steps if train_recipe.steps is not None else train_recipe.epochs
-    every = max(1, resource // REPORTS) if pruner != "none" else 0
+    every = report_every(pruner, resource=resource, steps=train_recipe.steps is not None)
+    rr = retrain_recipe if isinstance(retrain_recipe, TrainRecipe) else TrainRecipe.parse(retrain_recipe)
+    spend = None
+    if total is not None:
+        reserve = retrain_top * trial_cost(rr, len(bundle.x_train))
+        distill = distill_cost(data.provenance) if budget_includes_distill else 0
+        spend = Budget(total, trial_cost(train_recipe, len(data.x)), reserve, distill)
     _quiet_optuna()
     url = storage or sqlite_url(out / "study.db")
     study = _open_study(
@@ -114,7 +133,8 @@ def search(
     # A resumed (or joining) worker continues the sampler's randomness instead of replaying it; the grid
     # sampler's order must be the same in every worker (it maps trial numbers to grid points).
     sampler_seed = seed if sampler == "grid" else seed + len(study.get_trials(deepcopy=False))
-    study.sampler = make_sampler(sampler, space, seed=sampler_seed, trials=trials, multi=multi)
+    expected = target if spend is None else min(target, spend.total // spend.trial)
+    study.sampler = make_sampler(sampler, space, seed=sampler_seed, trials=int(expected), multi=multi)
     config = {
         "version": __version__,
         "study": study_name,
@@ -132,7 +152,8 @@ def search(
         "pruner": pruner,
         "eval_every": every,
         "objective": objectives,
-        "trials": trials,
+        "trials": None if math.isinf(target) else target,
+        "budget": None if spend is None else asdict(spend),
         "timeout": timeout,
         "jobs": jobs,
         "seed": seed,
@@ -143,15 +164,20 @@ def search(
     write_json(out / "config.json", config)
     torch_threads = torch.get_num_threads()
     share = threads is None and device.type == "cpu"
-    run = Objective(space, data, train_recipe, objectives, trials, seed, device, every, threads or torch_threads, share)
+    run = Objective(
+        space, data, train_recipe, objectives, target, seed, device, every, threads or torch_threads, share, spend
+    )
     try:
-        _optimize(study, run, trials=trials, timeout=timeout, jobs=jobs, show_progress=show_progress)
+        _optimize(study, run, timeout=timeout, jobs=jobs, show_progress=show_progress)
     finally:
         torch.set_num_threads(torch_threads)
     write_outputs(study, out, top)
+    retrained = 0
     if retrain_top:
-        rr = retrain_recipe if isinstance(retrain_recipe, TrainRecipe) else TrainRecipe.parse(retrain_recipe)
-        retrain(study, bundle, retrain_top, rr, seed=seed, device=device, out=out, show_progress=show_progress)
+        df = retrain(study, bundle, retrain_top, rr, seed=seed, device=device, out=out, show_progress=show_progress)
+        retrained = int(df["sample_grads"].sum()) if len(df) else 0
+    if spend is not None:
+        write_json(out / "budget.json", spend.summary(study.get_trials(deepcopy=False), retrained))
     return study
 
 
@@ -175,19 +201,20 @@ def _open_study(name: str, url: str, *, fingerprint: dict, heartbeat: int | None
     return study
 
 
-def _optimize(
-    study: optuna.Study, run: Objective, *, trials: int, timeout: float | None, jobs: int, show_progress: bool
-) -> None:
-    """Run trials until the study holds `trials` counted ones; wait for (or redo) other workers' trials."""
+def _optimize(study: optuna.Study, run: Objective, *, timeout: float | None, jobs: int, show_progress: bool) -> None:
+    """Run trials until the study holds `run.target` counted ones or `run.budget` has no room for one more;
+    wait for (or redo) other workers' trials."""
+    trials = run.target
     deadline = None if timeout is None else time.monotonic() + timeout
     heartbeat = study._storage.get_heartbeat_interval() if hasattr(study._storage, "get_heartbeat_interval") else None
     poll = min(5.0, heartbeat or 5.0)
-    shown = TrialProgress(study.study_name, trials, len(counted_trials(study)), show=show_progress)
+    total = None if math.isinf(trials) else int(trials)
+    shown = TrialProgress(study.study_name, total, len(counted_trials(study)), show=show_progress)
 
     def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
         now = study.get_trials(deepcopy=False)  # one read serves the progress and the stop test
         shown.update(study, trial, [t for t in now if is_counted(t)])
-        if busy(study, trials=now) >= trials:
+        if run.full(holding(study, trials=now)):
             study.stop()
 
     try:
@@ -196,7 +223,8 @@ def _optimize(
             now = study.get_trials(deepcopy=False)
             # a trial just created elsewhere holds its place until claimed or orphaned: wait for it rather
             # than start one that would yield (and burn a grid point) while it is not yet claimed
-            missing = trials - busy(study, before=len(now), trials=now)
+            held = holding(study, before=len(now), trials=now)
+            missing = trials - len(held) if run.budget is None else min(trials - len(held), run.budget.room(held))
             waiting = [t for t in now if t.state == TrialState.WAITING]
             if missing <= 0 and not waiting:
                 if sum(map(is_counted, now)) >= trials or not awaited(study, heartbeat is not None):
@@ -207,7 +235,7 @@ def _optimize(
                 break
             study.optimize(
                 run,
-                n_trials=max(missing, 1),
+                n_trials=int(max(missing, 1)),
                 timeout=None if deadline is None else max(0.0, deadline - time.monotonic()),
                 n_jobs=jobs,
                 catch=(CandidateFailed, Surplus),

@@ -79,6 +79,13 @@ def fail_dead_trials(study: optuna.Study) -> list[int]:
 
 
 def busy(study: optuna.Study, before: int | None = None, *, trials: list[FrozenTrial] | None = None) -> int:
+    """The number of trials holding a place: see `holding`."""
+    return len(holding(study, before, trials=trials))
+
+
+def holding(
+    study: optuna.Study, before: int | None = None, *, trials: list[FrozenTrial] | None = None
+) -> list[FrozenTrial]:
     """Counted plus running trials (only those numbered below `before` when given).
 
     A running trial counts once its worker has claimed it (the first thing a trial does), so a trial
@@ -94,7 +101,7 @@ def busy(study: optuna.Study, before: int | None = None, *, trials: list[FrozenT
         return t.state == TrialState.RUNNING and (claimed or (before is not None and not _orphaned(t)))
 
     trials = study.get_trials(deepcopy=False) if trials is None else trials
-    return sum(1 for t in trials if (before is None or t.number < before) and holds(t))
+    return [t for t in trials if (before is None or t.number < before) and holds(t)]
 
 
 def awaited(study: optuna.Study, heartbeat: bool) -> bool:
