@@ -11,8 +11,11 @@ every chosen architecture has a converged true accuracy (NAS-Bench style). Strat
   pays the proxy trials (each member scored once; a repeat is a free cache hit, as in `nasdd search`).
 - `subset-tpe`: the same protocol on a random subset of the same size (nothing to distil).
 - `hyperband`: TPE on the full data with Optuna's HyperbandPruner, rungs in real-data epochs of the truth
-  recipe (min 1 epoch, max the recipe's, reduction factor 3); winner: the best complete trial.
-- `random-sha`: random sampling on the full data with successive halving (min 1 epoch, factor 3).
+  recipe (min 1 epoch, max the recipe's, reduction factor 3; `nasdd search --pruner hyperband`); winner:
+  the best complete trial (or, when none completed, the best at the furthest epoch reached).
+- `random-sha`: random sampling on the full data with successive halving (min 1 epoch, factor 3;
+  `nasdd search --sampler random --pruner sha`). Optuna's pruners are asynchronous: a rung's first trial
+  is never pruned, so with a budget of a few truth trainings the first trials take most of it.
 - `zerocost-topk`: a zero-cost score (snip) of every member, then the top k = floor(rest / truth
   training) trained in full.
 
@@ -33,6 +36,7 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from nasdd.arch import ArchSpec
+from nasdd.search.samplers import make_pruner
 from nasdd.spaces import SearchSpace
 
 STRATEGIES = ("proxy-tpe", "subset-tpe", "hyperband", "random-sha", "zerocost-topk")
@@ -124,11 +128,8 @@ def proxy_search(ctx: Ctx, strategy: str, budget: int, seed: int) -> dict:
 
 def multifidelity_search(ctx: Ctx, strategy: str, budget: int, seed: int) -> dict:
     """Hyperband (TPE) or successive halving (random) on the full data, rungs in epochs, until the budget."""
-    if strategy == "hyperband":
-        pruner = optuna.pruners.HyperbandPruner(min_resource=1, max_resource=ctx.epochs, reduction_factor=3)
-        study = _study("tpe", seed, pruner)
-    else:
-        study = _study("random", seed, optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3))
+    name, sampler = ("hyperband", "tpe") if strategy == "hyperband" else ("sha", "random")
+    study = _study(sampler, seed, make_pruner(name, multi=False, resource=ctx.epochs, every=1))  # as `nasdd search`
     nearest = projector(ctx.space, ctx.members)
     done: dict[str, float] = {}  # members trained to the end in this search (a repeat is a free cache hit)
     reached: dict[str, tuple[int, float]] = {}  # furthest epoch (and its val) of every member trained
