@@ -14,7 +14,9 @@ workers, SIGKILLs one mid-trial and starts a replacement: the study must still e
 Profile columns from the storage: `train_s` (mean training seconds of a trial), `trial_s` (mean seconds
 from a trial's creation to its end: training plus the in-trial storage and sampler work), `gap_s` (mean
 seconds a worker spends between ending one trial and creating its next). `load_before`: the 1-minute load
-average just before the row started (the machine has 2 cores; `idle` when below 0.5).
+average just before the row started (the machine has 2 cores; `idle` when below 0.5); it decays slowly, so
+after the first row it mostly shows the benchmark's own previous row: run the whole script while nothing
+else runs.
 
     OMP_NUM_THREADS=1 python scripts/bench_workers.py --postgres postgresql+psycopg2://postgres@127.0.0.1:55432/nasdd_test
 
