@@ -75,16 +75,17 @@ def rdb_storage(url: str, **kwargs: Any) -> optuna.storages.RDBStorage:
     """`optuna.storages.RDBStorage(url, **kwargs)`, retried when a concurrent worker is creating the tables.
 
     Workers started together on an empty database all try to create Optuna's tables; on PostgreSQL the
-    losers fail with a duplicate-key IntegrityError (or ProgrammingError). Once one has won, the
-    tables exist and a retry opens them.
+    losers fail with a duplicate-key IntegrityError (or ProgrammingError), on SQLite with an
+    OperationalError "table ... already exists". Once one has won, the tables exist and a retry opens them.
     """
     import sqlalchemy.exc
 
     for attempt in range(ATTEMPTS):
         try:
             return optuna.storages.RDBStorage(url, **kwargs)
-        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
-            if attempt == ATTEMPTS - 1:
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError, sqlalchemy.exc.OperationalError) as e:
+            lost_race = not isinstance(e, sqlalchemy.exc.OperationalError) or "already exists" in str(e)
+            if attempt == ATTEMPTS - 1 or not lost_race:
                 raise
             time.sleep(0.2 * (attempt + 1) + random.random() * 0.3)  # noqa: S311 - jitter, not security
     raise AssertionError("unreachable")
