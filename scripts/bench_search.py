@@ -43,7 +43,7 @@ from nasdd.distill.proxy import ProxySet
 from nasdd.search import counted_trials, retrain, search
 from nasdd.spaces import load_space
 from nasdd.train import TrainRecipe
-from nasdd.utils import write_json
+from nasdd.utils import ensure_dir, write_json
 from nasdd.validate.table import TruthTable
 
 matplotlib.use("Agg")
@@ -74,9 +74,9 @@ def _context(args) -> ec.Ctx:
     return ec.Ctx(load_space(table.meta["space"]), table.archs(), curves, truth, scores, recipe.epochs, n, costs)
 
 
-def _locked_upsert(out: Path, row: dict) -> None:
+def _locked_upsert(out: Path, row: dict, work: Path) -> None:
     """Add one search's row; several shard processes write the same CSV."""
-    with open(out.with_suffix(".lock"), "w") as lock:
+    with open(ensure_dir(work) / f"{out.stem}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         _bench.upsert(out, [row], ["budget_truths", "strategy", "seed"])
 
@@ -157,7 +157,7 @@ def equal_compute(args) -> None:
         start = time.perf_counter()
         row = ec.run(ctx, strategy, b, seed)
         row["wall_s"] = round(time.perf_counter() - start, 1)
-        _locked_upsert(out, row)
+        _locked_upsert(out, row, Path(args.work))
         print(", ".join(f"{k}={v}" for k, v in row.items() if k not in ("winner", "winner_key")), flush=True)
     df = pd.read_csv(out)
     summary = summarise(df)
