@@ -7,6 +7,12 @@ data for as many, zero-cost scores cost what they cost. For every budget: Kendal
 the paired delta-tau of each distilled proxy against the best cheap peer and between distilled
 proxies (the same resampled architectures for both), and each method's break-even number of candidates.
 
+`--score-seeds K` (or a list, `1,3`) averages K training seeds per candidate at the same budget: every trained
+option trains each candidate K times (seeds 0..K-1) for B/K sample-gradients each and scores the mean
+(`validate(proxy_seeds=K)`); its rows are named `NAME xK` with `seeds` = K. Zero-cost scores are not
+trainings and keep their one row. Rows of earlier runs (other budgets, names or K) stay in the result
+files, and the paired delta-tau of a budget compares against the best cheap peer of any K there.
+
     OMP_NUM_THREADS=1 PYTHONPATH=. python scripts/bench_rank.py --proxies runs/bench_rank/proxies/*
 
 Every training is recorded in --storage (an Optuna journal committed beside the results): rerunning
@@ -24,6 +30,7 @@ import pandas as pd
 
 from nasdd.data import load_dataset
 from nasdd.distill import ProxySet
+from nasdd.errors import NasddError
 from nasdd.spaces import load_space
 from nasdd.validate import stats, validate
 from nasdd.validate.budget import break_even, budget_recipe, parse_fraction
@@ -57,10 +64,13 @@ def convergence(table: TruthTable, longer: TruthTable, n_resamples: int) -> pd.D
     return pd.DataFrame([row])
 
 
-def audit_budget(args: argparse.Namespace, ctx: dict, frac: float, first: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Summary rows and per-architecture scores of every proxy and peer at one budget."""
+def audit_budget(
+    args: argparse.Namespace, ctx: dict, frac: float, first: bool, k: int = 1
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Summary rows and per-architecture scores of every proxy and peer at one budget, each trained option
+    scored as the mean of `k` seeds trained for 1/k of the budget each (named `NAME xk` when k > 1)."""
     bundle, table = ctx["bundle"], ctx["table"]
-    grads = frac * ctx["truth_grads"]
+    grads = frac * ctx["truth_grads"] / k
     peers = resolve_peers(args.peers)
     summaries, scores = [], []
     for i, ipc in enumerate(args.ipcs):
@@ -76,6 +86,7 @@ def audit_budget(args: argparse.Namespace, ctx: dict, frac: float, first: bool) 
             space=ctx["space"],
             peers=",".join(names),
             proxy_recipe=recipe,
+            proxy_seeds=k,
             budgets=[grads / len(bundle.y_train)] if "early" in names else None,
             ipc=ipc,
             subset_preset=args.preset,
@@ -88,11 +99,30 @@ def audit_budget(args: argparse.Namespace, ctx: dict, frac: float, first: bool) 
         s = res.summary[~res.summary.kind.isin(["truth", "noise_ceiling"])].copy()
         distilled = s["distill_sample_grads"].fillna(0) if "distill_sample_grads" in s else 0
         s["grads_per_candidate"] = (s.cost_sample_grads - distilled) / len(ctx["pool"])
+        sc = res.per_arch.set_index("arch_key")[s.name.tolist()]
+        if k > 1:
+            s["name"] = s.name.where(s.kind == "peer:zerocost", s.name + f" x{k}")
+            sc.columns = s.name.tolist()
         summaries.append(s)
-        scores.append(res.per_arch.set_index("arch_key")[s.name.tolist()])
+        scores.append(sc)
     summary = pd.concat(summaries, ignore_index=True)
     summary.insert(0, "budget", f"1/{round(1 / frac)}")
     return summary, pd.concat(scores, axis=1)
+
+
+def earlier(
+    old: pd.DataFrame, out: Path, summary: pd.DataFrame, scores: pd.DataFrame
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """This budget's rows and scores with those of an earlier run (`old` rows, `out`'s scores files) that
+    this run did not redo."""
+    budget = summary.budget.iloc[0]
+    path = out / f"scores_{budget[2:]}.csv"
+    if not len(old) or not path.exists():
+        return summary, scores
+    old = old[(old.budget == budget) & ~old.name.isin(summary.name)]
+    old_scores = pd.read_csv(path, index_col=0).rename(columns=lambda c: c.removesuffix(f"@{budget}"))
+    old = old[old.name.isin(old_scores.columns)]
+    return pd.concat([summary, old], ignore_index=True), pd.concat([scores, old_scores[old.name]], axis=1)
 
 
 def paired(summary: pd.DataFrame, scores: pd.DataFrame, truth: pd.Series, resamples: int) -> pd.DataFrame:
@@ -163,7 +193,8 @@ def plot(summary: pd.DataFrame, deltas: pd.DataFrame, ceiling: dict, out: Path) 
     ax.axhspan(ceiling["tau_low"], ceiling["tau_high"], color="grey", alpha=0.2, label="noise ceiling (95% CI)")
     ax.axhline(ceiling["tau"], color="grey", lw=1)
     summary = summary.assign(frac=[1 / float(b.split("/")[1]) for b in summary.budget])
-    summary["line"] = summary.name.where(summary.kind != "peer:early", "early stopping (full data)")
+    early = "early stopping (full data)" + summary.seeds.map(lambda k: f" x{k:g}" if k > 1 else "")
+    summary["line"] = summary.name.where(summary.kind != "peer:early", early)
     for name, g in summary[summary.kind != "peer:zerocost"].groupby("line"):
         g = g.sort_values("frac")
         style = "-" if g.kind.iloc[0] == "proxy" else "--"
@@ -188,6 +219,14 @@ def plot(summary: pd.DataFrame, deltas: pd.DataFrame, ceiling: dict, out: Path) 
     fig.savefig(out / "tau_vs_budget.png", dpi=120)
 
 
+def by_budget(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows ordered from the smallest budget up (stable: rows of one budget keep their order)."""
+    if not len(df):
+        return df
+    order = df.budget.map(lambda b: float(parse_fraction(b))).sort_values(kind="stable").index
+    return df.loc[order].reset_index(drop=True)
+
+
 def main() -> None:
     ap = _bench.parser(__doc__, out="results/bench_fashion_mnist", work="runs/bench_rank", dataset="fashion_mnist")
     ap.add_argument("--truth", default="results/bench_fashion_mnist/truth.csv")
@@ -198,10 +237,14 @@ def main() -> None:
     ap.add_argument("--ipcs", default="10", help="ipcs of the proxies and subset peers")
     ap.add_argument("--proxy-recipe", default="proxy", help="base recipe shortened to each budget")
     ap.add_argument("--preset", default="cpu", help="distillation preset of the subset peers")
+    ap.add_argument("--score-seeds", default="1", help="seeds averaged per candidate within the budget (list: 1,3)")
     ap.add_argument("--resamples", type=int, default=1000)
     ap.add_argument("--storage", default="journal:results/bench_fashion_mnist/scores.journal")
     args = _bench.parse(ap)
     args.ipcs = [int(i) for i in args.ipcs.split(",")]
+    args.score_seeds = [int(k) for k in args.score_seeds.split(",")]
+    if min(args.score_seeds) < 1:
+        raise NasddError(f"--score-seeds takes seed counts of at least 1 such as 1,3, got {args.score_seeds}")
     if args.storage.startswith("journal:"):
         Path(args.storage[len("journal:") :]).parent.mkdir(parents=True, exist_ok=True)
 
@@ -226,25 +269,31 @@ def main() -> None:
     summaries, deltas = [], []
     fracs = sorted((parse_fraction(b) for b in args.budgets.split(",")), reverse=False)
     zc: tuple[pd.DataFrame, pd.DataFrame] | None = None  # zero-cost rows cost the same at every budget
+    old = _bench.read(out / "summary.csv"), _bench.read(out / "paired.csv")  # kept where not redone
     for i, frac in enumerate(fracs):
-        summary, scores = audit_budget(args, ctx, frac, first=i == 0)
+        runs = [audit_budget(args, ctx, frac, i == 0 and j == 0, k) for j, k in enumerate(args.score_seeds)]
+        summary = pd.concat([r[0] for r in runs], ignore_index=True)
+        scores = pd.concat([r[1] for r in runs], axis=1)
         if zc is None:
             rows = summary[summary.kind == "peer:zerocost"]
             zc = rows.drop(columns="budget"), scores[rows.name.tolist()]
         elif len(zc[0]):
             summary = pd.concat([summary, zc[0].assign(budget=summary.budget.iloc[0])], ignore_index=True)
             scores = pd.concat([scores, zc[1]], axis=1)
+        summary, scores = earlier(old[0], out, summary, scores)
         summaries.append(summary)
         deltas.append(paired(summary, scores, truth, args.resamples))
         scores.add_suffix(f"@{summary.budget.iloc[0]}").to_csv(out / f"scores_{summary.budget.iloc[0][2:]}.csv")
-        all_summary = pd.concat(summaries, ignore_index=True)
-        all_deltas = pd.concat(deltas, ignore_index=True)
+        done = [s.budget.iloc[0] for s in summaries]
+        kept = [o[~o.budget.isin(done)] if len(o) else o for o in old]
+        all_summary = by_budget(pd.concat([kept[0], *summaries], ignore_index=True))
+        all_deltas = by_budget(pd.concat([kept[1], *deltas], ignore_index=True))
         all_summary.to_csv(out / "summary.csv", index=False, float_format="%.4g")
         all_deltas.to_csv(out / "paired.csv", index=False, float_format="%.4g")
         amortisation(all_summary, ctx["truth_grads"]).to_csv(out / "amortised.csv", index=False, float_format="%.4g")
         print(all_summary[[c for c in SHOW if c in all_summary]].to_string(index=False, float_format="%.3f"))
     ceiling = stats.noise_ceiling(table.accuracies().to_numpy(), ks=(), n_resamples=args.resamples)
-    summary, delta = pd.concat(summaries, ignore_index=True), pd.concat(deltas, ignore_index=True)
+    summary, delta = all_summary, all_deltas
     plot(summary, delta, ceiling, out)
     text = verdict(summary, delta, ceiling)
     (out / "verdict.md").write_text(text)
