@@ -16,6 +16,7 @@ A compilation that fails falls back to eager for that architecture, with a warni
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 import warnings
@@ -229,9 +230,9 @@ def fit(
     epochs (or steps with `recipe.steps`); `on_eval(index, accuracy)` may raise (e.g. optuna.TrialPruned).
     `fast=False` runs the plain loop (whole batches, eager, no_grad evaluation); `compile_model` is
     True/False, or None for `NASDD_COMPILE` (0 or 1, default 0). Both change results only by float rounding.
-    `on_checkpoint(state)` is called at every evaluation that falls on an epoch boundary, before `on_eval`;
-    `fit(model, ..., resume=state)` with the model's weights of that moment continues the same training
-    exactly (optimizer, data order and cost carry over), so a training can be stopped and extended later.
+    `on_checkpoint(state)` is called at every evaluation that falls on an epoch boundary, before `on_eval`,
+    with a copy of the training's state (weights, optimizer, data order, cost); `fit(model, ..., resume=state)`
+    continues that training exactly, so a training can be stopped and extended later.
     """
     device = resolve_device(device)
     model.to(device)
@@ -254,8 +255,8 @@ def fit(
     ev = {"device": device, "batch_size": recipe.eval_batch_size, "fast": fast}
     step, start = 0, time.perf_counter()
     if resume is not None:
-        step = _resume(resume, opt, gen, res, per_epoch)
-    bar = progress(total=total, desc=desc, disable=not show_progress)
+        step = _resume(resume, model, opt, gen, res, per_epoch)
+    bar = progress(total=total, initial=step, desc=desc, disable=not show_progress)
     # On CUDA the finiteness check (a host sync) runs every SYNC_EVERY steps; elsewhere every step.
     check_every = SYNC_EVERY if device.type == "cuda" else 1
     bad: torch.Tensor | None = None  # on the device: was any loss so far non-finite?
@@ -299,7 +300,7 @@ def fit(
                 res.eval_samples += len(eval_data[0])
                 res.history.append((unit, acc))
                 if on_checkpoint is not None and step % per_epoch == 0:
-                    on_checkpoint(_checkpoint(opt, gen, res, step))
+                    on_checkpoint(_checkpoint(model, opt, gen, res, step))
                 if on_eval is not None:
                     on_eval(unit, acc)
         if res.status == "failed":
@@ -317,14 +318,22 @@ def fit(
     return res
 
 
-def _checkpoint(opt: torch.optim.Optimizer, gen: torch.Generator, res: TrainResult, step: int) -> dict:
-    """What `fit` needs, besides the model's weights, to continue a training from an epoch boundary."""
-    return {"optimizer": opt.state_dict(), "generator": gen.get_state(), "step": step, "sample_grads": res.sample_grads}
+def _checkpoint(
+    model: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator, res: TrainResult, step: int
+) -> dict:
+    """What `fit` needs to continue a training from an epoch boundary: copies, as training goes on in place."""
+    return copy.deepcopy(
+        {"model": model.state_dict(), "optimizer": opt.state_dict(), "generator": gen.get_state(), "step": step,
+         "sample_grads": res.sample_grads}
+    )  # fmt: skip
 
 
-def _resume(state: dict, opt: torch.optim.Optimizer, gen: torch.Generator, res: TrainResult, per_epoch: int) -> int:
+def _resume(
+    state: dict, model: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator, res: TrainResult, per_epoch: int
+) -> int:
     if state["step"] % per_epoch:
         raise NasddError(f"a training resumes only at an epoch boundary, not at step {state['step']}")
+    model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
     gen.set_state(state["generator"])
     res.sample_grads = int(state["sample_grads"])

@@ -36,7 +36,6 @@ class Curves:
     def __init__(self, folder: Path, ckpts: Path, bundle: DatasetBundle, recipe: TrainRecipe, seed: int = 0) -> None:
         self.folder, self.ckpts = ensure_dir(folder), ensure_dir(ckpts)
         self.bundle, self.recipe, self.seed = bundle, recipe, seed
-        self.trained_s = 0.0  # wall seconds this process spent training
 
     def _path(self, spec: ArchSpec) -> Path:
         return self.folder / f"{spec.key()}.json"
@@ -67,15 +66,13 @@ class Curves:
         b, ckpt = self.bundle, self.ckpts / f"{spec.key()}.pt"
         model = build_seeded(spec, (b.channels, b.image_size, b.image_size), b.num_classes, self.seed)
         state = torch.load(ckpt, weights_only=False) if ckpt.exists() else None
-        if state is not None and state["epoch"] == len(curve["val"]):
-            model.load_state_dict(state["model"])
-        else:
+        if state is None or state["epoch"] != len(curve["val"]):
             state, curve["val"] = None, []  # no usable checkpoint: retrain from the start (same numbers)
         start = time.perf_counter()
 
         def checkpoint(s: dict) -> None:
             nonlocal state
-            state = {**s, "model": {k: v.clone() for k, v in model.state_dict().items()}, "epoch": len(curve["val"])}
+            state = s
 
         def record(unit: int, acc: float) -> None:
             curve["val"].append(acc)
@@ -102,7 +99,6 @@ class Curves:
         except _Reached:
             pass
         curve["seconds"] += time.perf_counter() - start
-        self.trained_s += time.perf_counter() - start
         if state is not None:
             state["epoch"] = len(curve["val"])
             torch.save(state, ckpt)

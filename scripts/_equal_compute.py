@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 
 import optuna
 import pandas as pd
@@ -60,6 +61,10 @@ class Ctx:
     def truth_grads(self) -> int:
         return self.epochs * self.epoch_grads
 
+    @cached_property
+    def by_key(self) -> dict[str, ArchSpec]:
+        return {m.key(): m for m in self.members}
+
 
 def projector(space: SearchSpace, members: list[ArchSpec]) -> Callable[[ArchSpec], ArchSpec]:
     """The pool member with the fewest factors differing from a suggested architecture (ties: by key)."""
@@ -82,8 +87,7 @@ def retrain_top(ctx: Ctx, ranked: list[ArchSpec], k: int) -> tuple[ArchSpec, int
     With k = 0 the winner is the first of `ranked`. Returns the winner and the sample-gradients spent."""
     if k == 0:
         return ranked[0], 0
-    vals = {m.key(): ctx.curves.val(m, ctx.epochs) for m in ranked[:k]}
-    best = max(ranked[:k], key=lambda m: vals[m.key()])
+    best = max(ranked[:k], key=lambda m: ctx.curves.val(m, ctx.epochs))
     return best, k * ctx.truth_grads
 
 
@@ -119,8 +123,7 @@ def proxy_search(ctx: Ctx, strategy: str, budget: int, seed: int) -> dict:
             study.tell(trial, seen[key])
     if not seen:
         return {"k": k, "trials": 0, "scored": 0, "spent": c["distill"], "winner": None}
-    by_key = {m.key(): m for m in ctx.members}
-    ranked = [by_key[key] for key in sorted(seen, key=seen.get, reverse=True)]
+    ranked = [ctx.by_key[key] for key in sorted(seen, key=seen.get, reverse=True)]
     winner, retrain_grads = retrain_top(ctx, ranked, min(k, len(ranked)))
     spent = c["distill"] + spent_trials + retrain_grads
     return {"k": k, "trials": n_trials, "scored": len(seen), "spent": spent, "winner": winner}
@@ -159,9 +162,8 @@ def multifidelity_search(ctx: Ctx, strategy: str, budget: int, seed: int) -> dic
             study.tell(trial, state=TrialState.PRUNED)
     if not reached:
         return {"k": 0, "trials": n_trials, "scored": 0, "spent": spent, "winner": None}
-    by_key = {m.key(): m for m in ctx.members}
     best = max(done, key=done.get) if done else max(reached, key=lambda key: reached[key])
-    return {"k": len(done), "trials": n_trials, "scored": len(reached), "spent": spent, "winner": by_key[best]}
+    return {"k": len(done), "trials": n_trials, "scored": len(reached), "spent": spent, "winner": ctx.by_key[best]}
 
 
 def run(ctx: Ctx, strategy: str, budget_truths: float, seed: int) -> dict:

@@ -223,7 +223,7 @@ def by_budget(df: pd.DataFrame) -> pd.DataFrame:
     """Rows ordered from the smallest budget up (stable: rows of one budget keep their order)."""
     if not len(df):
         return df
-    order = df.budget.map(lambda b: float(parse_fraction(b))).sort_values(kind="stable").index
+    order = df.budget.map(parse_fraction).sort_values(kind="stable").index
     return df.loc[order].reset_index(drop=True)
 
 
@@ -293,9 +293,8 @@ def main() -> None:
         amortisation(all_summary, ctx["truth_grads"]).to_csv(out / "amortised.csv", index=False, float_format="%.4g")
         print(all_summary[[c for c in SHOW if c in all_summary]].to_string(index=False, float_format="%.3f"))
     ceiling = stats.noise_ceiling(table.accuracies().to_numpy(), ks=(), n_resamples=args.resamples)
-    summary, delta = all_summary, all_deltas
-    plot(summary, delta, ceiling, out)
-    text = verdict(summary, delta, ceiling)
+    plot(all_summary, all_deltas, ceiling, out)
+    text = verdict(all_summary, all_deltas, ceiling)
     (out / "verdict.md").write_text(text)
     print(text)
     _bench.record(out)

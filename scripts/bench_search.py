@@ -20,13 +20,14 @@ search with retraining, the same on a random subset, Hyperband and successive ha
 a zero-cost prescreen), on the Fashion-MNIST ranking benchmark's truth table and its recorded proxy
 scores; full-data trainings are cached as learning curves (`_curves`) shared by every search:
 
-    OMP_NUM_THREADS=1 python scripts/bench_search.py --budgets 0.5,1,3 --shard 0/2 &   # and --shard 1/2
+    OMP_NUM_THREADS=1 python scripts/bench_search.py --budgets 0.5,1,3,10,30 --shard 0/2 &   # and --shard 1/2
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
+import math
 import time
 from pathlib import Path
 
@@ -50,12 +51,12 @@ matplotlib.use("Agg")
 RANK = "results/bench_fashion_mnist"
 
 
-def _context(args) -> ec.Ctx:
+def _context(args, table: TruthTable) -> ec.Ctx:
     """The truth table's pool, its truth, the ranking benchmark's scores and costs at `--rank-budget`."""
-    table = TruthTable.load(args.table)
     bundle = load_dataset(table.meta["dataset"])
     table.check(dataset_key=bundle.key)
     recipe, n = table.recipe, len(bundle.y_train)
+    assert recipe.steps is None, "the truth recipe must count epochs (Hyperband rungs are epochs)"
     summary = pd.read_csv(Path(args.rank) / "summary.csv")
     summary = summary[summary.budget == args.rank_budget].set_index("name")
     scores = pd.read_csv(Path(args.rank) / f"scores_{args.rank_budget.split('/')[1]}.csv", index_col="arch_key")
@@ -63,14 +64,13 @@ def _context(args) -> ec.Ctx:
     named = {"proxy-tpe": args.proxy_name, "subset-tpe": args.subset, "zerocost-topk": args.zerocost}
     for strategy, name in named.items():
         row = summary.loc[name]
-        distill = float(row.get("distill_sample_grads", 0) or 0)
-        distill = 0.0 if distill != distill else distill  # NaN: nothing distilled
+        distill = row.get("distill_sample_grads", math.nan)
+        distill = 0.0 if pd.isna(distill) else float(distill)  # NaN: nothing distilled
         column = f"{name}@{args.rank_budget}"
         costs[strategy] = {"column": column, "per_candidate": row.grads_per_candidate, "distill": distill}
     work = Path(args.work)
     curves = Curves(Path(args.out).with_suffix("") / "curves", work / "checkpoints", bundle, recipe, seed=0)
     truth = table.accuracies().mean(axis=1)
-    assert recipe.steps is None, "the truth recipe must count epochs (Hyperband rungs are epochs)"
     return ec.Ctx(load_space(table.meta["space"]), table.archs(), curves, truth, scores, recipe.epochs, n, costs)
 
 
@@ -82,14 +82,15 @@ def _locked_upsert(out: Path, row: dict, work: Path) -> None:
 
 
 def summarise(df: pd.DataFrame) -> pd.DataFrame:
-    g = df.groupby(["budget_truths", "strategy"])
+    exact = df.assign(spent_truths=df.spent_grads / df.budget_grads * df.budget_truths)  # the CSV's is rounded
+    g = exact.groupby(["budget_truths", "strategy"])
     return (
         g.agg(
             searches=("seed", "size"),
             regret_mean=("regret", "mean"),
             regret_std=("regret", "std"),
             regret_max=("regret", "max"),
-            spent_truths=("spent_grads", lambda s: s.mean() / df.budget_grads.iloc[0] * df.budget_truths.iloc[0]),
+            spent_truths=("spent_truths", "mean"),
         )
         .round(4)
         .reset_index()
@@ -150,11 +151,11 @@ def equal_compute(args) -> None:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    ctx = _context(args)
-    out = Path(args.out)
+    table, out = TruthTable.load(args.table), Path(args.out)
     jobs = [(b, s, seed) for b in map(float, args.budgets.split(",")) for seed in range(args.seeds)
             for s in args.strategies.split(",")]  # fmt: skip
     i, n = (int(v) for v in args.shard.split("/"))
+    ctx = None if args.report else _context(args, table)
     for b, strategy, seed in [] if args.report else jobs[i::n]:
         start = time.perf_counter()
         row = ec.run(ctx, strategy, b, seed)
@@ -165,7 +166,7 @@ def equal_compute(args) -> None:
     summary = summarise(df)
     _bench.write(summary, out.with_suffix("").with_name(out.stem + "_summary.csv"))
     plot(df, out.with_suffix(".png"))
-    (out.with_suffix("") / "verdict.md").write_text(verdict(summary, TruthTable.load(args.table).accuracies()))
+    (out.with_suffix("") / "verdict.md").write_text(verdict(summary, table.accuracies()))
     _bench.record(out)
     print(summary.to_string(index=False))
 

@@ -45,6 +45,7 @@ from optuna.trial import FrozenTrial, TrialState
 from nasdd.data import load_dataset
 from nasdd.distill import distill
 from nasdd.search import is_counted
+from nasdd.storage import open_storage
 from nasdd.utils import ensure_dir
 
 ROOT = _bench.ROOT
@@ -157,14 +158,14 @@ def fresh_storage(kind: str, base: str | None, name: str, work: Path) -> tuple[s
     """A new empty storage for one row: a journal file, or a new database on the PostgreSQL server of `base`."""
     if base is None:
         url = f"journal:{work / name}.log"
-        return url, optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(url[8:]))
+        return url, open_storage(url)
     db = name.replace("-", "_")
     engine = sa.create_engine(base, isolation_level="AUTOCOMMIT")
     with engine.connect() as c:
         c.execute(sa.text(f"CREATE DATABASE {db}"))
     engine.dispose()
     url = sa.engine.make_url(base).set(database=db).render_as_string(hide_password=False)
-    return url, optuna.storages.RDBStorage(url)  # opened (tables created) before the workers race to make them
+    return url, open_storage(url)  # opened (tables created) before the workers start
 
 
 def main() -> None:
