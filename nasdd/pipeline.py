@@ -101,6 +101,7 @@ def run_pipeline(
     """Run every stage into `out`; return the report files."""
     from nasdd.report import write_report
     from nasdd.search import search
+    from nasdd.storage import sqlite_url
     from nasdd.train import TrainRecipe
     from nasdd.validate import validate
     from nasdd.validate.pool import draw_pool
@@ -142,12 +143,12 @@ def run_pipeline(
         seed=seed,
         recipe=p.proxy_recipe,
         out=out / "search",
-        storage=f"sqlite:///{(out / 'search' / 'study.db').resolve()}",
+        storage=sqlite_url(out / "search" / "study.db"),
         device=device,
         show_progress=True,
     )
     pool = draw_pool(sp, p.pool, seed)
-    truth = TrainRecipe.parse(p.truth_recipe, TrainRecipe.parse("full"))
+    truth = TrainRecipe.parse(p.truth_recipe, "full")
     table = shipped(dataset_key=bundle.key, space=sp.name, recipe=truth, pool=pool)
     source = "truth from the table shipped with nasdd" if table else f"training the truth ({p.truth_recipe})"
     _stage("3/4 validate", f"pool of {p.pool} from {sp.name}; {source}")

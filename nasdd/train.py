@@ -74,9 +74,10 @@ class TrainRecipe:
         return self.epochs * math.ceil(n / self.batch_size)
 
     @classmethod
-    def parse(cls, text: str | None, base: TrainRecipe | None = None) -> TrainRecipe:
-        """`"proxy"`, `"full,epochs=5"` or `"epochs=50,lr=0.02"`: a preset name and/or key=value overrides."""
-        recipe = base or cls()
+    def parse(cls, text: str | None, base: TrainRecipe | str | None = None) -> TrainRecipe:
+        """`"proxy"`, `"full,epochs=5"` or `"epochs=50,lr=0.02"`: a preset name and/or key=value overrides of
+        `base` (a recipe or a preset name; default the dataclass defaults)."""
+        recipe = cls.parse(base) if isinstance(base, str) else base or cls()
         if not text:
             return recipe
         types = {f.name: f.type for f in fields(cls)}

@@ -23,6 +23,7 @@ from nasdd.arch import ArchSpec
 from nasdd.data import DatasetBundle
 from nasdd.errors import NasddError
 from nasdd.spaces import SearchSpace
+from nasdd.storage import sqlite_url
 from nasdd.train import TrainRecipe
 from nasdd.utils import atomic_open, ensure_dir, stable_hash, write_json
 from nasdd.validate import stats
@@ -47,7 +48,7 @@ class Validation:
 
 
 def _recipe(r: TrainRecipe | str, base: str) -> TrainRecipe:
-    return r if isinstance(r, TrainRecipe) else TrainRecipe.parse(r or base, TrainRecipe.parse(base))
+    return r if isinstance(r, TrainRecipe) else TrainRecipe.parse(r, base)
 
 
 def _labels(proxies: Sequence[Any]) -> list[str]:
@@ -262,7 +263,7 @@ def validate(
         p.check_compatible(bundle)
     out = ensure_dir(out) if out is not None else None
     if storage is None and out is not None:
-        storage = f"sqlite:///{(out / 'results.db').resolve()}"
+        storage = sqlite_url(out / "results.db")
     requested, truth = len(pool), None
     if truth_table is not None:
         truth_table.check(

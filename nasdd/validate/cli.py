@@ -61,6 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def command(args: argparse.Namespace) -> int:
     from nasdd.distill import ProxySet
     from nasdd.spaces import load_space
+    from nasdd.storage import sqlite_url
     from nasdd.utils import ensure_dir
     from nasdd.validate import pool as pools
     from nasdd.validate.audit import validate
@@ -68,7 +69,7 @@ def command(args: argparse.Namespace) -> int:
 
     space = load_space(args.space) if args.space else None
     out = ensure_dir(args.out)
-    storage = args.storage or f"sqlite:///{(Path(out) / 'results.db').resolve()}"
+    storage = args.storage or sqlite_url(Path(out) / "results.db")
     table = TruthTable.load(args.truth_table) if args.truth_table else None
     pool = pools.pool_from_args(args, space)
     if pool is None and args.study:

@@ -43,7 +43,7 @@ def command(args: argparse.Namespace) -> int:
         raise NasddError(f"--seeds must be at least 1, got {args.seeds}")
     space = load_space(args.space)
     pool = tt.shard(pools.pool_from_args(args, space), args.shard)
-    recipe = TrainRecipe.parse(args.recipe, TrainRecipe.parse("full"))
+    recipe = TrainRecipe.parse(args.recipe, "full")
     bundle = load_data_from_args(args)
     if out.exists():
         table = tt.TruthTable.load(out)
