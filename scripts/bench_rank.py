@@ -15,6 +15,9 @@ files, and the paired delta-tau of a budget compares against the best cheap peer
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python scripts/bench_rank.py --proxies runs/bench_rank/proxies/*
 
+A proxy given as `DIR=NAME` is reported as NAME instead of its automatic name (`dsa-space-ipc10`), e.g. to tell
+apart two distillations of one method that differ only in length.
+
 Every training is recorded in --storage (an Optuna journal committed beside the results): rerunning
 resumes, and a stopped run loses at most the trainings in flight.
 """
@@ -33,6 +36,7 @@ from nasdd.distill import ProxySet
 from nasdd.errors import NasddError
 from nasdd.spaces import load_space
 from nasdd.validate import stats, validate
+from nasdd.validate.audit import proxy_labels as labels
 from nasdd.validate.budget import break_even, budget_recipe, parse_fraction
 from nasdd.validate.peers import resolve_peers
 from nasdd.validate.table import TruthTable
@@ -79,10 +83,11 @@ def audit_budget(
         names = [p.name for p in peers if p.kind == "subset"]
         if i == 0:
             names += [p.name for p in peers if p.kind == "early" or (first and p.kind == "zerocost")]
+        proxies = [p for p in ctx["proxies"] if p.ipc == ipc]
         res = validate(
             bundle,
             ctx["pool"],
-            [p for p in ctx["proxies"] if p.ipc == ipc],
+            proxies,
             space=ctx["space"],
             peers=",".join(names),
             proxy_recipe=recipe,
@@ -97,9 +102,12 @@ def audit_budget(
             truth_table=table,
         )
         s = res.summary[~res.summary.kind.isin(["truth", "noise_ceiling"])].copy()
+        auto = zip(labels(proxies), proxies, strict=True)
+        named = {label: ctx["names"][p.id] for label, p in auto if p.id in ctx["names"]}
+        s["name"] = s.name.replace(named)
         distilled = s["distill_sample_grads"].fillna(0) if "distill_sample_grads" in s else 0
         s["grads_per_candidate"] = (s.cost_sample_grads - distilled) / len(ctx["pool"])
-        sc = res.per_arch.set_index("arch_key")[s.name.tolist()]
+        sc = res.per_arch.set_index("arch_key").rename(columns=named)[s.name.tolist()]
         if k > 1:
             s["name"] = s.name.where(s.kind == "peer:zerocost", s.name + f" x{k}")
             sc.columns = s.name.tolist()
@@ -231,7 +239,7 @@ def main() -> None:
     ap = _bench.parser(__doc__, out="results/bench_fashion_mnist", work="runs/bench_rank", dataset="fashion_mnist")
     ap.add_argument("--truth", default="results/bench_fashion_mnist/truth.csv")
     ap.add_argument("--check", default="results/bench_fashion_mnist/truth_2x.csv", help="2x-length table ('' skips)")
-    ap.add_argument("--proxies", nargs="*", default=[], metavar="DIR")
+    ap.add_argument("--proxies", nargs="*", default=[], metavar="DIR[=NAME]", help="NAME: the row's name")
     ap.add_argument("--peers", default="random,herding,early,grad_norm,snip,synflow,naswot,params")
     ap.add_argument("--budgets", default="1/1000,1/300,1/100", help="fractions of one truth training")
     ap.add_argument("--ipcs", default="10", help="ipcs of the proxies and subset peers")
@@ -261,10 +269,11 @@ def main() -> None:
         "table": table,
         "space": load_space(table.meta["space"]),
         "pool": table.archs(),
-        "proxies": [ProxySet.load(p, bundle) for p in args.proxies],
+        "proxies": [ProxySet.load(p.partition("=")[0], bundle) for p in args.proxies],
         "proxy_base": TrainRecipe.parse(args.proxy_recipe, TrainRecipe.parse("proxy")),
         "truth_grads": float(np.nanmean(table.frame.filter(like="sample_grads_s").to_numpy(float))),
     }
+    ctx["names"] = {p.id: a.partition("=")[2] for p, a in zip(ctx["proxies"], args.proxies, strict=True) if "=" in a}
     truth = table.accuracies().mean(axis=1).loc[[a.key() for a in ctx["pool"]]]
     summaries, deltas = [], []
     fracs = sorted((parse_fraction(b) for b in args.budgets.split(",")), reverse=False)

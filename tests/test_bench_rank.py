@@ -33,7 +33,7 @@ def truth_table(digits, path: Path) -> Path:
     return path
 
 
-def run(monkeypatch, tmp_path: Path, truth: Path, proxy: Path, seeds: str) -> None:
+def run(monkeypatch, tmp_path: Path, truth: Path, proxy: Path | str, seeds: str) -> None:
     argv = ["bench_rank.py", "--dataset", "digits", "--device", "cpu", "--threads", "1", "--quiet"]
     argv += ["--truth", str(truth), "--check", "", "--proxies", str(proxy), "--ipcs", "5", "--budgets", "1/2"]
     argv += ["--peers", "early,params", "--score-seeds", seeds, "--resamples", "20", "--out", str(tmp_path / "res")]
@@ -66,3 +66,14 @@ def test_k_seeds_split_the_budget_and_sit_beside_one_seed(digits, proxy, tmp_pat
     cheap = s[s.kind.str.startswith("peer")].tau.idxmax()
     assert set(vs_peer.b) == {cheap}
     assert set(d[d.b_kind == "proxy"].a) | set(d[d.b_kind == "proxy"].b) == {"random-ipc5", "random-ipc5 x3"}
+
+
+def test_a_named_proxy_gets_its_own_rows(digits, proxy, tmp_path, monkeypatch):
+    truth = truth_table(digits, tmp_path / "truth.csv")
+    run(monkeypatch, tmp_path, truth, f"{proxy}=random-long", "1")
+    run(monkeypatch, tmp_path, truth, proxy, "1")  # the same proxy unnamed: its automatic rows sit beside
+    s = pd.read_csv(tmp_path / "res" / "summary.csv").set_index("name")
+    assert {"random-long", "random-ipc5"} <= set(s.index)
+    assert s.loc["random-long", "tau"] == s.loc["random-ipc5", "tau"]  # one proxy, the same cached trainings
+    scores = pd.read_csv(tmp_path / "res" / "scores_2.csv", index_col=0)
+    assert {"random-long@1/2", "random-ipc5@1/2"} <= set(scores.columns)

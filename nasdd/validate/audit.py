@@ -51,7 +51,7 @@ def _recipe(r: TrainRecipe | str, base: str) -> TrainRecipe:
     return r if isinstance(r, TrainRecipe) else TrainRecipe.parse(r, base)
 
 
-def _labels(proxies: Sequence[Any]) -> list[str]:
+def proxy_labels(proxies: Sequence[Any]) -> list[str]:
     """`dm-ipc10`; `dm-space-ipc10` when distilled through a search space; a short id where names collide."""
     space = ["-space" if p.provenance.get("config", {}).get("match_space") else "" for p in proxies]
     names = [f"{p.provenance.get('method', 'proxy')}{s}-ipc{p.ipc}" for p, s in zip(proxies, space, strict=True)]
@@ -296,7 +296,7 @@ def validate(
     if truth is None:
         truth = ground_truth(ctx["store"], bundle, pool, truth_recipe, list(range(truth_seeds)), device=device)
     rows: list[Scores] = []
-    for proxy, label in zip(proxies, _labels(proxies), strict=True):
+    for proxy, label in zip(proxies, proxy_labels(proxies), strict=True):
         rows += [_train_proxy(ctx, proxy, label + sfx, "proxy", r) for sfx, r in recipes]
     ipcs = sorted({p.ipc for p in proxies}) or [ipc or 10]
     if ipc is not None:
