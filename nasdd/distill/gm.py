@@ -28,7 +28,6 @@ statistics pass, and the trainer's count for the network training.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -41,10 +40,9 @@ from nasdd.arch import ArchSpec
 from nasdd.augment import DEFAULT_STRATEGY, DSA
 from nasdd.data import DatasetBundle
 from nasdd.distill.base import Distiller, register
-from nasdd.distill.chunks import chunk_size
+from nasdd.distill.chunks import OneShape, chunk_size, with_compiled
 from nasdd.errors import NasddError
 from nasdd.train import TrainRecipe, fit
-from nasdd.trainfast import COMPILE_FAILED, compile_wanted, compiled, model_key
 
 # the paper's (outer_loop, inner_loop) per images-per-class
 PAPER_LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
@@ -152,7 +150,7 @@ class GradientMatching(Distiller):
         outer, inner = paper_loops(self.ipc)
         self.outer_loop, self.inner_loop = o["outer_loop"] or outer, o["inner_loop"] or inner
         self.k = bundle.num_classes
-        self.compiled_: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
+        self.compiled_: dict[tuple[int, str], OneShape] = {}
         self.use_net(0)
         # per-class index table [K, M] (padded) to draw real batches on the device
         idx = bundle.class_indices()
@@ -179,7 +177,6 @@ class GradientMatching(Distiller):
     def use_net(self, it: int) -> None:
         """Match through iteration `it`'s network (the fixed `arch` or a member of the match space)."""
         self.net = self.network(self.matching_arch(it))
-        self.key = model_key(self.net, tuple(self.images.shape[1:]))
         self.bns = [m for m in self.net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         # the distance counts only parameters of 2+ dimensions (layer_distance): only their gradients are taken
         self.matched = [(n, p) for n, p in self.net.named_parameters() if p.dim() > 1]
@@ -234,26 +231,12 @@ class GradientMatching(Distiller):
 
     def class_grads_autograd(self, x: torch.Tensor, create_graph: bool) -> dict[str, torch.Tensor]:
         """Per-class gradients of the matched weights on x [K, n, ...]: a forward/backward per class (in
-        cache-sized chunks on CPU, summed); with `create_graph` they stay differentiable w.r.t. x (eager:
-        compiled graphs do not back-propagate twice), without it full chunks may run compiled."""
-        fwd = self.net if create_graph else self._compiled_net()
-        try:
-            return self._class_grads(fwd, x, create_graph)
-        except Exception as exc:  # a failed compilation: this architecture matches eager from here on
-            if fwd is self.net:
-                raise
-            warnings.warn(f"torch.compile failed ({type(exc).__name__}: {exc}); matching eager", stacklevel=2)
-            COMPILE_FAILED.add(self.key)
+        cache-sized chunks on CPU, summed); with `create_graph` they stay differentiable w.r.t. x (eager),
+        without it the network may run compiled (`compile_model`, `nasdd.distill.chunks.with_compiled`)."""
+        if create_graph:
             return self._class_grads(self.net, x, create_graph)
-
-    def _compiled_net(self) -> Callable[[torch.Tensor], torch.Tensor]:
-        """The network compiled (`nasdd.trainfast.compiled`, one per network) when `compile_model` asks
-        for it (None: NASDD_COMPILE) and its compilation has not failed; else the network itself."""
-        if not compile_wanted(self.compile_model) or self.key in COMPILE_FAILED:
-            return self.net
-        if self.key not in self.compiled_:
-            self.compiled_[self.key] = compiled(self.net)
-        return self.compiled_[self.key]
+        run = lambda f: self._class_grads(f, x, False)  # noqa: E731
+        return with_compiled(run, self.net, self.net, self.compiled_, self.compile_model)
 
     def _class_grads(
         self, fwd: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, create_graph: bool
@@ -264,11 +247,7 @@ class GradientMatching(Distiller):
         for c in range(self.k):
             parts = [
                 torch.autograd.grad(
-                    F.cross_entropy(
-                        (fwd if len(xc) == size else self.net)(xc),  # a shorter remainder runs eager
-                        torch.full((len(xc),), c, device=self.dev),
-                        reduction="sum",
-                    ),
+                    F.cross_entropy(fwd(xc), torch.full((len(xc),), c, device=self.dev), reduction="sum"),
                     weights,
                     create_graph=create_graph,
                 )
