@@ -16,9 +16,14 @@ come from plain autograd on the module, one forward/backward per class (in cache
 `nasdd.distill.chunks`; `create_graph` for the synthetic ones), only for the parameters the distance counts
 (1-D parameters count 0); the image gradient is `autograd.grad` w.r.t. the images alone. The previous
 torch.func path (`grad` per class for the real batch, `vmap(grad)` over classes for the synthetic one) is
-kept as `reference=True` for tests and the benchmark: the same numbers, but functorch's wrappers cost ~30%
-on the real gradients and vmap's grouped convolutions ~1.7x on the synthetic ones. A matching step is
-then ~1.3x faster; an outer iteration stays bound by the convolutions (real batches, inner training).
+kept as `reference=True` for tests and the benchmark (the same numbers up to float noise). With
+`compile_model` (or NASDD_COMPILE=1) the real-gradient pass and the inner training run compiled (the
+synthetic side stays eager: compiled graphs do not back-propagate twice). Where an outer iteration's time
+goes (mnist5k, ipc 10, cpu preset, eager): real gradients ~55%, synthetic gradients and the backward
+through them ~30%, inner training ~15%; it is 2.4 TFLOP, 59% of it convolution backward, and oneDNN's
+convolutions already run near the core's peak (~170-200 GFLOP/s), so ~12 s of the ~20 s are convolution
+arithmetic that no reordering removes (one backward per class is already the minimum: the per-class
+weight gradients are sums over that class's samples only).
 Real batches are drawn on the device, without host round trips; the network is re-initialised in place.
 
 Cost counting: one sample-gradient per real image per matching pass, two per synthetic image (its
@@ -125,7 +130,7 @@ class GradientMatching(Distiller):
         # and the matched images degrade; smaller image steps for the 8x8 pixels
         "quick": {"iterations": 20, "batch_real": 32, "lr_img": 0.01, "arch": DIGITS_ARCH},
         # benchmark on mnist5k within ~10 CPU minutes: fewer iterations, smaller real batches, 2 inner epochs
-        # (ipc 10: 8 iterations before the ~1.7x faster matching path, 12 since)
+        # (ipc 10: 8 iterations before the faster matching path, 12 since: 1.7x at load 6-9, 1.24x at load 3-4)
         "cpu": {"iterations": {1: 50, 10: 12}, "batch_real": 64, "inner_loop": 2},
     }
     augment_strategy: str | None = None  # DSA strategy for `dsa`
