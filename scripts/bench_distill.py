@@ -15,7 +15,7 @@ timed `--rounds` times on the previous path (`reference=True`: dc/dsa's torch.fu
 code's loop over classes, MTT's back-propagation through the whole unroll) and on the current one,
 interleaved, from the same images and seeds; the median seconds per iteration of both paths, their ratio
 and the load average go to `results/distill_speed.csv` (one row per method, ipc, preset and path).
-`--speed --compile` adds dc/dsa's compiled path (`compile_model=True`; its untimed first iteration, which
+`--speed --compile` adds dc/dsa/dm's compiled path (`compile_model=True`; its untimed first iteration, which
 compiles, in `warmup_s`).
 Peak memory: CUDA max_memory_allocated on GPU; on CPU the growth of the process's peak resident set during
 distillation (VmHWM reset through /proc/self/clear_refs; ru_maxrss growth where that is unavailable).
@@ -175,7 +175,7 @@ def loadavg() -> str:
 
 def bench_speed(method: str, bundle, ipc: int, args) -> list[dict]:
     """Seconds per outer iteration of the previous (`reference`) and the current path, interleaved; with
-    `--compile`, also the current path compiled (dc/dsa: `compile_model=True`), after one untimed warm-up
+    `--compile`, also the current path compiled (dc/dsa/dm: `compile_model=True`), after one untimed warm-up
     iteration that compiles (its seconds in `warmup_s`); the other paths then run explicitly eager."""
     cls = METHODS.get(method)
     preset = args.preset if args.preset in cls.presets else None
@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", default=None, help="save (and reuse) each proxy under DIR/proxies/<method>-ipc<k>")
     p.add_argument("--speed", action="store_true", help="time outer iterations, previous path against current")
     p.add_argument("--rounds", type=int, default=3, help="with --speed: timed iterations per path")
-    p.add_argument("--compile", action="store_true", help="with --speed: also time the compiled path (dc/dsa)")
+    p.add_argument("--compile", action="store_true", help="with --speed: also time the compiled path (dc/dsa/dm)")
     args = _bench.parse(p, argv)
     try:
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]

@@ -17,6 +17,7 @@ Cost: real images are forward-only (counted one sample-gradient each), synthetic
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
@@ -106,7 +107,7 @@ class DistributionMatching(Distiller):
         else:
             with torch.no_grad():
                 xa = self.dsa(xr, seed)
-                run = lambda f: chunked(f, self.net, xa)  # noqa: E731
+                run = partial(chunked, net=self.net, x=xa)
                 feats = with_compiled(run, self.net.features, self.net, self.compiled_, self.compile_model)
                 real = class_means(feats, yr, self.k)
             syn = class_means(chunked(self.net.features, self.net, self.dsa(self.images, seed)), self.labels, self.k)

@@ -34,6 +34,7 @@ statistics pass, and the trainer's count for the network training.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
@@ -240,7 +241,7 @@ class GradientMatching(Distiller):
         without it the network may run compiled (`compile_model`, `nasdd.distill.chunks.with_compiled`)."""
         if create_graph:
             return self._class_grads(self.net, x, create_graph)
-        run = lambda f: self._class_grads(f, x, False)  # noqa: E731
+        run = partial(self._class_grads, x=x, create_graph=False)
         return with_compiled(run, self.net, self.net, self.compiled_, self.compile_model)
 
     def _class_grads(
