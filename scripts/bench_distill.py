@@ -15,6 +15,8 @@ timed `--rounds` times on the previous path (`reference=True`: dc/dsa's torch.fu
 code's loop over classes, MTT's back-propagation through the whole unroll) and on the current one,
 interleaved, from the same images and seeds; the median seconds per iteration of both paths, their ratio
 and the load average go to `results/distill_speed.csv` (one row per method, ipc, preset and path).
+`--speed --compile` adds dc/dsa/dm's compiled path (`compile_model=True`; its untimed first iteration, which
+compiles, in `warmup_s`).
 Peak memory: CUDA max_memory_allocated on GPU; on CPU the growth of the process's peak resident set during
 distillation (VmHWM reset through /proc/self/clear_refs; ru_maxrss growth where that is unavailable).
 """
@@ -160,7 +162,7 @@ def bench_one(method: str, bundle, ipc: int, recipe: TrainRecipe, recipe_text: s
     return row
 
 
-SPEED_COLUMNS = ["method", "ipc", "preset", "path", "rounds", "sec_per_iter", "sec_min", "speedup", "load"]
+SPEED_COLUMNS = ["method", "ipc", "preset", "path", "rounds", "sec_per_iter", "sec_min", "speedup", "load", "warmup_s"]
 
 
 def loadavg() -> str:
@@ -172,7 +174,9 @@ def loadavg() -> str:
 
 
 def bench_speed(method: str, bundle, ipc: int, args) -> list[dict]:
-    """Seconds per outer iteration of the previous (`reference`) and the current path, interleaved."""
+    """Seconds per outer iteration of the previous (`reference`) and the current path, interleaved; with
+    `--compile`, also the current path compiled (dc/dsa/dm: `compile_model=True`), after one untimed warm-up
+    iteration that compiles (its seconds in `warmup_s`); the other paths then run explicitly eager."""
     cls = METHODS.get(method)
     preset = args.preset if args.preset in cls.presets else None
     options = {k: v for k, v in args.options.items() if k in cls.defaults or k == "lr_img"}
@@ -180,18 +184,26 @@ def bench_speed(method: str, bundle, ipc: int, args) -> list[dict]:
     kwargs = {**cls.presets.get(preset, {}), **options, "iterations": 0}
     d = cls(ipc=ipc, seed=args.seed, device=args.device, **kwargs)
     d.run(bundle)  # validation and setup (MTT: experts), no iteration
-    load = loadavg()
-    times: dict[str, list[float]] = {"reference": [], "current": []}
+    paths = ["reference", "current"] + (["compiled"] if args.compile and hasattr(d, "compile_model") else [])
     start = d.images.detach().clone()
+
+    def one(path: str, r: int) -> float:
+        d.reference = path == "reference"
+        if len(paths) > 2:
+            d.compile_model = path == "compiled"
+        with torch.no_grad():
+            d.images.copy_(start)
+        torch.manual_seed(args.seed * 1_000_003 + r)  # the same draws on every path
+        t = time.perf_counter()
+        d.step(r)
+        return time.perf_counter() - t
+
+    warmup = {p: one(p, 0) for p in paths[2:]}
+    load = loadavg()
+    times: dict[str, list[float]] = {p: [] for p in paths}
     for r in range(args.rounds):
-        for path in ("reference", "current") if r % 2 == 0 else ("current", "reference"):
-            d.reference = path == "reference"
-            with torch.no_grad():
-                d.images.copy_(start)
-            torch.manual_seed(args.seed * 1_000_003 + r)  # the same draws on both paths
-            t = time.perf_counter()
-            d.step(r)
-            times[path].append(time.perf_counter() - t)
+        for path in paths if r % 2 == 0 else paths[::-1]:
+            times[path].append(one(path, r))
             print(f"  {method} round {r} {path}: {times[path][-1]:.2f} s", flush=True)
     load += " -> " + loadavg()
     med = {k: statistics.median(v) for k, v in times.items()}
@@ -206,8 +218,9 @@ def bench_speed(method: str, bundle, ipc: int, args) -> list[dict]:
             "sec_min": round(min(times[path]), 3),
             "speedup": round(med["reference"] / med[path], 2),
             "load": load,
+            "warmup_s": round(warmup[path], 1) if path in warmup else float("nan"),
         }
-        for path in ("reference", "current")
+        for path in paths
     ]
 
 
@@ -283,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", default=None, help="save (and reuse) each proxy under DIR/proxies/<method>-ipc<k>")
     p.add_argument("--speed", action="store_true", help="time outer iterations, previous path against current")
     p.add_argument("--rounds", type=int, default=3, help="with --speed: timed iterations per path")
+    p.add_argument("--compile", action="store_true", help="with --speed: also time the compiled path (dc/dsa/dm)")
     args = _bench.parse(p, argv)
     try:
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]

@@ -1,4 +1,5 @@
-"""Cache-sized micro-batches for the distillers' passes through a matching network on CPU.
+"""Cache-sized micro-batches, and optionally compiled forwards, for the distillers' passes through a
+matching network on CPU.
 
 On one CPU core a pass over many images is faster in small chunks than in one batch: the ConvNet's
 first block writes 128 x 28 x 28 floats (400 KB) per image, so a batch of 256 streams ~100 MB through
@@ -7,15 +8,25 @@ memory per elementwise op, while a chunk of 16 (6 MB) stays in the L2/L3 caches.
 per-class weight gradient on 64 images ~1.3x faster in chunks of 16. Splitting changes nothing but float
 rounding when no layer mixes samples (instance/group/layer norm, or BatchNorm in eval mode); a network
 with BatchNorm in training mode, and every non-CPU device, gets one batch.
+
+Compiled passes (`with_compiled`; opt-in as for the trainer: `compile_model=True` or NASDD_COMPILE=1):
+`torch.compile` fuses the norm, activation and pooling passes that convolutions leave memory-bound; each
+compiled map serves one static chunk shape (others run eager), for first-order passes only (compiled graphs
+do not back-propagate twice). A network re-initialised in place keeps its compiled map.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
+
+from nasdd.trainfast import COMPILE_FAILED, compile_wanted, compiled, model_key
+
+T = TypeVar("T")
 
 CPU_CHUNK = 16  # images per chunk on CPU
 
@@ -34,3 +45,39 @@ def chunked(fn: Callable[[torch.Tensor], Any], net: nn.Module, x: torch.Tensor) 
         return fn(x)
     parts = [fn(c) for c in x.split(size)]
     return torch.cat(parts) if isinstance(parts[0], torch.Tensor) else [torch.cat(p) for p in zip(*parts, strict=True)]
+
+
+class OneShape:
+    """`fn` compiled (`nasdd.trainfast.compiled`) for the first input shape it sees; other shapes (a shorter
+    last chunk) run `fn` eager, so it never recompiles."""
+
+    def __init__(self, fn: Callable[[torch.Tensor], Any]) -> None:
+        self.fn, self.compiled, self.shape = fn, compiled(fn), None
+
+    def __call__(self, x: torch.Tensor) -> Any:
+        self.shape = self.shape or x.shape
+        return (self.compiled if x.shape == self.shape else self.fn)(x)
+
+
+def with_compiled(
+    run: Callable[[Callable[[torch.Tensor], Any]], T],
+    fn: Callable[[torch.Tensor], Any],
+    net: nn.Module,
+    cache: dict[tuple[int, str], OneShape],
+    compile_model: bool | None,
+) -> T:
+    """`run(f)` where `f` is `fn` (a map through `net`: `net` itself or e.g. `net.features`) compiled when
+    `compile_model` asks for it (None: NASDD_COMPILE), kept in `cache` per network object and map; `fn`
+    itself when not asked, and after a failed compilation (a warning; that architecture stays eager)."""
+    failed = model_key(net, ())
+    if not compile_wanted(compile_model) or failed in COMPILE_FAILED:
+        return run(fn)
+    key = (id(net), getattr(fn, "__name__", type(fn).__name__))
+    if key not in cache:
+        cache[key] = OneShape(fn)
+    try:
+        return run(cache[key])
+    except Exception as exc:  # e.g. no C++ compiler for Inductor
+        warnings.warn(f"torch.compile failed ({type(exc).__name__}: {exc}); running eager", stacklevel=2)
+        COMPILE_FAILED.add(failed)
+        return run(fn)

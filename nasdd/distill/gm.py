@@ -16,9 +16,14 @@ come from plain autograd on the module, one forward/backward per class (in cache
 `nasdd.distill.chunks`; `create_graph` for the synthetic ones), only for the parameters the distance counts
 (1-D parameters count 0); the image gradient is `autograd.grad` w.r.t. the images alone. The previous
 torch.func path (`grad` per class for the real batch, `vmap(grad)` over classes for the synthetic one) is
-kept as `reference=True` for tests and the benchmark: the same numbers, but functorch's wrappers cost ~30%
-on the real gradients and vmap's grouped convolutions ~1.7x on the synthetic ones. A matching step is
-then ~1.3x faster; an outer iteration stays bound by the convolutions (real batches, inner training).
+kept as `reference=True` for tests and the benchmark (the same numbers up to float noise). With
+`compile_model` (or NASDD_COMPILE=1) the real-gradient pass and the inner training run compiled (the
+synthetic side stays eager: compiled graphs do not back-propagate twice). Where an outer iteration's time
+goes (mnist5k, ipc 10, cpu preset, eager): real gradients ~55%, synthetic gradients and the backward
+through them ~30%, inner training ~15%; it is 2.4 TFLOP, 59% of it convolution backward, and oneDNN's
+convolutions already run near the core's peak (~170-200 GFLOP/s), so ~12 s of the ~20 s are convolution
+arithmetic that no reordering removes (one backward per class is already the minimum: the per-class
+weight gradients are sums over that class's samples only).
 Real batches are drawn on the device, without host round trips; the network is re-initialised in place.
 
 Cost counting: one sample-gradient per real image per matching pass, two per synthetic image (its
@@ -28,6 +33,8 @@ statistics pass, and the trainer's count for the network training.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
@@ -39,7 +46,7 @@ from nasdd.arch import ArchSpec
 from nasdd.augment import DEFAULT_STRATEGY, DSA
 from nasdd.data import DatasetBundle
 from nasdd.distill.base import Distiller, register
-from nasdd.distill.chunks import chunk_size
+from nasdd.distill.chunks import OneShape, chunk_size, with_compiled
 from nasdd.errors import NasddError
 from nasdd.train import TrainRecipe, fit
 
@@ -124,11 +131,12 @@ class GradientMatching(Distiller):
         # and the matched images degrade; smaller image steps for the 8x8 pixels
         "quick": {"iterations": 20, "batch_real": 32, "lr_img": 0.01, "arch": DIGITS_ARCH},
         # benchmark on mnist5k within ~10 CPU minutes: fewer iterations, smaller real batches, 2 inner epochs
-        # (ipc 10: 8 iterations before the ~1.7x faster matching path, 12 since)
+        # (ipc 10: 8 iterations before the faster matching path, 12 since: 1.7x at load 6-9, 1.24x at load 3-4)
         "cpu": {"iterations": {1: 50, 10: 12}, "batch_real": 64, "inner_loop": 2},
     }
     augment_strategy: str | None = None  # DSA strategy for `dsa`
     reference = False  # True: the previous torch.func matching path (tests and the speed benchmark)
+    compile_model: bool | None = None  # real-gradient pass and inner training compiled; None: NASDD_COMPILE
 
     def _validate(self, bundle: DatasetBundle) -> None:
         super()._validate(bundle)
@@ -148,6 +156,7 @@ class GradientMatching(Distiller):
         outer, inner = paper_loops(self.ipc)
         self.outer_loop, self.inner_loop = o["outer_loop"] or outer, o["inner_loop"] or inner
         self.k = bundle.num_classes
+        self.compiled_: dict[tuple[int, str], OneShape] = {}
         self.use_net(0)
         # per-class index table [K, M] (padded) to draw real batches on the device
         idx = bundle.class_indices()
@@ -228,14 +237,23 @@ class GradientMatching(Distiller):
 
     def class_grads_autograd(self, x: torch.Tensor, create_graph: bool) -> dict[str, torch.Tensor]:
         """Per-class gradients of the matched weights on x [K, n, ...]: a forward/backward per class (in
-        cache-sized chunks on CPU, summed); with `create_graph` they stay differentiable w.r.t. x."""
+        cache-sized chunks on CPU, summed); with `create_graph` they stay differentiable w.r.t. x (eager),
+        without it the network may run compiled (`compile_model`, `nasdd.distill.chunks.with_compiled`)."""
+        if create_graph:
+            return self._class_grads(self.net, x, create_graph)
+        run = partial(self._class_grads, x=x, create_graph=False)
+        return with_compiled(run, self.net, self.net, self.compiled_, self.compile_model)
+
+    def _class_grads(
+        self, fwd: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, create_graph: bool
+    ) -> dict[str, torch.Tensor]:
         names, weights = zip(*self.matched, strict=True)
         n, size = x.shape[1], chunk_size(self.net, x[0])
         grads = []
         for c in range(self.k):
             parts = [
                 torch.autograd.grad(
-                    F.cross_entropy(self.net(xc), torch.full((len(xc),), c, device=self.dev), reduction="sum"),
+                    F.cross_entropy(fwd(xc), torch.full((len(xc),), c, device=self.dev), reduction="sum"),
                     weights,
                     create_graph=create_graph,
                 )
@@ -260,7 +278,10 @@ class GradientMatching(Distiller):
 
     def _train_net(self) -> None:
         seed = int(torch.randint(2**31 - 1, (1,)))
-        res = fit(self.net, self.images.detach(), self.labels, self.recipe, seed=seed, device=self.dev)
+        res = fit(
+            self.net, self.images.detach(), self.labels, self.recipe, seed=seed, device=self.dev,
+            compile_model=self.compile_model,
+        )
         self.count(res.sample_grads)
 
     def step(self, it: int) -> float:

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from nasdd.arch import ArchSpec
@@ -78,3 +79,17 @@ def test_fused_step_matches_the_original_per_class_loop(digits, monkeypatch):
     assert not torch.allclose(proxies[0], proxies[2], atol=1e-3)  # the images moved
     assert torch.allclose(proxies[0], proxies[1], atol=1e-5)
     assert costs[0] == costs[1]
+
+
+@pytest.mark.slow
+def test_compiled_real_pass_matches_eager(digits, monkeypatch):
+    """`compile_model=True` (the real images' pass compiled) gives the eager step's proxy up to float noise."""
+    monkeypatch.setattr("nasdd.distill.chunks.CPU_CHUNK", 8)
+    arch = ArchSpec.make("convnet", depth=2, width=8)
+    runs = []
+    for compile_model in (False, True):
+        d = DistributionMatching(ipc=3, seed=2, iterations=5, batch_real=12, arch=arch)  # 120 = 15 chunks
+        d.compile_model = compile_model
+        runs.append((d.run(digits).images, len(d.compiled_)))
+    assert [n for _, n in runs] == [0, 1]
+    assert torch.allclose(runs[0][0], runs[1][0], atol=1e-5)

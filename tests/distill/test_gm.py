@@ -146,3 +146,26 @@ def test_autograd_path_matches_reference(digits, monkeypatch, method, arch):
     assert torch.allclose(la, lb, rtol=1e-5)
     assert torch.allclose(ga, gb, rtol=1e-4, atol=1e-6)
     assert ca == cb
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", METHODS_GM)
+def test_compiled_real_pass_matches_eager(digits, monkeypatch, method):
+    """`compile_model=True` (compiled real-gradient pass and inner training) gives the eager path's real
+    gradients and, after a few iterations, its proxy, up to float noise."""
+    monkeypatch.setattr("nasdd.distill.chunks.CPU_CHUNK", 4)  # full chunks compiled, the remainder eager
+    cls = METHODS.get(method)
+    runs = []
+    for compile_model in (False, True):
+        d = cls(ipc=2, seed=1, iterations=2, outer_loop=2, inner_loop=1, batch_real=10, arch=SMALL)
+        d.compile_model = compile_model
+        proxy = d.run(digits)
+        torch.manual_seed(5)
+        grads = d.class_grads_autograd(d.real_batch(10), create_graph=False)
+        runs.append((proxy.images, grads, d.sample_grads, len(d.compiled_)))
+    (pa, ga, ca, na), (pb, gb, cb, nb) = runs
+    assert (na, nb) == (0, 1)  # one compiled network, only where asked
+    for k in ga:
+        assert torch.allclose(ga[k], gb[k], rtol=1e-4, atol=1e-5 * ga[k].abs().max().item())
+    assert torch.allclose(pa, pb, atol=1e-4)
+    assert ca == cb
