@@ -69,8 +69,10 @@ def with_compiled(
     """`run(f)` where `f` is `fn` (a map through `net`: `net` itself or e.g. `net.features`) compiled when
     `compile_model` asks for it (None: NASDD_COMPILE), kept in `cache` per network object and map; `fn`
     itself when not asked, and after a failed compilation (a warning; that architecture stays eager)."""
+    if not compile_wanted(compile_model):
+        return run(fn)
     failed = model_key(net, ())
-    if not compile_wanted(compile_model) or failed in COMPILE_FAILED:
+    if failed in COMPILE_FAILED:
         return run(fn)
     key = (id(net), getattr(fn, "__name__", type(fn).__name__))
     if key not in cache:
