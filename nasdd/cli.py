@@ -119,11 +119,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             torch.set_num_threads(args.threads)
         started = True
-        return int(args.func(args) or 0)
+        if not hasattr(args, "storage"):
+            return int(args.func(args) or 0)
+        from nasdd.storage import from_env, storage_errors
+
+        args.storage = from_env(args.storage)  # NASDD_STORAGE when --storage is not given
+        with storage_errors(args.storage):
+            return int(args.func(args) or 0)
     except NasddError as exc:
         if args.debug:
             raise
-        print(f"nasdd {args.subcommand}: error: {exc}", file=sys.stderr)
+        message = str(exc)
+        if "://" in message:  # a URL quoted by a message: never print its password
+            from nasdd.storage import hide
+
+            message = hide(message)
+        print(f"nasdd {args.subcommand}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
         detail = f": {exc}" if str(exc) else ""

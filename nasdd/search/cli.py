@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--storage",
         default=None,
         help="Optuna storage: an SQLAlchemy URL (sqlite:///PATH, postgresql://...), journal:PATH or PATH.log "
-        "(default: sqlite in the study folder); `optuna-dashboard URL` opens it",
+        "(default: $NASDD_STORAGE, else sqlite in the study folder); `optuna-dashboard URL` opens it",
     )
     parser.add_argument("--sampler", default="tpe", choices=list(SAMPLERS), help="Optuna sampler (default tpe)")
     parser.add_argument(

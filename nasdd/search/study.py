@@ -32,7 +32,7 @@ from nasdd.search.workers import (
     retry_trial,
 )
 from nasdd.spaces import SearchSpace, load_space
-from nasdd.storage import open_storage, sqlite_url
+from nasdd.storage import masked, open_storage, sqlite_url
 from nasdd.train import TrainRecipe
 from nasdd.utils import ensure_dir, resolve_device, write_json
 
@@ -138,7 +138,7 @@ def search(
     config = {
         "version": __version__,
         "study": study_name,
-        "storage": url,
+        "storage": masked(url),
         "space": {"name": space.name, "path": space.path, "size": space.size},
         "dataset": bundle.meta(),
         "proxy": {

@@ -23,7 +23,7 @@ from nasdd.arch import ArchSpec
 from nasdd.data import DatasetBundle
 from nasdd.errors import NasddError
 from nasdd.spaces import SearchSpace
-from nasdd.storage import sqlite_url
+from nasdd.storage import masked, sqlite_url
 from nasdd.train import TrainRecipe
 from nasdd.utils import atomic_open, ensure_dir, stable_hash, write_json
 from nasdd.validate import stats
@@ -334,7 +334,7 @@ def validate(
         "budgets_steps": [sc.info["steps"] for sc in rows if sc.kind == "peer:early"],
         "splits": {"truth": TRUTH_SPLIT, "proxies_and_peers": PROXY_SPLIT, "zero_cost": "one train batch"},
         "statistics": {"ks": list(map(str, ks)), "n_resamples": n_resamples, "confidence": 0.95},
-        "storage": storage or "in-memory",
+        "storage": masked(storage) or "in-memory",
         "device": device,
     }
     if out is not None:

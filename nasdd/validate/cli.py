@@ -52,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--storage",
         default=None,
-        help="Optuna storage URL of the result cache (default: "
+        help="Optuna storage URL of the result cache (default: $NASDD_STORAGE, else "
         "sqlite file results.db in --out); journal:FILE for many workers on a shared disk",
     )
     parser.add_argument("--out", required=True, help="output folder")

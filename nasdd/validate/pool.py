@@ -53,12 +53,13 @@ def study_pool(study_name: str, storage: str, space: SearchSpace | None = None) 
     """
     import optuna
 
+    from nasdd.storage import masked
     from nasdd.validate.store import open_storage
 
     try:
         study = optuna.load_study(study_name=study_name, storage=open_storage(storage))
     except KeyError:
-        raise NasddError(f"no study {study_name!r} in storage {storage}") from None
+        raise NasddError(f"no study {study_name!r} in storage {masked(storage)}") from None
     pool: list[ArchSpec] = []
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         arch = t.user_attrs.get("arch")
