@@ -146,6 +146,34 @@ def atomic_path(path: str | Path) -> contextlib.AbstractContextManager[Path]:
     return _ctx()
 
 
+def load_untrusted(path: str | Path, *, what: str, remedy: str, version: int | None = None) -> Any:
+    """A torch file read without pickle (`weights_only=True`: tensors and plain values only), so a tampered
+    file cannot run code; a file holding other objects, a damaged one, or (with `version`) a dict whose
+    `format` is newer than `version` is refused with one line naming `what` and the `remedy`."""
+    import pickle
+
+    import torch
+
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = next((line for line in str(exc).splitlines() if line.strip().startswith("WeightsUnpickler")), "")
+        raise NasddError(
+            f"{what} {path} holds objects other than tensors and plain values ({first.strip() or 'not allowed'}); "
+            f"refused: it may be tampered with or come from another program; {remedy}"
+        ) from None
+    except Exception as exc:  # torch raises many types for damaged archives
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise NasddError(f"{what} {path} cannot be read ({first}); {remedy}") from None
+    found = data.get("format", 1) if isinstance(data, dict) else None
+    if version is not None and (not isinstance(found, int) or found > version):
+        raise NasddError(
+            f"{what} {path} is format {found}, this nasdd reads up to {version} (made by a newer or another "
+            f"nasdd); upgrade nasdd or {remedy}"
+        )
+    return data
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     """Write JSON atomically, pretty-printed and key-sorted."""
     with atomic_open(path) as f:

@@ -65,7 +65,7 @@ class Curves:
     def _extend(self, spec: ArchSpec, curve: dict, epoch: int) -> dict:
         b, ckpt = self.bundle, self.ckpts / f"{spec.key()}.pt"
         model = build_seeded(spec, (b.channels, b.image_size, b.image_size), b.num_classes, self.seed)
-        state = torch.load(ckpt, weights_only=False) if ckpt.exists() else None
+        state = torch.load(ckpt, weights_only=True) if ckpt.exists() else None  # plain tensors and values
         if state is None or state["epoch"] != len(curve["val"]):
             state, curve["val"] = None, []  # no usable checkpoint: retrain from the start (same numbers)
         start = time.perf_counter()

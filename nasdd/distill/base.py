@@ -37,9 +37,10 @@ from nasdd.models import DEFAULT_ARCH
 from nasdd.registry import Registry
 from nasdd.spaces import SearchSpace, draw_pool, load_space
 from nasdd.train import build_seeded
-from nasdd.utils import atomic_open, progress, resolve_device
+from nasdd.utils import atomic_open, load_untrusted, progress, resolve_device
 
 CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_FORMAT = 1  # the `format` a checkpoint records; a newer one is refused
 DEFAULT_MATCH_POOL = 16
 
 
@@ -288,6 +289,7 @@ class Distiller:
     # ------------------------------------------------------------------------- checkpoints / guards
     def _state(self, iteration: int) -> dict[str, Any]:
         return {
+            "format": CHECKPOINT_FORMAT,
             "iteration": iteration,
             "config": self.config(),
             "images": self.images.detach().cpu(),
@@ -310,10 +312,7 @@ class Distiller:
         path = Path(out or ".") / CHECKPOINT
         if out is None or not path.exists():
             return 0
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc:
-            raise NasddError(f"checkpoint {path} cannot be read ({exc}); delete it to start over") from exc
+        state = load_untrusted(path, what="checkpoint", remedy="delete it to start over", version=CHECKPOINT_FORMAT)
         saved = {k: v for k, v in state["config"].items() if k != "iterations"}
         now = {k: v for k, v in self.config().items() if k != "iterations"}
         if saved != now:

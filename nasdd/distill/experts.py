@@ -28,10 +28,11 @@ from nasdd.distill.base import match_pool
 from nasdd.errors import NasddError
 from nasdd.models import DEFAULT_ARCH
 from nasdd.train import TrainRecipe, build_seeded, evaluate, fit
-from nasdd.utils import atomic_open, progress, resolve_device, write_json
+from nasdd.utils import atomic_open, load_untrusted, progress, resolve_device, write_json
 
 # MTT's expert recipe: SGD lr 0.01, no momentum, no weight decay, batch 256, DSA; flip is dropped
 # because digits are not mirror-symmetric. `epochs` is set by the caller.
+EXPERT_FORMAT = 1  # the `format` an expert file records; a newer one is refused
 EXPERT_RECIPE = TrainRecipe(
     epochs=1,
     batch_size=256,
@@ -92,15 +93,12 @@ def _check_recipe(recipe: TrainRecipe) -> None:
 def _load_expert(path: Path) -> dict | None:
     if not path.exists():
         return None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for damaged archives
-        raise NasddError(f"expert file {path} cannot be read ({exc}); delete it to train it again") from exc
+    return load_untrusted(path, what="expert file", remedy="delete it to train it again", version=EXPERT_FORMAT)
 
 
 def _save_expert(path: Path, state: dict) -> None:
     with atomic_open(path, "wb") as f:
-        torch.save(state, f)
+        torch.save({**state, "format": EXPERT_FORMAT}, f)
 
 
 def train_experts(

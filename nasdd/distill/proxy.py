@@ -17,7 +17,7 @@ import torch
 
 from nasdd import __version__
 from nasdd.errors import NasddError
-from nasdd.utils import atomic_open, atomic_path, ensure_dir, file_sha256, stable_hash, write_json
+from nasdd.utils import atomic_open, atomic_path, ensure_dir, file_sha256, load_untrusted, stable_hash, write_json
 
 DATA_FILE, SIDECAR = "proxy.pt", "proxy.json"
 FORMAT = 2  # 2: the sidecar carries a digest of its own contents
@@ -122,14 +122,16 @@ class ProxySet:
             expected = sidecar["sha256"]
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise NasddError(f"{side} is damaged ({exc}); distil the proxy again") from exc
+        if not isinstance(sidecar.get("format", 1), int) or sidecar.get("format", 1) > FORMAT:
+            raise NasddError(
+                f"{side} is format {sidecar.get('format')!r}, this nasdd reads up to {FORMAT} (made by a newer or "
+                "another nasdd); upgrade nasdd or distil the proxy again"
+            )
         if sidecar.get("format", 1) >= 2 and stable_hash(_without(sidecar, "digest"), 64) != sidecar.get("digest"):
             raise NasddError(f"{side} was edited or damaged (its digest does not match its contents); distil again")
         if file_sha256(data) != expected:
             raise NasddError(f"{data} is damaged: its checksum does not match {side}; distil the proxy again")
-        try:
-            tensors = torch.load(data, map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch raises many types for damaged archives
-            raise NasddError(f"{data} cannot be read ({exc}); distil the proxy again") from exc
+        tensors = load_untrusted(data, what="proxy data", remedy="distil the proxy again")
         proxy = cls(
             images=tensors["images"],
             labels=tensors["labels"],

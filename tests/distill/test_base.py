@@ -32,7 +32,7 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(digits, tmp_path)
     whole = distill(digits, "dm", 2, seed=4, **QUICK)
     with pytest.raises(KeyboardInterrupt):
         Interrupted(ipc=2, seed=4, **QUICK).run(digits, out=tmp_path)
-    assert torch.load(tmp_path / CHECKPOINT, weights_only=False)["iteration"] == 4
+    assert torch.load(tmp_path / CHECKPOINT, weights_only=True)["iteration"] == 4
     resumed = distill(digits, "dm", 2, seed=4, out=tmp_path, resume=True, **QUICK)
     assert torch.equal(resumed.images, whole.images)
     assert resumed.provenance["cost"]["sample_grads"] == whole.provenance["cost"]["sample_grads"]
@@ -48,7 +48,7 @@ def test_resume_refuses_another_configuration(digits, tmp_path):
 def test_nan_stops_with_a_message_and_keeps_the_last_good_images(digits, tmp_path):
     with pytest.raises(NasddError, match=r"dm diverged at iteration 3 .*last good images are kept"):
         Diverges(ipc=1, seed=2, **QUICK).run(digits, out=tmp_path)
-    state = torch.load(tmp_path / CHECKPOINT, weights_only=False)
+    state = torch.load(tmp_path / CHECKPOINT, weights_only=True)
     good = distill(digits, "dm", 1, seed=2, **{**QUICK, "iterations": 3})
     assert state["iteration"] == 3 and torch.equal(state["images"], good.images)
 

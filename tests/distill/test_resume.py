@@ -66,7 +66,7 @@ def test_killed_distillation_resumes_from_its_checkpoint(tmp_path, digits):
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.communicate()
-    reached = torch.load(out / CHECKPOINT, weights_only=False)["iteration"]
+    reached = torch.load(out / CHECKPOINT, weights_only=True)["iteration"]
     assert 0 < reached < 3000, "the kill must land in the middle of the run"
     assert not (out / "proxy.pt").exists() and not (out / "proxy.json").exists()  # nothing half-made
     resumed = distill_process(out, "--resume")
