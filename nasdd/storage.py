@@ -38,7 +38,7 @@ from nasdd.errors import NasddError
 
 ATTEMPTS = 6
 ENV = "NASDD_STORAGE"  # the storage URL when no --storage is given (keeps a password off the command line)
-RECONNECT_S = 60.0  # how long a worker keeps trying to reconnect to a database that went away
+RECONNECT_S = 60.0  # how long a worker keeps reconnecting to a database that went away ($NASDD_RECONNECT_S)
 RETRIES = 3  # times a storage call interrupted by a dropped connection is retried (reads, idempotent writes)
 _USERINFO = re.compile(r"(?P<head>\b[A-Za-z][\w+.-]*://[^:/@\s]*:)(?P<password>[^\s]*)@(?P<host>[^@\s]*)")
 
@@ -202,7 +202,7 @@ def _reconnect_with_backoff(engine: Any) -> None:
 
     @event.listens_for(engine, "do_connect")
     def connect(dialect: Any, record: Any, cargs: tuple, cparams: dict) -> Any:
-        deadline, wait = time.monotonic() + RECONNECT_S, 0.25
+        deadline, wait = time.monotonic() + float(os.environ.get("NASDD_RECONNECT_S", RECONNECT_S)), 0.25
         while True:
             try:
                 return dialect.connect(*cargs, **cparams)
