@@ -186,6 +186,18 @@ for _name in (
     "record_heartbeat",
 ):
     setattr(_RDBStorage, _name, _retrying(_name))
+_beat = _RDBStorage.record_heartbeat
+
+
+def _record_heartbeat(self: _RDBStorage, trial_id: int) -> None:
+    """A heartbeat that fails (the server away for longer than the reconnect window) is skipped: it runs in
+    Optuna's thread, where an error would print a traceback, and a trial is stale only after two missed
+    beats; the worker's own next storage call reports a server that stays away."""
+    with contextlib.suppress(Exception):
+        _beat(self, trial_id)
+
+
+_RDBStorage.record_heartbeat = _record_heartbeat  # type: ignore[method-assign]
 
 
 def _disconnected(exc: BaseException) -> bool:
@@ -217,22 +229,45 @@ def _reconnect_with_backoff(engine: Any) -> None:
 def storage_errors(url: str | None, resume: str = "rerun the same command to resume") -> Iterator[None]:
     """Turn a storage failure in the block (a server gone for longer than `RECONNECT_S`, a full disk, a
     damaged journal) into a NasddError naming the masked storage and how to resume."""
-    import sqlalchemy.exc
 
     try:
         yield
-    except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
-        cause = exc.__cause__ if isinstance(exc, optuna.exceptions.StorageInternalError) and exc.__cause__ else exc
-        raise NasddError(
-            f"storage {masked(url) or 'in --out'} failed: {hide(_first_line(cause))}; finished work is kept there, "
-            f"{resume} once it is reachable again"
-        ) from None
-    except ValueError as exc:  # the journal backend reading a damaged line
-        if not isinstance(exc, json.JSONDecodeError) and str(exc) != "Invalid log format.":
+    except NasddError:
+        raise
+    except Exception as exc:
+        cause = _storage_cause(exc)
+        if cause is None:
+            _journal_error(exc, url, resume)
             raise
         raise NasddError(
-            f"journal {masked(url) or 'in --out'} is damaged ({_first_line(exc)}); restore the file or remove its "
-            f"damaged line, then {resume}"
+            f"storage {masked(url) or 'in the --out folder'} failed: {hide(_first_line(cause))}; finished work is "
+            f"kept there: once it is reachable again (server up, disk space free), {resume}"
+        ) from None
+
+
+def _storage_cause(exc: BaseException) -> BaseException | None:
+    """The database error behind `exc`: itself, the error Optuna wrapped, or the one being handled when
+    `exc` was raised (Optuna's clean-up after a failed write can fail in turn)."""
+    import sqlalchemy.exc
+
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return None
+        if isinstance(seen, sqlalchemy.exc.SQLAlchemyError):
+            return seen
+        if isinstance(seen, optuna.exceptions.StorageInternalError):
+            return seen.__cause__ or seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _journal_error(exc: BaseException, url: str | None, resume: str) -> None:
+    """Raise a one-line NasddError when `exc` is the journal backend reading a damaged line."""
+    if isinstance(exc, ValueError) and (isinstance(exc, json.JSONDecodeError) or str(exc) == "Invalid log format."):
+        raise NasddError(
+            f"journal {masked(url) or 'in the --out folder'} is damaged ({_first_line(exc)}); restore the file or "
+            f"remove its damaged line, then {resume}"
         ) from None
 
 
