@@ -90,6 +90,7 @@ def finish(procs, rerun):
             assert again.returncode == 0, err
 
 
+@pytest.mark.slow  # worker processes around a server restart: 107 s at 1-min load 11 on 2 cores
 @pytest.mark.postgres
 def test_two_workers_ride_through_a_postgresql_restart(proxy, tmp_path, postgres_url):
     study, n = f"restart-{os.getpid()}-{tmp_path.name[-8:]}", 8
@@ -100,6 +101,7 @@ def test_two_workers_ride_through_a_postgresql_restart(proxy, tmp_path, postgres
     assert_exactly(postgres_url, study, n)
 
 
+@pytest.mark.slow  # 102 s at load 11
 @pytest.mark.postgres
 def test_a_server_away_too_long_ends_the_worker_with_one_line_and_a_rerun_finishes(proxy, tmp_path, postgres_url):
     study, n = f"away-{os.getpid()}-{tmp_path.name[-8:]}", 5
@@ -114,12 +116,12 @@ def test_a_server_away_too_long_ends_the_worker_with_one_line_and_a_rerun_finish
     assert_exactly(postgres_url, study, n)
 
 
+@pytest.mark.slow  # a worker process that trains until the disk is full: 57 s at load 17
 def test_sqlite_on_a_full_disk_exits_with_one_line_and_a_rerun_finishes(proxy, tmp_path):
     """A full disk, simulated by a file-size limit just above the study file (writes then fail, as on a full
     file system): the worker exits with one line; with space again the same command finishes the study."""
     out, study = tmp_path / "out", "full"
-    first = worker(proxy, None, study, 1, out)
-    assert first.communicate(timeout=600) and first.returncode == 0
+    assert main(args(proxy, None, study, 1, out)) == 0
     limit = (out / "study.db").stat().st_size + 3 * 4096
 
     def small_disk():
@@ -133,8 +135,7 @@ def test_sqlite_on_a_full_disk_exits_with_one_line_and_a_rerun_finishes(proxy, t
     url = f"sqlite:///{out / 'study.db'}"
     held = len(counted(url, study))
     assert 1 <= held < 30
-    again = worker(proxy, None, study, held + 2, out)
-    assert again.communicate(timeout=600) and again.returncode == 0
+    assert main(args(proxy, None, study, held + 2, out)) == 0
     assert_exactly(url, study, held + 2)
 
 
