@@ -54,7 +54,7 @@ def masked(url: Any) -> Any:
         text = make_url(url).render_as_string(hide_password=True)
     except Exception:  # not a URL SQLAlchemy can parse: mask by pattern
         text = url
-    return _USERINFO.sub(lambda m: f"{m['head']}***@{m['host']}", text) if url.count("@") > 1 or text == url else text
+    return hide(text) if url.count("@") > 1 or text == url else text  # an unescaped '@' in the password
 
 
 def hide(text: str) -> str:
@@ -144,8 +144,6 @@ class _RDBStorage(optuna.storages.RDBStorage):
     when a dropped connection interrupted them; the retry reconnects (see `_reconnect_with_backoff`).
     Creating a trial, setting a parameter or a state is not retried: it may have been committed."""
 
-    retried = 0  # calls retried in this process (the chaos benchmark reports them)
-
 
 def _retrying(name: str) -> Callable:
     method = getattr(optuna.storages.RDBStorage, name)
@@ -158,7 +156,6 @@ def _retrying(name: str) -> Callable:
             except Exception as exc:
                 if attempt == RETRIES or not _disconnected(exc):
                     raise
-                _RDBStorage.retried += 1
         raise AssertionError("unreachable")
 
     return call
