@@ -96,6 +96,7 @@ def test_two_workers_ride_through_a_postgresql_restart(proxy, tmp_path, postgres
     study, n = f"restart-{os.getpid()}-{tmp_path.name[-8:]}", 8
     procs = [worker(proxy, postgres_url, study, n, tmp_path / f"w{i}") for i in range(2)]
     wait_counted(postgres_url, study, 2, procs)
+    assert len(counted(postgres_url, study)) < n  # the restart lands in the middle of the study
     restart_postgres(postgres_url, down_s=2)
     finish(procs, lambda: worker(proxy, postgres_url, study, n, tmp_path / "again"))
     assert_exactly(postgres_url, study, n)
@@ -157,3 +158,56 @@ def test_journal_cut_off_mid_line_is_repaired_and_a_damaged_line_refused(proxy, 
     assert main(args(proxy, f"journal:{log}", "j", 4, tmp_path / "out")) == 2
     line = one_line_error(capsys.readouterr().err)
     assert "is damaged at line 4" in line
+
+
+def validate_process(proxy, url, out):
+    """`nasdd validate` in a subprocess on `url` (through NASDD_STORAGE), as tests/validate/test_workers.py runs it."""
+    a = ["validate", "--dataset", "digits", "--space", TINY, "--pool", "4", "--proxies", str(proxy), "--out", str(out)]
+    a += ["--peers", "params,random", "--truth-seeds", "2", "--truth-recipe", "full,epochs=2"]
+    a += ["--proxy-recipe", "proxy,epochs=20", "--resamples", "100", "--quiet", "--threads", "1", "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "NASDD_STORAGE": url}
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+    return subprocess.Popen([sys.executable, "-m", "nasdd", *a], cwd=ROOT, env=env, **pipes)
+
+
+def results(url):
+    """(study, job) of every recorded result in the storage."""
+    return [
+        (s.study_name, t.user_attrs["job"])
+        for s in optuna.get_all_study_summaries(url)
+        for t in optuna.load_study(study_name=s.study_name, storage=url).get_trials(deepcopy=False)
+        if "result" in t.user_attrs
+    ]
+
+
+@pytest.mark.slow  # a validation process around a server restart: 54 s at load ~15
+@pytest.mark.postgres
+def test_a_validation_rides_through_a_postgresql_restart(digits, tmp_path, postgres_url):
+    from collections import Counter
+
+    from nasdd.distill import distill
+
+    proxy = distill(digits, "random", ipc=5, seed=0).save(tmp_path / "proxy")
+    name = f"restart_{os.getpid()}_{tmp_path.name[-8:].lower()}".replace("-", "_")
+    with sqlalchemy.create_engine(postgres_url, isolation_level="AUTOCOMMIT").connect() as c:  # a fresh database
+        c.execute(sqlalchemy.text(f"DROP DATABASE IF EXISTS {name}"))
+        c.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
+    url = sqlalchemy.engine.make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
+    proc = validate_process(proxy, url, tmp_path / "v")
+    deadline = time.time() + 300
+    while not [r for r in _try(results, url) if "/zerocost-" not in r[0]]:  # a training recorded
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.3)
+    assert proc.poll() is None  # the restart lands in the middle of the validation
+    restart_postgres(url, down_s=2)
+    finish([proc], lambda: validate_process(proxy, url, tmp_path / "v"))
+    per_job = Counter(r for r in results(url) if "/zerocost-" not in r[0])
+    assert per_job and max(per_job.values()) == 1  # every training recorded once
+    assert (tmp_path / "v" / "per_arch.csv").exists() and (tmp_path / "v" / "summary.csv").exists()
+
+
+def _try(f, *a):
+    try:
+        return f(*a)
+    except Exception:  # tables not created yet
+        return []
