@@ -135,27 +135,25 @@ def paired(
     resamples: int,
     *,
     among: Sequence[str] | None = None,
+    between: bool = True,
 ) -> pd.DataFrame:
-    """Delta-tau with paired CIs: each distilled proxy against the best cheap peer, and distilled pairs.
-
-    `among` limits the `a` side to these names (e.g. only a user's proxies), each compared with the best
-    cheap peer and with every other distilled proxy."""
-    t = truth.loc[scores.index.intersection(truth.index)] if len(scores) else truth
-    scores = scores.loc[t.index]
+    """Delta-tau with paired CIs: each distilled proxy against the best cheap peer, and (`between`) distilled
+    pairs. `among` limits the `a` side to these names (e.g. a user's proxies), each then compared with the
+    best cheap peer and every other distilled proxy."""
+    t = truth.loc[scores.index]
     proxies = summary[summary.kind == "proxy"].sort_values("tau", ascending=False)
     cheap = summary[summary.kind.str.startswith("peer")].sort_values("tau", ascending=False)
     best = cheap.iloc[0] if len(cheap) else None
     mine = proxies if among is None else proxies[proxies.name.isin(among)]
     pairs = [(p, best) for _, p in mine.iterrows()] if best is not None else []
-    if among is None:
+    if between and among is None:
         pairs += [(a, b) for i, (_, a) in enumerate(proxies.iterrows()) for _, b in proxies.iloc[i + 1 :].iterrows()]
-    else:
+    elif between:
         pairs += [(a, b) for _, a in mine.iterrows() for _, b in proxies.iterrows() if b["name"] != a["name"]]
     rows = []
     for a, b in pairs:
-        d = stats.paired_delta_tau(
-            t.to_numpy(), scores[a["name"]].to_numpy(), scores[b["name"]].to_numpy(), n_resamples=resamples, seed=0
-        )
+        a_s, b_s = scores[a["name"]].to_numpy(), scores[b["name"]].to_numpy()
+        d = stats.paired_delta_tau(t.to_numpy(), a_s, b_s, n_resamples=resamples, seed=0)
         rows.append({"budget": a["budget"], "a": a["name"], "b": b["name"], "b_kind": b["kind"], **d})
     return pd.DataFrame(rows)
 
@@ -251,9 +249,7 @@ def plot(summary: pd.DataFrame, deltas: pd.DataFrame, ceiling: dict, path: Path,
         vs_peer = deltas[deltas.b_kind.str.startswith("peer")].reset_index(drop=True)
         labels = [f"{r.a} − {r.b}\n@{r.budget}" for _, r in vs_peer.iterrows()]
         y = np.arange(len(vs_peer))
-        bx.errorbar(
-            vs_peer.dtau, y, xerr=[vs_peer.dtau - vs_peer.dtau_low, vs_peer.dtau_high - vs_peer.dtau], fmt="o"
-        )
+        bx.errorbar(vs_peer.dtau, y, xerr=[vs_peer.dtau - vs_peer.dtau_low, vs_peer.dtau_high - vs_peer.dtau], fmt="o")
         bx.axvline(0, color="black", lw=1)
         bx.set_yticks(y, labels, fontsize=7)
         bx.set(xlabel="Δτ (distilled − best cheap peer), paired 95% CI")

@@ -229,3 +229,13 @@ def paired_delta_tau(
         level=level,
         seed=seed,
     )
+
+
+def top_spearman(truth: np.ndarray, score: np.ndarray, k: int) -> float:
+    """Spearman rho of `score` against `truth` over the truth's k best architectures only (how well a
+    proxy orders the candidates a search is after; NaN when there are fewer than 3 of them)."""
+    truth, score = np.asarray(truth, float), _clean(score)
+    if min(k, len(truth)) < 3:
+        return math.nan
+    top = np.argsort(-truth, kind="stable")[:k]
+    return spearman_rho(truth[top], score[top])
