@@ -15,6 +15,7 @@ float32 values in another normalisation); the pixel file reproduces the tensors 
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -46,13 +47,15 @@ def export(proxy, bundle, variant: str, folder: Path) -> Path:  # noqa: ANN001
     return path
 
 
-def timed(argv: list[str]) -> float:
-    start = time.perf_counter()
+def timed(argv: list[str]) -> tuple[float, float]:
+    """Wall seconds and CPU seconds (user + system) of `nasdd ARGV` run as a subprocess."""
+    start, cpu = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     done = subprocess.run([sys.executable, "-m", "nasdd", *argv], capture_output=True, text=True)
     if done.returncode:
         raise SystemExit(f"{' '.join(argv)} failed:\n{done.stderr[-3000:]}")
     print(done.stdout[-2500:])
-    return time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.perf_counter() - start, after.ru_utime + after.ru_stime - cpu.ru_utime - cpu.ru_stime
 
 
 def main() -> None:
@@ -69,7 +72,7 @@ def main() -> None:
     src = export(proxy, bundle, args.variant, work)
     norm = ["--normalization", "none"] if args.variant == "npz" else []
     imp = ["import-proxy", str(src), "--dataset", "fashion_mnist", "--method", "random", "--out", str(work / "proxy")]
-    t_import = timed([*imp, *norm, "--quiet"])
+    t_import, c_import = timed([*imp, *norm, "--quiet"])
     from nasdd.distill import ProxySet
 
     imported = ProxySet.load(work / "proxy", bundle)
@@ -78,7 +81,7 @@ def main() -> None:
     name = f"random-ipc10-{args.variant}"
     bench = ["bench", f"{work / 'proxy'}={name}", "--benchmark", "fashion_mnist", "--budgets", args.budget]
     bench += ["--out", str(work / "bench"), "--threads", str(args.threads or 1), "--quiet", "--resamples", "1000"]
-    t_bench = timed(bench)
+    t_bench, c_bench = timed(bench)
     load_after = os.getloadavg()[0]
     s = pd.read_csv(work / "bench" / "summary.csv")
     mine = s[s.name == name].iloc[0]
@@ -103,6 +106,8 @@ def main() -> None:
         "train_seconds_sum": round(float(mine.cost_seconds), 1),
         "import_wall_s": round(t_import, 1),
         "bench_wall_s": round(t_bench, 1),
+        "import_cpu_s": round(c_import, 1),
+        "bench_cpu_s": round(c_bench, 1),
         "threads": args.threads or 1,
         "loadavg_1min_before": round(load, 2),
         "loadavg_1min_after": round(load_after, 2),
