@@ -8,6 +8,8 @@ file is imported with `nasdd import-proxy` and audited with `nasdd bench` at one
 storage (every member trains), timed as a subprocess; its tau is compared with the committed benchmark's
 random-ipc10 row at that budget. The DC round trip moves some pixels by one float32 ulp (the file holds
 float32 values in another normalisation); the pixel file reproduces the tensors bit for bit.
+`--replay JOURNAL` audits with a copy of the benchmark's own journal as the storage, so the recorded
+trainings of the same proxy and recipe are read instead of trained (the protocol's job keys are shared).
 
     OMP_NUM_THREADS=1 nice -n 10 python scripts/bench_import.py --threads 1 --quiet --variant dc
 """
@@ -63,8 +65,10 @@ def main() -> None:
     ap.add_argument("--variant", choices=("dc", "npz"), default="dc")
     ap.add_argument("--budget", default="1/100")
     ap.add_argument("--committed", default="results/bench_fashion_mnist/summary.csv")
+    ap.add_argument("--replay", default=None, help="a copy of this journal is the storage: recorded trainings are read")
     args = _bench.parse(ap)
-    work = Path(args.work) / args.variant
+    variant = args.variant + ("-replay" if args.replay else "")
+    work = Path(args.work) / variant
     if work.exists():
         shutil.rmtree(work)  # a fresh storage: every member trains
     bundle = load_dataset("fashion_mnist")
@@ -78,9 +82,12 @@ def main() -> None:
     imported = ProxySet.load(work / "proxy", bundle)
     differ = int((imported.images != proxy.images).sum())
     load = os.getloadavg()[0]
-    name = f"random-ipc10-{args.variant}"
+    name = f"random-ipc10-{variant}"
     bench = ["bench", f"{work / 'proxy'}={name}", "--benchmark", "fashion_mnist", "--budgets", args.budget]
     bench += ["--out", str(work / "bench"), "--threads", str(args.threads or 1), "--quiet", "--resamples", "1000"]
+    if args.replay:
+        shutil.copy(args.replay, work / "replay.journal")
+        bench += ["--storage", f"journal:{work / 'replay.journal'}"]
     t_bench, c_bench = timed(bench)
     load_after = os.getloadavg()[0]
     s = pd.read_csv(work / "bench" / "summary.csv")
@@ -88,7 +95,7 @@ def main() -> None:
     c = pd.read_csv(args.committed)
     ref = c[(c.budget == args.budget) & (c.name == "random-ipc10")].iloc[0]
     row = {
-        "variant": args.variant,
+        "variant": variant,
         "budget": args.budget,
         "proxy": name,
         "source_proxy_id": proxy.id,
@@ -118,7 +125,7 @@ def main() -> None:
     res = Path(args.out).with_suffix("")
     res.mkdir(parents=True, exist_ok=True)
     for f in ("summary.csv", "paired.csv", "verdict.md", "bench.png"):
-        shutil.copy(work / "bench" / f, res / f"{args.variant}_{f}")
+        shutil.copy(work / "bench" / f, res / f"{variant}_{f}")
     _bench.record(args.out)
 
 
