@@ -24,6 +24,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "search": ("nasdd.search", "Optuna architecture search with candidates trained on a proxy"),
     "validate": ("nasdd.validate.cli", "audit how faithfully proxies rank architectures"),
     "truth": ("nasdd.validate.truth_cli", "train a pool on full data into a reusable truth table (CSV)"),
+    "import-proxy": ("nasdd.distill.import_cli", "turn another codebase's synthetic set into a ProxySet"),
+    "bench": ("nasdd.validate.bench_cli", "rank your proxies against a shipped benchmark at matched cost"),
     "report": ("nasdd.report", "tables and plots of cost against ranking fidelity"),
     "run": ("nasdd.pipeline", "distil -> search -> validate -> report in one command"),
 }

@@ -24,98 +24,30 @@ resumes, and a stopped run loses at most the trainings in flight.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import _bench
-import numpy as np
 import pandas as pd
 
 from nasdd.data import load_dataset
 from nasdd.distill import ProxySet
 from nasdd.errors import NasddError
-from nasdd.spaces import load_space
-from nasdd.validate import stats, validate
-from nasdd.validate.audit import proxy_labels as labels
-from nasdd.validate.budget import break_even, budget_recipe, parse_fraction
-from nasdd.validate.peers import resolve_peers
+from nasdd.validate import stats
+from nasdd.validate.budget import parse_fraction
+from nasdd.validate.matched import (
+    SHOW,
+    MatchedCost,
+    amortisation,
+    by_budget,
+    convergence,
+    paired,
+    plot,
+    score_budget,
+    truth_grads,
+    truth_means,
+    verdict,
+)
 from nasdd.validate.table import TruthTable
-
-SHOW = ["budget", "name", "kind", "tau", "tau_low", "tau_high", "rho", "regret@1", "grads_per_candidate"]
-
-
-def convergence(table: TruthTable, longer: TruthTable, n_resamples: int) -> pd.DataFrame:
-    """Recipe R against 2R on the members both tables hold, next to R's (and 2R's) seed-to-seed agreement."""
-    keys = [k for k in longer.accuracies().index if k in table.accuracies().index]
-    r, r2 = table.accuracies().loc[keys], longer.accuracies().loc[keys]
-    opts = {"n_resamples": n_resamples, "ks": ()}
-    between = stats.rank_statistics(r.mean(axis=1).to_numpy(), r2.mean(axis=1).to_numpy(), **opts)
-    seeds_r = stats.noise_ceiling(r.to_numpy(), **opts)
-    seeds_r2 = stats.noise_ceiling(r2.to_numpy(), **opts)
-    row = {
-        "members": len(keys),
-        "recipe": table.meta["recipe"],
-        "recipe_2x": longer.meta["recipe"],
-        "tau_R_2R": between["tau"],
-        "tau_R_2R_low": between["tau_low"],
-        "tau_R_2R_high": between["tau_high"],
-        "seed_tau_R": seeds_r["tau"],
-        "seed_tau_2R": seeds_r2["tau"],
-        "acc_R": r.mean(axis=1).mean(),
-        "acc_2R": r2.mean(axis=1).mean(),
-    }
-    row["converged"] = bool(row["tau_R_2R"] >= min(row["seed_tau_R"], 0.85))
-    return pd.DataFrame([row])
-
-
-def audit_budget(
-    args: argparse.Namespace, ctx: dict, frac: float, first: bool, k: int = 1
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Summary rows and per-architecture scores of every proxy and peer at one budget, each trained option
-    scored as the mean of `k` seeds trained for 1/k of the budget each (named `NAME xk` when k > 1)."""
-    bundle, table = ctx["bundle"], ctx["table"]
-    grads = frac * ctx["truth_grads"] / k
-    peers = resolve_peers(args.peers)
-    summaries, scores = [], []
-    for i, ipc in enumerate(args.ipcs):
-        n = ipc * bundle.num_classes
-        recipe = budget_recipe(ctx["proxy_base"], n, grads)
-        names = [p.name for p in peers if p.kind == "subset"]
-        if i == 0:
-            names += [p.name for p in peers if p.kind == "early" or (first and p.kind == "zerocost")]
-        proxies = [p for p in ctx["proxies"] if p.ipc == ipc]
-        res = validate(
-            bundle,
-            ctx["pool"],
-            proxies,
-            space=ctx["space"],
-            peers=",".join(names),
-            proxy_recipe=recipe,
-            proxy_seeds=k,
-            budgets=[grads / len(bundle.y_train)] if "early" in names else None,
-            ipc=ipc,
-            subset_preset=args.preset,
-            storage=args.storage,
-            out=Path(args.work) / f"ipc{ipc}",
-            device=args.device,
-            n_resamples=args.resamples,
-            truth_table=table,
-        )
-        s = res.summary[~res.summary.kind.isin(["truth", "noise_ceiling"])].copy()
-        auto = zip(labels(proxies), proxies, strict=True)
-        named = {label: ctx["names"][p.id] for label, p in auto if p.id in ctx["names"]}
-        s["name"] = s.name.replace(named)
-        distilled = s["distill_sample_grads"].fillna(0) if "distill_sample_grads" in s else 0
-        s["grads_per_candidate"] = (s.cost_sample_grads - distilled) / len(ctx["pool"])
-        sc = res.per_arch.set_index("arch_key").rename(columns=named)[s.name.tolist()]
-        if k > 1:
-            s["name"] = s.name.where(s.kind == "peer:zerocost", s.name + f" x{k}")
-            sc.columns = s.name.tolist()
-        summaries.append(s)
-        scores.append(sc)
-    summary = pd.concat(summaries, ignore_index=True)
-    summary.insert(0, "budget", f"1/{round(1 / frac)}")
-    return summary, pd.concat(scores, axis=1)
 
 
 def earlier(
@@ -131,108 +63,6 @@ def earlier(
     old_scores = pd.read_csv(path, index_col=0).rename(columns=lambda c: c.removesuffix(f"@{budget}"))
     old = old[old.name.isin(old_scores.columns)]
     return pd.concat([summary, old], ignore_index=True), pd.concat([scores, old_scores[old.name]], axis=1)
-
-
-def paired(summary: pd.DataFrame, scores: pd.DataFrame, truth: pd.Series, resamples: int) -> pd.DataFrame:
-    """Delta-tau with paired CIs: each distilled proxy against the best cheap peer, and distilled pairs."""
-    t = truth.to_numpy()
-    proxies = summary[summary.kind == "proxy"].sort_values("tau", ascending=False)
-    cheap = summary[summary.kind.str.startswith("peer")].sort_values("tau", ascending=False)
-    best = cheap.iloc[0] if len(cheap) else None
-    pairs = [(p, best) for _, p in proxies.iterrows()] if best is not None else []
-    pairs += [(a, b) for i, (_, a) in enumerate(proxies.iterrows()) for _, b in proxies.iloc[i + 1 :].iterrows()]
-    rows = []
-    for a, b in pairs:
-        d = stats.paired_delta_tau(
-            t, scores[a["name"]].to_numpy(), scores[b["name"]].to_numpy(), n_resamples=resamples, seed=0
-        )
-        rows.append({"budget": a["budget"], "a": a["name"], "b": b["name"], "b_kind": b["kind"], **d})
-    return pd.DataFrame(rows)
-
-
-def amortisation(summary: pd.DataFrame, truth_grads: float) -> pd.DataFrame:
-    """Per distilled proxy and budget: cost per candidate amortised over 100 and 1,000 candidates, and the
-    break-even number of candidates against full-data training of every candidate."""
-    rows = []
-    for _, r in summary[summary.kind == "proxy"].iterrows():
-        d, g = float(r.get("distill_sample_grads", 0) or 0), float(r.grads_per_candidate)
-        rows.append(
-            {
-                "budget": r.budget,
-                "name": r["name"],
-                "distill_sample_grads": d,
-                "grads_per_candidate": g,
-                "per_candidate_at_100": g + d / 100,
-                "per_candidate_at_1000": g + d / 1000,
-                "break_even_candidates": break_even(g, d, truth_grads),
-            }
-        )
-    return pd.DataFrame(rows)
-
-
-def verdict(summary: pd.DataFrame, deltas: pd.DataFrame, ceiling: dict) -> str:
-    """Per budget: the best option, the best cheap peer, and whether any distilled proxy beats it (paired)."""
-    lines = [f"Noise ceiling tau {ceiling['tau']:.2f} [{ceiling['tau_low']:.2f}, {ceiling['tau_high']:.2f}]."]
-    for budget, g in summary.groupby("budget", sort=False):
-        best = g.sort_values("tau", ascending=False).iloc[0]
-        cheap = g[g.kind.str.startswith("peer")].sort_values("tau", ascending=False)
-        line = f"- {budget} of a truth training: best {best['name']} tau {best.tau:.2f}"
-        line += f" [{best.tau_low:.2f}, {best.tau_high:.2f}]"
-        if len(cheap):
-            line += f"; best cheap peer {cheap.iloc[0]['name']} ({cheap.iloc[0].tau:.2f})"
-        d = deltas[(deltas.budget == budget) & deltas.b_kind.str.startswith("peer")] if len(deltas) else deltas
-        wins = [f"{r.a} (Δτ {r.dtau:+.2f} [{r.dtau_low:+.2f}, {r.dtau_high:+.2f}])" for _, r in d.iterrows()]
-        beats = [w for w, (_, r) in zip(wins, d.iterrows(), strict=True) if r.dtau_low > 0]
-        if wins:
-            line += "; distilled against it: " + ", ".join(wins)
-            won = "Beats it (paired CI above 0): " + ", ".join(beats) if beats else "No distilled proxy beats it."
-            line += ". " + won
-        lines.append(line)
-    return "\n".join(lines) + "\n"
-
-
-def plot(summary: pd.DataFrame, deltas: pd.DataFrame, ceiling: dict, out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 5))
-    ax.axhspan(ceiling["tau_low"], ceiling["tau_high"], color="grey", alpha=0.2, label="noise ceiling (95% CI)")
-    ax.axhline(ceiling["tau"], color="grey", lw=1)
-    summary = summary.assign(frac=[1 / float(b.split("/")[1]) for b in summary.budget])
-    early = "early stopping (full data)" + summary.seeds.map(lambda k: f" x{k:g}" if k > 1 else "")
-    summary["line"] = summary.name.where(summary.kind != "peer:early", early)
-    for name, g in summary[summary.kind != "peer:zerocost"].groupby("line"):
-        g = g.sort_values("frac")
-        style = "-" if g.kind.iloc[0] == "proxy" else "--"
-        ax.errorbar(g.frac, g.tau, yerr=[g.tau - g.tau_low, g.tau_high - g.tau], fmt=style + "o", capsize=3, label=name)
-    for _, r in summary[summary.kind == "peer:zerocost"].drop_duplicates("name").iterrows():
-        ax.axhline(r.tau, ls=":", lw=1, color="black")
-        ax.annotate(r["name"], (summary.frac.min(), r.tau), fontsize=7, va="bottom")
-    ax.set(xscale="log", xlabel="per-candidate budget (fraction of one truth training)", ylabel="Kendall τ vs truth")
-    ax.legend(fontsize=7, loc="lower right")
-    if len(deltas):
-        vs_peer = deltas[deltas.b_kind.str.startswith("peer")].reset_index(drop=True)
-        labels = [f"{r.a} − {r.b}\n@{r.budget}" for _, r in vs_peer.iterrows()]
-        y = np.arange(len(vs_peer))
-        bx.errorbar(
-            vs_peer.dtau, y, xerr=[vs_peer.dtau - vs_peer.dtau_low, vs_peer.dtau_high - vs_peer.dtau], fmt="o"
-        )
-        bx.axvline(0, color="black", lw=1)
-        bx.set_yticks(y, labels, fontsize=7)
-        bx.set(xlabel="Δτ (distilled − best cheap peer), paired 95% CI")
-    fig.suptitle("Ranking at matched cost")
-    fig.tight_layout()
-    fig.savefig(out / "tau_vs_budget.png", dpi=120)
-
-
-def by_budget(df: pd.DataFrame) -> pd.DataFrame:
-    """Rows ordered from the smallest budget up (stable: rows of one budget keep their order)."""
-    if not len(df):
-        return df
-    order = df.budget.map(parse_fraction).sort_values(kind="stable").index
-    return df.loc[order].reset_index(drop=True)
 
 
 def main() -> None:
@@ -256,31 +86,34 @@ def main() -> None:
     if args.storage.startswith("journal:"):
         Path(args.storage[len("journal:") :]).parent.mkdir(parents=True, exist_ok=True)
 
-    from nasdd.train import TrainRecipe
-
     table = TruthTable.load(args.truth)
     bundle = load_dataset(args.dataset)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.check:
         convergence(table, TruthTable.load(args.check), args.resamples).to_csv(out / "convergence.csv", index=False)
-    ctx = {
-        "bundle": bundle,
-        "table": table,
-        "space": load_space(table.meta["space"]),
-        "pool": table.archs(),
-        "proxies": [ProxySet.load(p.partition("=")[0], bundle) for p in args.proxies],
-        "proxy_base": TrainRecipe.parse(args.proxy_recipe, TrainRecipe.parse("proxy")),
-        "truth_grads": float(np.nanmean(table.frame.filter(like="sample_grads_s").to_numpy(float))),
-    }
-    ctx["names"] = {p.id: a.partition("=")[2] for p, a in zip(ctx["proxies"], args.proxies, strict=True) if "=" in a}
-    truth = table.accuracies().mean(axis=1).loc[[a.key() for a in ctx["pool"]]]
+    proxies = [ProxySet.load(p.partition("=")[0], bundle) for p in args.proxies]
+    names = {p.id: a.partition("=")[2] for p, a in zip(proxies, args.proxies, strict=True) if "=" in a}
+    cfg = MatchedCost(
+        storage=args.storage,
+        work=Path(args.work),
+        peers=tuple(n.strip() for n in args.peers.split(",") if n.strip()),
+        ipcs=tuple(args.ipcs),
+        proxy_recipe=args.proxy_recipe,
+        preset=args.preset,
+        device=args.device,
+        resamples=args.resamples,
+    )
+    truth = truth_means(table)
     summaries, deltas = [], []
     fracs = sorted((parse_fraction(b) for b in args.budgets.split(",")), reverse=False)
     zc: tuple[pd.DataFrame, pd.DataFrame] | None = None  # zero-cost rows cost the same at every budget
     old = _bench.read(out / "summary.csv"), _bench.read(out / "paired.csv")  # kept where not redone
     for i, frac in enumerate(fracs):
-        runs = [audit_budget(args, ctx, frac, i == 0 and j == 0, k) for j, k in enumerate(args.score_seeds)]
+        runs = [
+            score_budget(bundle, table, proxies, frac, cfg, names=names, k=k, zerocost=i == 0 and j == 0)
+            for j, k in enumerate(args.score_seeds)
+        ]
         summary = pd.concat([r[0] for r in runs], ignore_index=True)
         scores = pd.concat([r[1] for r in runs], axis=1)
         if zc is None:
@@ -299,10 +132,10 @@ def main() -> None:
         all_deltas = by_budget(pd.concat([kept[1], *deltas], ignore_index=True))
         all_summary.to_csv(out / "summary.csv", index=False, float_format="%.4g")
         all_deltas.to_csv(out / "paired.csv", index=False, float_format="%.4g")
-        amortisation(all_summary, ctx["truth_grads"]).to_csv(out / "amortised.csv", index=False, float_format="%.4g")
+        amortisation(all_summary, truth_grads(table)).to_csv(out / "amortised.csv", index=False, float_format="%.4g")
         print(all_summary[[c for c in SHOW if c in all_summary]].to_string(index=False, float_format="%.3f"))
     ceiling = stats.noise_ceiling(table.accuracies().to_numpy(), ks=(), n_resamples=args.resamples)
-    plot(all_summary, all_deltas, ceiling, out)
+    plot(all_summary, all_deltas, ceiling, out / "tau_vs_budget.png")
     text = verdict(all_summary, all_deltas, ceiling)
     (out / "verdict.md").write_text(text)
     print(text)

@@ -9,8 +9,8 @@ Converged (the ranking benchmark's criterion): tau(R, 2R) >= min(seed-to-seed ta
 from __future__ import annotations
 
 import _bench
-from bench_rank import convergence
 
+from nasdd.validate.matched import convergence
 from nasdd.validate.table import TruthTable
 
 

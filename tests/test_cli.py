@@ -92,7 +92,16 @@ print("HEAVY=" + ",".join(m for m in {heavy!r} if m in sys.modules))
 
 
 @pytest.mark.parametrize(
-    "argv", [["--version"], ["--help"], ["list"], ["list", "spaces"], ["run", "--help"], ["validate", "--help"]]
+    "argv",
+    [
+        ["--version"],
+        ["--help"],
+        ["list"],
+        ["list", "spaces"],
+        ["run", "--help"],
+        ["validate", "--help"],
+        ["bench", "--help"],
+    ],
 )
 def test_start_up_imports_no_torch(argv):
     """`--help`, `--version` and `nasdd list` start without torch; a subcommand's --help imports only it."""
@@ -101,7 +110,7 @@ def test_start_up_imports_no_torch(argv):
     heavy = done.stdout.rsplit("HEAVY=", 1)[1].strip()
     if argv[0] == "run":
         assert "matplotlib.pyplot" not in heavy and "optuna" not in heavy, heavy  # report/search load when used
-    elif argv[0] == "validate":
+    elif argv[0] in ("validate", "bench"):
         assert "torch" not in heavy, heavy  # its options need the statistics' defaults, not the trainer
     else:
         assert heavy == "", f"{argv} imported {heavy}"

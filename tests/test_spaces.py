@@ -216,6 +216,8 @@ def test_the_wheel_ships_every_module_and_space(tmp_path):
     assert {f"nasdd/search_spaces/{n}.yaml" for n in yamls} <= names and "nasdd/catalog.json" in names
     tables = {str(p.relative_to(ROOT)) for p in (ROOT / "nasdd" / "validate").glob("truth_*.csv")}
     assert tables and tables <= names  # the truth tables `nasdd run` reads
+    benchmarks = {str(p.relative_to(ROOT)) for p in (ROOT / "nasdd" / "validate" / "benchmarks").glob("*/*.csv")}
+    assert len(benchmarks) >= 8 and benchmarks <= names  # the tables and cached scores `nasdd bench` reads
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     env = {**os.environ, "PYTHONPATH": str(site)}

@@ -229,3 +229,13 @@ def paired_delta_tau(
         level=level,
         seed=seed,
     )
+
+
+def top_spearman(truth: np.ndarray, score: np.ndarray, k: int) -> float:
+    """Spearman rho of `score` against `truth` over the truth's k best architectures only (how well a
+    proxy orders the candidates a search is after). NaN unless 3 <= k < the number of architectures."""
+    truth, score = np.asarray(truth, float), _clean(score)
+    if not 3 <= k < len(truth):
+        return math.nan
+    top = np.argsort(-truth, kind="stable")[:k]
+    return spearman_rho(truth[top], score[top])
