@@ -15,7 +15,7 @@ from nasdd.distill.base import CHECKPOINT, METHODS, Distiller, register
 from nasdd.distill.proxy import ProxySet
 from nasdd.errors import NasddError
 
-_NOT_METHODS = {"base", "proxy", "cli", "evaluate", "experts"}
+_NOT_METHODS = {"base", "proxy", "cli", "evaluate", "experts", "hypergrad"}
 for _m in pkgutil.iter_modules(__path__):
     if _m.name not in _NOT_METHODS:
         importlib.import_module(f"{__name__}.{_m.name}")
