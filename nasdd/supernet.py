@@ -46,6 +46,11 @@ def space_choices(space: SearchSpace) -> dict[str, list]:
     if extra:
         raise NasddError(f"hcdc cannot relax parameter {extra[0]!r} of {space.name}; relaxable: {', '.join(FACTORS)}")
     choices = {f: list(grid.get(f, [_DEFAULTS[f]])) for f in FACTORS}
+    if set(choices["pooling"]) - {"maxpool", "avgpool"}:
+        raise NasddError(
+            f"hcdc mixes pooled members only (maxpool, avgpool: the same feature-map sizes); {space.name} has "
+            f"pooling {choices['pooling']}; use a pooled space such as convnet_cpu_pooled"
+        )
     return {f: sorted(v) if f in ("depth", "width") else v for f, v in choices.items()}
 
 

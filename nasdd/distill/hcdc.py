@@ -78,7 +78,7 @@ class HCDC(Distiller):
     paper = "Ding et al., Calibrated Dataset Condensation for Faster Hyperparameter Search, arXiv 2405.17535"
     note = (
         "learns a synthetic val set; supernet over convnet_cpu_pooled factors; IFT + Neumann hypergradients; "
-        "training set from train_method (default random); cpu preset: 40 iterations, small batches"
+        "training set from train_method (default random); cpu preset: 20 iterations, batches of 32-64, 3 Neumann steps"
     )
     default_iterations = 200
     default_lr_img = 0.01
@@ -108,7 +108,15 @@ class HCDC(Distiller):
             "batch_syn": 16,
             "reinit_every": 2,
         },
-        "cpu": {"iterations": 40, "inner_steps": 10, "neumann_steps": 5, "batch_train": 50, "batch_val": 64},
+        "cpu": {
+            "iterations": 20,
+            "inner_steps": 5,
+            "neumann_steps": 3,
+            "batch_train": 32,
+            "batch_val": 64,
+            "batch_syn": 32,
+            "reinit_every": 5,
+        },
     }
 
     def __init__(self, **kwargs: Any) -> None:
