@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 
+import _bench  # noqa: F401  (puts this checkout's nasdd first on sys.path)
 import pandas as pd
 
 from nasdd.validate.stats import top_spearman_table
