@@ -9,7 +9,7 @@ validation data V and on S' with the same trained weights:
     w*(lam) = argmin_w L_T(w, lam)   (T: the training images the proxy carries),
 
 each hypergradient by the implicit function theorem with a Neumann-series inverse Hessian (Lorraine et
-al., AISTATS 2020, eq. 2 and Algorithm 3; `nasdd.distill.hypergrad`). What follows is how nasdd runs it.
+al., AISTATS 2020: Theorem 1, Cauchy's IFT, and Algorithm 3; `nasdd.distill.hypergrad`). How nasdd runs it:
 
 - lam: the relaxation of the search space's discrete factors (depth, width, activation, normalisation,
   pooling of a `convnet` space, default `convnet_cpu_pooled`) into a supernet (`nasdd.supernet`,

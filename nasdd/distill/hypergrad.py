@@ -1,8 +1,8 @@
 """Implicit-function-theorem hypergradients with a Neumann-series inverse Hessian (Lorraine et al. 2020).
 
 For weights w*(lam) that minimise a training loss L_T(w, lam), the hypergradient of a validation loss
-L_V(w*(lam), lam) is (Lorraine, Vicol & Duvenaud, AISTATS 2020, eq. 2 / Cauchy's IFT; HCDC's eq. for the
-hypergradient uses the same form):
+L_V(w*(lam), lam) is (Lorraine, Vicol & Duvenaud, AISTATS 2020, Theorem 1, Cauchy's implicit function
+theorem; HCDC computes its hypergradients the same way, per its abstract):
 
     dL_V/dlam = dL_V/dlam|_direct - (dL_V/dw) [d2L_T/dw dw^T]^-1 d2L_T/dw dlam^T
 
