@@ -29,7 +29,10 @@ al., AISTATS 2020: Theorem 1, Cauchy's IFT, and Algorithm 3; `nasdd.distill.hype
   the synthetic batch, no graph kept across Neumann steps.
 - S' is updated by Adam (`lr_img` 0.05, chosen over 0.01 on the mnist5k 24-member audit, never on Fashion).
 
-CPU deviations (say so when quoting results): a few hundred outer iterations at most, small batches
+Scoring: nasdd ranks candidates by accuracy on the synthetic set (what search and validate score),
+while the matching calibrates the validation *loss*; a 100-image set scores accuracy in 1% steps.
+
+CPU deviations (say so when quoting results): the `cpu` preset runs 20 outer iterations, small batches
 (`batch_train`, `batch_val`, `batch_syn` images per iteration) and few Neumann steps; the training
 hyperparameters a search could vary are not relaxed (`convnet_cpu_pooled` fixes the recipe); the supernet
 is the width-32 ConvNet of that space with shared conv weights (DARTS-style weight sharing, not a member
