@@ -89,8 +89,9 @@ def command(args: argparse.Namespace) -> int:
         **options,
     )
     cost = proxy.provenance["cost"]
+    val = f" + a synthetic validation set of {len(proxy.val_images)}" if proxy.val_images is not None else ""
     print(
-        f"{args.method}: {len(proxy.images)} images ({args.ipc} per class) -> {args.out} "
+        f"{args.method}: {len(proxy.images)} images ({args.ipc} per class){val} -> {args.out} "
         f"[{cost['seconds']:.1f} s, {cost['sample_grads']:,} sample-gradients]"
     )
     if args.evaluate:

@@ -2,6 +2,11 @@
 
 `proxy.pt` holds the tensors; `proxy.json` holds provenance, dataset metadata and the file's SHA-256.
 Loading verifies the checksum and the stored shapes, and refuses a truncated or altered file.
+
+A proxy may carry a synthetic validation set (`val_images`, `val_labels`; HCDC, `nasdd.distill.hcdc`):
+it lives in the same `proxy.pt` (so the same checksum covers it), its shapes are recorded in the sidecar,
+and it enters the proxy's `id`. Search and validation score candidates on it instead of the real val
+split when it is there (`has_val`, `val_data`).
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ class ProxySet:
     provenance: dict[str, Any] = field(default_factory=dict)
     lr: float | None = None
     zca: torch.Tensor | None = None
+    val_images: torch.Tensor | None = None
+    val_labels: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         self.images = self.images.detach().cpu().float()
@@ -42,6 +49,34 @@ class ProxySet:
             self.zca = self.zca.detach().cpu().float()
         if len(self.images) != len(self.labels):
             raise NasddError(f"proxy has {len(self.images)} images but {len(self.labels)} labels")
+        if (self.val_images is None) != (self.val_labels is None):
+            raise NasddError("a synthetic validation set needs both val_images and val_labels")
+        if self.val_images is not None:
+            self.val_images = self.val_images.detach().cpu().float()
+            self.val_labels = self.val_labels.detach().cpu().long()
+            if len(self.val_images) != len(self.val_labels) or self.val_labels.dim() != 1:
+                raise NasddError(
+                    f"synthetic validation set has {len(self.val_images)} images but labels of shape "
+                    f"{list(self.val_labels.shape)} (hard labels, one per image, are needed)"
+                )
+            if self.val_images.shape[1:] != self.images.shape[1:]:
+                raise NasddError(
+                    f"synthetic validation images {list(self.val_images.shape[1:])} differ from the training "
+                    f"images {list(self.images.shape[1:])}"
+                )
+
+    @property
+    def has_val(self) -> bool:
+        """Whether the proxy carries a synthetic validation set."""
+        return self.val_images is not None
+
+    def val_data(self, x_val: torch.Tensor, y_val: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, str]:
+        """(images, labels, description) to score candidates on: the synthetic validation set when the
+        proxy has one (it lives in the proxy's input space already), else the real (`x_val`, `y_val`)
+        mapped by `input_transform`."""
+        if self.val_images is not None and self.val_labels is not None:
+            return self.val_images, self.val_labels, f"synthetic validation set ({len(self.val_images)} images)"
+        return self.input_transform(x_val), y_val, f"real val split ({len(x_val)} images)"
 
     @property
     def soft(self) -> bool:
@@ -59,7 +94,10 @@ class ProxySet:
     def id(self) -> str:
         """Stable content id: equal proxies (same tensors and lr) have the same id."""
         zca = None if self.zca is None else _tensor_digest(self.zca)
-        digest = stable_hash([_tensor_digest(self.images), _tensor_digest(self.labels), self.lr, zca], 12)
+        parts = [_tensor_digest(self.images), _tensor_digest(self.labels), self.lr, zca]
+        if self.val_images is not None and self.val_labels is not None:  # absent: ids of older proxies unchanged
+            parts.append([_tensor_digest(self.val_images), _tensor_digest(self.val_labels)])
+        digest = stable_hash(parts, 12)
         return f"{self.provenance.get('method', 'proxy')}-ipc{self.ipc}-{digest}"
 
     def input_transform(self, x: torch.Tensor) -> torch.Tensor:
@@ -89,7 +127,10 @@ class ProxySet:
         """Write `proxy.pt` and `proxy.json` into the folder `out` (atomically); return the folder."""
         out = ensure_dir(out)
         buf = io.BytesIO()
-        torch.save({"images": self.images, "labels": self.labels, "zca": self.zca}, buf)
+        tensors = {"images": self.images, "labels": self.labels, "zca": self.zca}
+        if self.has_val:
+            tensors.update(val_images=self.val_images, val_labels=self.val_labels)
+        torch.save(tensors, buf)
         with atomic_open(out / DATA_FILE, "wb") as f:
             f.write(buf.getvalue())
         sidecar = {
@@ -104,6 +145,9 @@ class ProxySet:
             "meta": self.meta,
             "provenance": {"nasdd_version": __version__, **self.provenance},
         }
+        if self.val_images is not None and self.val_labels is not None:
+            sidecar["val_images_shape"] = list(self.val_images.shape)
+            sidecar["val_labels_shape"] = list(self.val_labels.shape)
         sidecar["digest"] = stable_hash(sidecar, 64)
         write_json(out / SIDECAR, sidecar)
         return out
@@ -139,8 +183,16 @@ class ProxySet:
             provenance=sidecar.get("provenance", {}),
             lr=sidecar.get("lr"),
             zca=tensors.get("zca"),
+            val_images=tensors.get("val_images"),
+            val_labels=tensors.get("val_labels"),
         )
-        if list(proxy.images.shape) != sidecar["images_shape"] or list(proxy.labels.shape) != sidecar["labels_shape"]:
+        shapes = [list(proxy.images.shape), list(proxy.labels.shape)]
+        recorded = [sidecar["images_shape"], sidecar["labels_shape"]]
+        if proxy.val_images is not None or "val_images_shape" in sidecar:
+            shapes += [None if proxy.val_images is None else list(proxy.val_images.shape)]
+            shapes += [None if proxy.val_labels is None else list(proxy.val_labels.shape)]
+            recorded += [sidecar.get("val_images_shape"), sidecar.get("val_labels_shape")]
+        if shapes != recorded:
             raise NasddError(f"{data} does not hold the shapes {side} records; distil the proxy again")
         if bundle is not None:
             proxy.check_compatible(bundle)

@@ -120,6 +120,10 @@ def command(args: argparse.Namespace) -> int:
         )
     states = pd.Series([t.state.name for t in counted]).value_counts().to_dict()
     print(f"study {args.study}: {len(counted)} finished trials {states}; outputs in {out}")
+    if (out / "config.json").exists():
+        scored_on = json.loads((out / "config.json").read_text())["proxy"].get("scored_on")
+        if scored_on:
+            print(f"candidates scored on the {scored_on}")
     if len(study.directions) > 1 and counted:
         print(f"Pareto front: {len(study.best_trials)} trials (listed first in top.csv, by val accuracy)")
     for t in top_trials(study, 1):

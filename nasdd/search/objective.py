@@ -37,7 +37,8 @@ class Surplus(Exception):
 
 @dataclass
 class TrainingData:
-    """What candidates train on (a proxy or the full split) and what they are scored on (real val)."""
+    """What candidates train on (a proxy or the full split) and what they are scored on: the real val
+    split, or the proxy's synthetic validation set when it carries one (`scored_on` says which)."""
 
     x: torch.Tensor
     y: torch.Tensor
@@ -47,11 +48,13 @@ class TrainingData:
     lr: float | None
     proxy_id: str
     provenance: dict
+    scored_on: str = "real val split"
 
 
 def training_data(proxy: Any, bundle: DatasetBundle, device: torch.device) -> TrainingData:
     """`proxy`: "full", a ProxySet folder, or a loaded ProxySet. Tensors are moved to `device` once."""
     x_val, y_val = bundle.x_val, bundle.y_val
+    scored_on = f"real val split ({len(x_val)} images)"
     if isinstance(proxy, str) and proxy == "full":
         x, y, lr, pid, prov = bundle.x_train, bundle.y_train, None, f"full-{bundle.key}", {"method": "full"}
     else:
@@ -60,9 +63,9 @@ def training_data(proxy: Any, bundle: DatasetBundle, device: torch.device) -> Tr
 
             proxy = ProxySet.load(proxy, bundle)
         (x, y), lr, pid, prov = proxy.train_data(), proxy.lr, proxy.id, dict(proxy.provenance)
-        x_val = proxy.input_transform(x_val)
+        x_val, y_val, scored_on = proxy.val_data(x_val, y_val)
     to = lambda t: t.detach().to(device)  # noqa: E731
-    return TrainingData(to(x), to(y), to(x_val), to(y_val), bundle.num_classes, lr, pid, prov)
+    return TrainingData(to(x), to(y), to(x_val), to(y_val), bundle.num_classes, lr, pid, prov, scored_on)
 
 
 def _cache_hit(trials: list[FrozenTrial], cache_key: str) -> FrozenTrial | None:

@@ -146,6 +146,7 @@ def search(
             "source": str(proxy) if isinstance(proxy, str | Path) else "object",
             "provenance": data.provenance,
             "train_size": len(data.x),
+            "scored_on": data.scored_on,
         },
         "recipe": asdict(train_recipe),
         "sampler": sampler,

@@ -4,7 +4,9 @@ Every proxy and peer scores the same pool; its per-architecture score (mean over
 with the ground truth (mean test accuracy over truth seeds) by `nasdd.validate.stats`. The noise
 ceiling is the agreement between truth seeds. Costs: a row's `cost_*` is its distillation plus every
 candidate training (or zero-cost evaluation) over all its seeds; `speedup_*` divides the cost of ONE
-ground-truth seed over the pool by it. Proxies and peers are scored on the val split, truth on test.
+ground-truth seed over the pool by it. Proxies and peers are scored on the val split, truth on test; a
+proxy that carries a synthetic validation set (HCDC) is scored on that instead (its row's `split` is
+`synthetic_val` and `scored_on` describes it).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from nasdd.validate.table import truth_scores as table_truth
 from nasdd.validate.truth import Scores, collect, ground_truth, train_pool
 from nasdd.validate.zerocost import zero_cost
 
-PROXY_SPLIT, TRUTH_SPLIT = "val", "test"
+PROXY_SPLIT, TRUTH_SPLIT, SYNTHETIC_VAL = "val", "test", "synthetic_val"
 
 
 @dataclass
@@ -73,6 +75,7 @@ def _subset(bundle: DatasetBundle, method: str, ipc: int, out: Path | None, pres
 def _train_proxy(ctx: dict, proxy: Any, name: str, kind: str, recipe: TrainRecipe) -> Scores:
     from nasdd.distill.evaluate import proxy_recipe
 
+    x_eval, y_eval, scored_on = proxy.val_data(*ctx["bundle"].split(PROXY_SPLIT))
     sc = train_pool(
         ctx["store"],
         ctx["bundle"],
@@ -81,11 +84,11 @@ def _train_proxy(ctx: dict, proxy: Any, name: str, kind: str, recipe: TrainRecip
         data=proxy.train_data(),
         recipe=proxy_recipe(proxy, recipe),
         seeds=ctx["proxy_seeds"],
-        split=PROXY_SPLIT,
-        transform=proxy.input_transform,
+        split=SYNTHETIC_VAL if proxy.has_val else PROXY_SPLIT,
         device=ctx["device"],
         name=name,
         kind=kind,
+        eval_data=(x_eval, y_eval),
     )
     cost = proxy.provenance.get("cost", {})
     sc.info = {
@@ -95,6 +98,7 @@ def _train_proxy(ctx: dict, proxy: Any, name: str, kind: str, recipe: TrainRecip
         "recipe": proxy_recipe(proxy, recipe).key(),
         "distill_seconds": float(cost.get("seconds", 0.0)),
         "distill_sample_grads": int(cost.get("sample_grads", 0)),
+        "scored_on": scored_on,
     }
     return sc
 
@@ -206,7 +210,10 @@ def _summary(truth: Scores, rows: list[Scores], ctx: dict) -> pd.DataFrame:
     )
     for sc in rows:
         s = sc.mean.reindex(keys).to_numpy(float)[keep]
-        row = {"name": sc.name, "kind": sc.kind, "split": "train batch" if "zerocost" in sc.kind else PROXY_SPLIT}
+        split = "train batch" if "zerocost" in sc.kind else PROXY_SPLIT
+        if str(sc.info.get("scored_on", "")).startswith("synthetic"):
+            split = SYNTHETIC_VAL
+        row = {"name": sc.name, "kind": sc.kind, "split": split}
         row.update({"n_archs": int(keep.sum()), "seeds": sc.table.shape[1], "failed": sc.failed})
         row.update({k: v for k, v in sc.info.items() if k not in ("distill_seconds", "distill_sample_grads")})
         row.update(stats.rank_statistics(t[keep], s, **opts))
@@ -332,7 +339,12 @@ def validate(
         "proxy_recipes": {sfx or "default": asdict(r) for sfx, r in recipes},
         "proxy_seeds": proxy_seeds,
         "budgets_steps": [sc.info["steps"] for sc in rows if sc.kind == "peer:early"],
-        "splits": {"truth": TRUTH_SPLIT, "proxies_and_peers": PROXY_SPLIT, "zero_cost": "one train batch"},
+        "splits": {
+            "truth": TRUTH_SPLIT,
+            "proxies_and_peers": PROXY_SPLIT,
+            "zero_cost": "one train batch",
+            "synthetic_val": [p.id for p in proxies if p.has_val],
+        },
         "statistics": {"ks": list(map(str, ks)), "n_resamples": n_resamples, "confidence": 0.95},
         "storage": masked(storage) or "in-memory",
         "device": device,

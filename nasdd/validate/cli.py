@@ -103,6 +103,9 @@ def command(args: argparse.Namespace) -> int:
     )
     cols = ["name", "tau", "tau_low", "tau_high", "rho", "p@5", "regret@1", "speedup_sample_grads"]
     print(result.summary[[c for c in cols if c in result.summary]].to_string(index=False, float_format="%.3f"))
+    synthetic = result.summary[result.summary.split == "synthetic_val"]
+    for _, row in synthetic.iterrows():
+        print(f"{row['name']}: scored on its {row['scored_on']}, not the real val split")
     if table is not None:
         used = result.config["truth_table"]
         print(f"truth table {args.truth_table}: {used['members_used']} of {used['pool_requested']} pool members held")

@@ -239,3 +239,22 @@ def top_spearman(truth: np.ndarray, score: np.ndarray, k: int) -> float:
         return math.nan
     top = np.argsort(-truth, kind="stable")[:k]
     return spearman_rho(truth[top], score[top])
+
+
+def top_spearman_table(
+    truth: np.ndarray, score: np.ndarray, ks: Sequence[int], *, n_resamples: int = 1000, seed: int = 0
+) -> dict[str, float]:
+    """{rho_top{k}, _low, _high} for every k: the truth's top-k members fixed, CIs by resampling them."""
+    out: dict[str, float] = {}
+    for k in ks:
+        top = np.argsort(-np.asarray(truth, float), kind="stable")[: min(k, len(truth))]
+        out.update(
+            bootstrap_table(
+                lambda t, s: np.array([spearman_rho(t, s)]),
+                [np.asarray(truth, float)[top], _clean(score)[top]],
+                [f"rho_top{k}"],
+                n_resamples=n_resamples,
+                seed=seed,
+            )
+        )
+    return out

@@ -73,11 +73,14 @@ def train_pool(
     device: str | torch.device = "auto",
     name: str = "",
     kind: str = "",
+    eval_data: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> Scores:
     """Train every pool member on `data` (identified by `source`) with `recipe` for each seed and score
-    it on `split` (after `transform`, e.g. a proxy's ZCA); cached jobs are read back, not retrained."""
-    x_eval, y_eval = bundle.split(split)
-    eval_data = (transform(x_eval) if transform else x_eval, y_eval)
+    it on `split` (after `transform`, e.g. a proxy's ZCA), or on `eval_data` when given (a proxy's
+    synthetic validation set; `split` then only names it); cached jobs are read back, not retrained."""
+    if eval_data is None:
+        x_eval, y_eval = bundle.split(split)
+        eval_data = (transform(x_eval) if transform else x_eval, y_eval)
 
     def compute(job: Job) -> tuple[float, dict]:
         r = train_arch(

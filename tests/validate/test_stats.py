@@ -93,3 +93,15 @@ def test_paired_delta_tau_is_hand_computable_and_zero_for_identical_rankings():
     assert d["dtau_low"] <= d["dtau"] <= d["dtau_high"]
     same = stats.paired_delta_tau(truth, b, b.copy(), n_resamples=200, seed=0)
     assert same["dtau"] == 0 and same["dtau_low"] <= 0 <= same["dtau_high"]
+
+
+def test_top_spearman_orders_only_the_truths_best():
+    from nasdd.validate.stats import top_spearman, top_spearman_table
+
+    truth = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
+    score = np.array([3.0, 2.0, 1.0, 10.0, 11.0, 12.0])  # the top 3 in order, the rest reversed and above them
+    assert top_spearman(truth, score, 3) == pytest.approx(1.0)
+    assert top_spearman(truth, score, 5) < 0
+    assert top_spearman(truth, -score, 3) == pytest.approx(-1.0)
+    t = top_spearman_table(truth, score, [3, 6], n_resamples=50)
+    assert t["rho_top3"] == pytest.approx(1.0) and t["rho_top6"] < 0 and "rho_top6_low" in t
