@@ -77,7 +77,7 @@ class HCDC(Distiller):
     """HCDC: a synthetic validation set whose hypergradients match the real validation data's."""
 
     name = "hcdc"
-    family = "hypergradient matching (synthetic validation set)"
+    family = "parameter matching"  # hypergradients matched (of the relaxed architecture), a synthetic val set learned
     paper = "Ding et al., Calibrated Dataset Condensation for Faster Hyperparameter Search, arXiv 2405.17535"
     note = (
         "learns a synthetic val set; supernet over convnet_cpu_pooled factors; IFT + Neumann hypergradients; "
