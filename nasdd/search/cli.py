@@ -56,6 +56,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "flops) or proxy (train on --proxy with --recipe)",
     )
     parser.add_argument(
+        "--archs",
+        default=None,
+        help="--strategy prescreen: pre-screen these architectures (a JSON-lines file) instead of drawing --trials",
+    )
+    parser.add_argument(
         "--eta", type=int, default=3, help="--strategy prescreen: rung factor (rungs 1, eta, eta^2 ... epochs)"
     )
     parser.add_argument("--sampler", default="tpe", choices=list(SAMPLERS), help="Optuna sampler (default tpe)")
@@ -100,6 +105,7 @@ def command(args: argparse.Namespace) -> int:
     from nasdd.search.strategies import check
     from nasdd.search.study import search
     from nasdd.search.workers import counted_trials
+    from nasdd.validate.pool import read_archs
 
     check(args.strategy)  # before the data loads
     budget = parse_grads(args.budget) if args.budget is not None else None
@@ -134,6 +140,7 @@ def command(args: argparse.Namespace) -> int:
         strategy=args.strategy,
         prescreen=args.prescreen,
         eta=args.eta,
+        archs=read_archs(args.archs) if args.archs else None,
     )
     out = Path(args.out or Path("results") / args.study)
     if args.strategy == "prescreen":

@@ -1,7 +1,7 @@
 """`--strategy prescreen`: score candidates with a cheap signal, then synchronous successive halving on the real data.
 
 1. Candidates: `trials` distinct architectures drawn by Optuna's sampler (random, qmc or grid; seeded, so
-   every worker draws the same list; all of a finite space no larger than `trials`).
+   every worker draws the same list; all of a finite space no larger than `trials`), or a given list (`--archs`).
 2. Pre-screen: each candidate gets the cheap score `signal`: a zero-cost score (`snip`, `synflow`, ...;
    `nasdd list peers`) or `proxy` (trained on the proxy with the search recipe, scored on real val).
 3. Halving: the rest of `--budget` (sample-gradients) buys epochs of the real-data recipe (`--retrain-recipe`);
@@ -60,6 +60,7 @@ class Settings:
     proxy_recipe: TrainRecipe  # the pre-screen training with signal "proxy"
     eta: int = 3
     seed: int = 0
+    archs: tuple[ArchSpec, ...] | None = None  # the candidates, when given (`--archs`), instead of drawn ones
 
 
 def signals() -> list[str]:
@@ -291,7 +292,7 @@ def prescreen(
     return the winner."""
     if s.signal not in signals():
         raise unknown_name("pre-screen signal", s.signal, signals())
-    cands = draw_candidates(space, s.candidates, sampler=sampler, seed=s.seed)
+    cands = list(s.archs) if s.archs else draw_candidates(space, s.candidates, sampler=sampler, seed=s.seed)
     by_key = {c.key(): c for c in cands}
     per = ZC_BATCH if s.signal != "proxy" else trial_cost(s.proxy_recipe, len(proxy.x))
     bracket, screen = make_plan(s, len(cands), len(bundle.x_train), per)
@@ -378,7 +379,8 @@ def _write(done, bracket, order, res, by_key, s: Settings, screen: int, out: Pat
              "epochs": t.user_attrs.get("epochs", ""), "value": value(t),
              "sample_grads": t.user_attrs.get("sample_grads", 0), "seconds": round(t.user_attrs.get("seconds", 0), 2),
              "test_accuracy": t.user_attrs.get("test_accuracy", ""), "trial": t.number,
-             "arch": str(by_key[t.user_attrs["arch_key"]])} for j, t in done.items()]  # fmt: skip
+             "name": str(by_key[t.user_attrs["arch_key"]]), "arch": by_key[t.user_attrs["arch_key"]].to_json()}
+            for j, t in done.items()]  # fmt: skip
     df = pd.DataFrame(rows).sort_values(["kind", "epochs", "rank"], key=lambda c: c.astype(str))
     with atomic_path(out / "halving.csv") as tmp:
         df.to_csv(tmp, index=False)
@@ -388,6 +390,13 @@ def _write(done, bracket, order, res, by_key, s: Settings, screen: int, out: Pat
            "epochs": bracket.rungs[-1], "test_accuracy": final.user_attrs.get("test_accuracy"),
            "bracket": bracket.describe()}  # fmt: skip
     write_json(out / "winner.json", win)
+    last = df[(df.kind == "rung") & (df.epochs == bracket.rungs[-1])].sort_values(
+        ["value", "rank"], ascending=[False, True]
+    )
+    with atomic_path(out / "top.csv") as tmp:  # what `nasdd report` shows as the search's winner
+        last.rename(columns={"value": "accuracy"})[["arch", "accuracy", "rank", "epochs", "test_accuracy"]].to_csv(
+            tmp, index=False
+        )
     spent_screen = int(df.loc[df.kind == "score", "sample_grads"].sum())
     spent_rungs = int(df.loc[df.kind == "rung", "sample_grads"].sum())
     spent = spent_screen + spent_rungs

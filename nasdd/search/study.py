@@ -84,6 +84,7 @@ def search(
     strategy: str = "default",
     prescreen: str = "snip",
     eta: int = 3,
+    archs: list | None = None,
 ) -> optuna.Study:
     """Run (or resume) a search until the study holds `trials` finished trials (default 20) or has spent its
     `budget`; return the Optuna study.
@@ -108,7 +109,7 @@ def search(
         return _prescreen(space, proxy, bundle, study_name=study_name, storage=storage, sampler=sampler,
                           seed=seed, trials=trials, recipe=recipe, retrain_recipe=retrain_recipe, out=out,
                           device=device, show_progress=show_progress, heartbeat=heartbeat, threads=threads,
-                          budget=total, signal=prescreen, eta=eta)  # fmt: skip
+                          budget=total, signal=prescreen, eta=eta, archs=archs)  # fmt: skip
     if budget_includes_distill and total is None:
         raise NasddError("--budget-includes-distill needs --budget")
     target: float = trials if trials is not None else (math.inf if total is not None else 20)
@@ -195,8 +196,9 @@ def search(
 
 
 def _prescreen(space, proxy, bundle, *, study_name: str, storage: str | None, sampler: str, seed: int,
-               trials: int | None, recipe, retrain_recipe, out, device, show_progress: bool, heartbeat: int | None,
-               threads: int | None, budget: int | None, signal: str, eta: int) -> optuna.Study:  # fmt: skip
+               trials: int | None, recipe, retrain_recipe, out, device, show_progress: bool,
+               heartbeat: int | None, threads: int | None, budget: int | None, signal: str, eta: int,
+               archs: list | None) -> optuna.Study:  # fmt: skip
     """`--strategy prescreen` (module `prescreen`): settings parsed once here, the work there."""
     from nasdd.search.prescreen import Settings, prescreen, signals
 
@@ -215,10 +217,10 @@ def _prescreen(space, proxy, bundle, *, study_name: str, storage: str | None, sa
     proxy_recipe = replace(base, lr=data.lr) if data.lr else base
     rr = retrain_recipe if isinstance(retrain_recipe, TrainRecipe) else TrainRecipe.parse(retrain_recipe)
     size = space.size if space.finite else math.inf
-    n = trials if trials is not None else int(min(size, 100))
+    n = len(archs) if archs else trials if trials is not None else int(min(size, 100))
     if n < 1 or eta < 2:
         raise NasddError("--trials must be >= 1 and --eta >= 2")
-    settings = Settings(signal, n, budget, rr, proxy_recipe, eta, seed)
+    settings = Settings(signal, n, budget, rr, proxy_recipe, eta, seed, tuple(archs) if archs else None)
     _quiet_optuna()
     url = storage or sqlite_url(out / "study.db")
     study = _open_study(study_name, url, directions=["maximize"], heartbeat=heartbeat,
