@@ -161,7 +161,7 @@ def plot(df: pd.DataFrame, path: Path, noise: float | None = None) -> None:
     for i, ((strategy, g), (marker, line)) in enumerate(zip(df.groupby("strategy"), styles, strict=False)):
         m = g.groupby("budget_truths")["regret"]
         x, mean = m.mean().index * 1.05 ** (i - 2), 100 * m.mean()  # dodged: equal lines stay visible
-        err = [mean - 100 * m.min(), 100 * m.max() - mean]
+        err = [(mean - 100 * m.min()).clip(lower=0), (100 * m.max() - mean).clip(lower=0)]  # float rounding
         bold = {"linewidth": 2.5, "markersize": 9, "color": "black"} if strategy == "prescreen" else {}
         ax.errorbar(x, mean, yerr=err, marker=marker, linestyle=line, capsize=3, label=strategy, **bold)
     if noise is not None:
