@@ -156,7 +156,7 @@ def verdict(summary: pd.DataFrame, truth_acc: pd.DataFrame, df: pd.DataFrame) ->
 def plot(df: pd.DataFrame, path: Path, noise: float | None = None) -> None:
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = plt.subplots(figsize=(8.4, 4.2))
     styles = zip("osD^v*", ["-", "--", "-.", ":", "-", "-"], strict=False)
     for i, ((strategy, g), (marker, line)) in enumerate(zip(df.groupby("strategy"), styles, strict=False)):
         m = g.groupby("budget_truths")["regret"]
@@ -167,10 +167,12 @@ def plot(df: pd.DataFrame, path: Path, noise: float | None = None) -> None:
     if noise is not None:
         ax.axhspan(0, noise, color="grey", alpha=0.2, label=f"truth's seed std ({noise:.2f} points)")
     ax.set_xscale("log")
+    ax.set_yscale("symlog", linthresh=0.2, linscale=2)  # linear near the seed noise, compressed above
+    ax.set_ylim(bottom=0)
     ax.set_xlabel("total budget (truth trainings of 648k sample-gradients, distillation included)")
     ax.set_ylabel("regret (test accuracy points; bars: min-max over seeds)")
     ax.set_title("Fashion-MNIST, 60-member pool: search at equal compute (replayed curves)", fontsize=10)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
