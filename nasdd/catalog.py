@@ -15,7 +15,7 @@ import importlib
 import json
 from pathlib import Path
 
-KINDS = ("datasets", "spaces", "families", "methods", "peers", "samplers")
+KINDS = ("datasets", "spaces", "families", "methods", "peers", "samplers", "strategies")
 SNAPSHOT = Path(__file__).with_name("catalog.json")
 PACKAGE = Path(__file__).resolve().parent
 
@@ -39,7 +39,8 @@ def live_rows(kind: str) -> list[tuple[str, str]]:
 
         return [(n, f.description) for n, f in FAMILIES.items()]
     # kinds provided by later stages: each module offers `catalog() -> list[(name, description)]`
-    module = {"methods": "nasdd.distill", "peers": "nasdd.validate.peers", "samplers": "nasdd.search"}[kind]
+    module = {"methods": "nasdd.distill", "peers": "nasdd.validate.peers", "samplers": "nasdd.search",
+              "strategies": "nasdd.search.strategies"}[kind]  # fmt: skip
     try:
         return importlib.import_module(module).catalog()
     except ModuleNotFoundError:

@@ -97,10 +97,15 @@ def run_pipeline(
     space: str | None = None,
     seed: int = 0,
     device: str = "auto",
+    budget: str | int | None = None,
 ) -> dict[str, Path]:
-    """Run every stage into `out`; return the report files."""
+    """Run every stage into `out`; return the report files.
+
+    With `budget` (sample-gradients) the search stage is `--strategy prescreen`: a snip pre-screen of the space,
+    then synchronous successive halving on the full data with the preset's truth recipe, planned from the budget.
+    """
     from nasdd.report import write_report
-    from nasdd.search import search
+    from nasdd.search import parse_grads, search
     from nasdd.storage import sqlite_url
     from nasdd.train import TrainRecipe
     from nasdd.validate import validate
@@ -126,6 +131,7 @@ def run_pipeline(
         "settings": asdict(p),
         "seed": seed,
         "matching_arch": arch.to_dict(),
+        **({"budget": parse_grads(budget)} if budget is not None else {}),
     }
     check_rerun(Path(out), config)
     out = ensure_dir(out)
@@ -133,20 +139,15 @@ def run_pipeline(
     _stage("1/4 distil", methods)
     proxies = make_proxies(bundle, methods, ipc, p.distill_preset, out, arch, seed, device)
     distilled = [f for m, f in proxies if METHODS.get(m).family != "coreset"] or [proxies[0][1]]
-    _stage("2/4 search", f"{p.search_trials} trials on {distilled[0].name}")
-    search(
-        sp,
-        str(distilled[0]),
-        bundle,
-        study_name="search",
-        trials=p.search_trials,
-        seed=seed,
-        recipe=p.proxy_recipe,
-        out=out / "search",
-        storage=sqlite_url(out / "search" / "study.db"),
-        device=device,
-        show_progress=True,
-    )
+    common = {"study_name": "search", "seed": seed, "out": out / "search", "device": device, "show_progress": True,
+              "storage": sqlite_url(out / "search" / "study.db")}  # fmt: skip
+    if budget is None:
+        _stage("2/4 search", f"{p.search_trials} trials on {distilled[0].name}")
+        search(sp, str(distilled[0]), bundle, trials=p.search_trials, recipe=p.proxy_recipe, **common)
+    else:
+        _stage("2/4 search", f"prescreen (snip), then successive halving on the full data within {budget} sample-grads")
+        search(sp, "full", bundle, strategy="prescreen", budget=budget, sampler="random",
+               retrain_recipe=TrainRecipe.parse(p.truth_recipe, "full"), **common)  # fmt: skip
     pool = draw_pool(sp, p.pool, seed)
     truth = TrainRecipe.parse(p.truth_recipe, "full")
     table = shipped(dataset_key=bundle.key, space=sp.name, recipe=truth, pool=pool)
@@ -207,9 +208,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--space", default=None, help="search space (default: the preset's; quick: convnet_cpu_pooled)")
     p.add_argument("--seed", type=int, default=0, help="seed of every stage (same seed, same result)")
     p.add_argument("--out", default=None, help="output folder (default runs/run-<time>)")
+    p.add_argument(
+        "--budget",
+        default=None,
+        help="search within this many sample-gradients (648k, 3.2M) with `nasdd search --strategy prescreen`: a snip "
+        "pre-screen, then synchronous successive halving on the full data (rungs: epochs of the truth recipe)",
+    )
 
 
 def command(args: argparse.Namespace) -> int:
+    from nasdd.search.budget import parse_grads
+
     out = Path(args.out or f"runs/run-{time.strftime('%Y%m%d-%H%M%S')}")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not methods:
@@ -223,6 +232,7 @@ def command(args: argparse.Namespace) -> int:
         space=args.space,
         seed=args.seed,
         device=args.device,
+        budget=parse_grads(args.budget) if args.budget is not None else None,
     )
     print(f"report: {files.get('html', files.get('md'))}")
     return 0

@@ -26,6 +26,10 @@ from nasdd.train import TrainRecipe, build_seeded, evaluate, fit
 from nasdd.utils import atomic_open, ensure_dir
 
 
+class NotRecorded(Exception):
+    """A replay-only cache (`train=False`) was asked for an epoch it has not recorded."""
+
+
 class _Reached(Exception):
     """Raised from the evaluation hook once the wanted epoch is trained."""
 
@@ -33,9 +37,11 @@ class _Reached(Exception):
 class Curves:
     """Val accuracy of `spec` after epoch `e` of the truth recipe, trained on first request."""
 
-    def __init__(self, folder: Path, ckpts: Path, bundle: DatasetBundle, recipe: TrainRecipe, seed: int = 0) -> None:
+    def __init__(
+        self, folder: Path, ckpts: Path, bundle: DatasetBundle, recipe: TrainRecipe, seed: int = 0, train: bool = True
+    ) -> None:
         self.folder, self.ckpts = ensure_dir(folder), ensure_dir(ckpts)
-        self.bundle, self.recipe, self.seed = bundle, recipe, seed
+        self.bundle, self.recipe, self.seed, self.train = bundle, recipe, seed, train
 
     def _path(self, spec: ArchSpec) -> Path:
         return self.folder / f"{spec.key()}.json"
@@ -49,6 +55,8 @@ class Curves:
         if not 1 <= epoch <= self.recipe.epochs:
             raise ValueError(f"epoch {epoch} outside 1..{self.recipe.epochs}")
         curve = self.read(spec)
+        if len(curve["val"]) < epoch and not self.train:
+            raise NotRecorded(f"{spec.key()} epoch {epoch}")
         if len(curve["val"]) < epoch:
             with open(self.ckpts / f"{spec.key()}.lock", "w") as lock:
                 fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be training this one

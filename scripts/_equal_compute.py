@@ -18,18 +18,25 @@ every chosen architecture has a converged true accuracy (NAS-Bench style). Strat
   is never pruned, so with a budget of a few truth trainings the first trials take most of it.
 - `zerocost-topk`: a zero-cost score (snip) of every member, then the top k = floor(rest / truth
   training) trained in full.
+- `prescreen`: `nasdd search --strategy prescreen`: the zero-cost score of every member, then the
+  synchronous successive-halving bracket `nasdd.search.halving.plan` chooses from the rest of the budget,
+  over the pre-screened ranking, on the real-data learning curves; winner by val after the last rung.
 
-Full-data trainings come from `_curves.Curves` (one training per member with seed 0, shared by every
-strategy and search seed; each search is charged what it trained), so search seeds differ only in the
-sampler's randomness. Regret = best true accuracy in the pool minus the winner's (truth table, mean of
-its seeds, test split).
+Full-data trainings are replayed from `_curves.Curves` (one recorded training per member with seed 0,
+shared by every strategy and search seed; each search is charged what it would have trained). Search seed
+s varies three things (`for_seed`): the sampler's seed (s); the zero-cost scoring seed (s: the score's
+batch and initial weights, `scores_by_seed`); and the training seed t = s mod 3 of the truth table:
+a training with seed t reads the recorded seed-0 curve shifted by the member's recorded seed-t minus
+seed-0 final accuracy, and its regret is measured against the mean of the *other* truth seeds, so no
+search is scored on the accuracies it chose with. Regret = best true accuracy in the pool minus the
+winner's (test split, mean of the held-out truth seeds).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 import optuna
@@ -37,10 +44,12 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from nasdd.arch import ArchSpec
+from nasdd.search import halving
 from nasdd.search.samplers import make_pruner
 from nasdd.spaces import SearchSpace
 
-STRATEGIES = ("proxy-tpe", "subset-tpe", "hyperband", "random-sha", "zerocost-topk")
+STRATEGIES = ("proxy-tpe", "subset-tpe", "hyperband", "random-sha", "zerocost-topk", "prescreen")
+ZEROCOST = ("zerocost-topk", "prescreen")  # the strategies that score with the zero-cost score
 MAX_REPEATS = 200  # consecutive cache hits after which a proxy search has converged
 
 
@@ -56,6 +65,8 @@ class Ctx:
     epochs: int  # truth recipe epochs
     epoch_grads: int  # sample-gradients of one full-data epoch
     costs: dict  # strategy -> {"column", "per_candidate", "distill"}
+    accs: pd.DataFrame | None = None  # arch key x truth seed: test accuracies (the seed model of `for_seed`)
+    zerocost_by_seed: pd.DataFrame | None = None  # arch key x scoring seed: the zero-cost score
 
     @property
     def truth_grads(self) -> int:
@@ -166,11 +177,63 @@ def multifidelity_search(ctx: Ctx, strategy: str, budget: int, seed: int) -> dic
     return {"k": len(done), "trials": n_trials, "scored": len(reached), "spent": spent, "winner": ctx.by_key[best]}
 
 
+class SeedCurves:
+    """The recorded seed-0 curves as a training with seed t would give them: shifted by the member's
+    recorded final-accuracy difference between truth seeds t and 0."""
+
+    def __init__(self, curves: object, shift: pd.Series) -> None:
+        self.curves, self.shift = curves, shift
+
+    def val(self, spec: ArchSpec, epoch: int) -> float:
+        return self.curves.val(spec, epoch) + float(self.shift[spec.key()])
+
+
+def for_seed(ctx: Ctx, seed: int) -> tuple[Ctx, int]:
+    """The context of search seed `seed` (module doc) and its training seed."""
+    if ctx.accs is None:
+        return ctx, 0
+    seeds = list(ctx.accs.columns)
+    t = seeds[seed % len(seeds)]
+    truth = ctx.accs.drop(columns=[t]).mean(axis=1)
+    curves = SeedCurves(ctx.curves, ctx.accs[t] - ctx.accs[seeds[0]])
+    scores = ctx.scores
+    if ctx.zerocost_by_seed is not None:
+        scores = scores.copy()
+        col = ctx.zerocost_by_seed.columns[seed % ctx.zerocost_by_seed.shape[1]]
+        for s in ZEROCOST:
+            if s in ctx.costs:
+                scores[ctx.costs[s]["column"]] = ctx.zerocost_by_seed[col]
+    return replace(ctx, curves=curves, truth=truth, scores=scores), t
+
+
+def prescreen_search(ctx: Ctx, strategy: str, budget: int, seed: int) -> dict:
+    """`nasdd search --strategy prescreen` replayed: zero-cost scores of every member, then the planned
+    synchronous successive-halving bracket over their ranking on the recorded real-data curves."""
+    c = ctx.costs[strategy]
+    scored = c["per_candidate"] * len(ctx.members)
+    epochs = int((budget - c["distill"] - scored) // ctx.epoch_grads)
+    score = ctx.scores[c["column"]]
+    ranked = sorted((m.key() for m in ctx.members), key=lambda k: -float(score[k]))
+    bracket = halving.plan(epochs, ctx.epochs, candidates=len(ranked))
+    win, spent, results = halving.simulate(bracket, ranked, lambda j: ctx.curves.val(ctx.by_key[j.arch], j.epochs))
+    full = sum(r == ctx.epochs for _, r in results)
+    spent_grads = c["distill"] + scored + spent * ctx.epoch_grads
+    return {"k": full, "trials": len(results), "scored": len(ranked), "spent": spent_grads,
+            "winner": ctx.by_key[win], "plan": bracket.describe()}  # fmt: skip
+
+
 def run(ctx: Ctx, strategy: str, budget_truths: float, seed: int) -> dict:
     """One search; the row of the results CSV."""
     budget = round(budget_truths * ctx.truth_grads)
-    fn = multifidelity_search if strategy in ("hyperband", "random-sha") else proxy_search
-    r = fn(ctx, strategy, budget, seed)
+    ctx, train_seed = for_seed(ctx, seed)
+    fn = {"hyperband": multifidelity_search, "random-sha": multifidelity_search, "prescreen": prescreen_search}
+    fn = fn.get(strategy, proxy_search)
+    from _curves import NotRecorded
+
+    try:
+        r = fn(ctx, strategy, budget, seed)
+    except NotRecorded as exc:  # a replay-only run: this search needs a training nobody recorded
+        r = {"k": 0, "trials": 0, "scored": 0, "spent": 0, "winner": None, "needs": str(exc)}
     w: ArchSpec | None = r.pop("winner")
     best = float(ctx.truth.max())
     true = float(ctx.truth[w.key()]) if w is not None else math.nan
@@ -178,6 +241,7 @@ def run(ctx: Ctx, strategy: str, budget_truths: float, seed: int) -> dict:
         "budget_truths": budget_truths,
         "strategy": strategy,
         "seed": seed,
+        "train_seed": train_seed,
         "budget_grads": budget,
         "spent_grads": int(r["spent"]),
         "spent_truths": round(r["spent"] / ctx.truth_grads, 3),
@@ -191,4 +255,6 @@ def run(ctx: Ctx, strategy: str, budget_truths: float, seed: int) -> dict:
         "best_true_acc": round(best, 4),
         "regret": round(best - true, 4),
         "winner_rank": int((ctx.truth > true).sum()) + 1 if w is not None else -1,
+        "plan": r.get("plan", ""),
+        "needs": r.get("needs", ""),
     }

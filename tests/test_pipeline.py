@@ -1,5 +1,7 @@
 """`nasdd run` end to end on digits with the tiny preset."""
 
+import json
+
 import pandas as pd
 import pytest
 from PIL import Image
@@ -70,3 +72,15 @@ def test_a_folder_that_holds_something_else_is_refused(tmp_path, capsys, monkeyp
     assert main(["run", "--dataset", "digits", "--methods", "random", "--preset", "tiny", "--out", str(tmp_path)]) == 2
     assert "is not empty and holds no `nasdd run`; give another --out" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.slow
+def test_run_with_a_budget_searches_with_the_prescreen_strategy(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["run", "--dataset", "digits", "--methods", "random", "--ipc", "2", "--preset", "tiny", "--out", str(out)]
+    assert main([*argv, "--quiet", "--budget", "8k"]) == 0
+    budget = json.loads((out / "search" / "budget.json").read_text())
+    assert budget["budget"] == 8000 and 0 < budget["spent"] <= 8000
+    assert (out / "search" / "halving.csv").is_file() and (out / "search" / "winner.json").is_file()
+    winner = json.loads((out / "search" / "winner.json").read_text())["arch"]
+    assert winner in (out / "report.md").read_text()

@@ -30,9 +30,14 @@ Budget: with `budget` (sample-gradients) the search stops starting trials when t
 cost no longer fits, counting every worker's finished trials, the running ones at full cost, the
 retraining of the top k (reserved from the start) and optionally the distillation (module `budget`).
 
+Strategies (`strategy=`, module `strategies`): `default` is the above; `prescreen` scores candidates with a
+cheap signal, then runs synchronous successive halving on the real data, planned from the budget (modules
+`halving`: the protocol, without training; `prescreen`: its trials, checkpoints and workers).
+
 Modules: `budget` (the compute budget), `objective` (scoring one candidate), `samplers` (samplers, pruners,
 objectives), `workers` (liveness, counting, retries), `study` (the loop: `search()`), `outputs` (progress,
-CSV, plots), `retraining` (the top candidates on the full data), `cli` (`nasdd search`). Names are imported
+CSV, plots), `retraining` (the top candidates on the full data), `strategies`, `halving`, `prescreen`, `cli`
+(`nasdd search`). Names are imported
 on first use, so
 `nasdd list` and `nasdd search --help` do not load torch.
 """
@@ -65,6 +70,7 @@ _EXPORTS = {
     "write_outputs": "outputs",
     "retrain": "retraining",
     "retrain_one": "retraining",
+    "STRATEGIES": "strategies",
     "add_arguments": "cli",  # `nasdd search` (nasdd.cli registers this package)
     "command": "cli",
 }

@@ -42,6 +42,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Optuna storage: an SQLAlchemy URL (sqlite:///PATH, postgresql://...), journal:PATH or PATH.log "
         "(default: $NASDD_STORAGE, else sqlite in the study folder); `optuna-dashboard URL` opens it",
     )
+    parser.add_argument(
+        "--strategy",
+        default="default",
+        help="search strategy (`nasdd list strategies`): default, or prescreen (a cheap --prescreen score of --trials "
+        "candidates, default 100 or the whole space, then synchronous successive halving on the full data in "
+        "epochs of --retrain-recipe, planned from --budget, which it needs; --sampler random, qmc or grid)",
+    )
+    parser.add_argument(
+        "--prescreen",
+        default="snip",
+        help="--strategy prescreen: the cheap signal, a zero-cost score (snip, synflow, naswot, grad_norm, params, "
+        "flops) or proxy (train on --proxy with --recipe)",
+    )
+    parser.add_argument(
+        "--archs",
+        default=None,
+        help="--strategy prescreen: pre-screen these architectures (a JSON-lines file) instead of drawing --trials",
+    )
+    parser.add_argument(
+        "--eta", type=int, default=3, help="--strategy prescreen: rung factor (rungs 1, eta, eta^2 ... epochs)"
+    )
     parser.add_argument("--sampler", default="tpe", choices=list(SAMPLERS), help="Optuna sampler (default tpe)")
     parser.add_argument(
         "--pruner",
@@ -81,10 +102,17 @@ def command(args: argparse.Namespace) -> int:
     from nasdd.cli import load_data_from_args
     from nasdd.search.budget import parse_grads
     from nasdd.search.outputs import top_trials
+    from nasdd.search.strategies import check
     from nasdd.search.study import search
     from nasdd.search.workers import counted_trials
+    from nasdd.validate.pool import read_archs
 
-    budget = parse_grads(args.budget) if args.budget is not None else None  # before the data loads
+    check(args.strategy)  # before the data loads
+    budget = parse_grads(args.budget) if args.budget is not None else None
+    if args.strategy == "prescreen" and budget is None:
+        raise NasddError(
+            "--strategy prescreen needs --budget (sample-gradients, e.g. 648k): it plans its rungs from it"
+        )
     study = search(
         args.space,
         args.proxy,
@@ -109,8 +137,14 @@ def command(args: argparse.Namespace) -> int:
         threads=args.threads,
         budget=budget,
         budget_includes_distill=args.budget_includes_distill,
+        strategy=args.strategy,
+        prescreen=args.prescreen,
+        eta=args.eta,
+        archs=read_archs(args.archs) if args.archs else None,
     )
     out = Path(args.out or Path("results") / args.study)
+    if args.strategy == "prescreen":
+        return _report_prescreen(out)
     counted = counted_trials(study)
     if counted and all(t.state == TrialState.FAIL for t in counted):
         reason = counted[0].user_attrs.get("fail_reason", "unknown")
@@ -143,4 +177,18 @@ def command(args: argparse.Namespace) -> int:
                 f"winner after full-data retraining: {ArchSpec.from_json(w['arch'])} "
                 f"val {w['val_accuracy']:.4f} test {w['test_accuracy']:.4f}"
             )
+    return 0
+
+
+def _report_prescreen(out: Path) -> int:
+    import json
+
+    w = json.loads((out / "winner.json").read_text())
+    b = json.loads((out / "budget.json").read_text())
+    test = "" if w["test_accuracy"] is None else f" test {w['test_accuracy']:.4f}"
+    print(f"bracket: {w['bracket']}; outputs in {out} (halving.csv, winner.json, budget.json)")
+    after = f"val {w['val_accuracy']:.4f} after {w['epochs']} epochs{test}"
+    print(f"winner: {w['arch']} (pre-screen rank {w['rank']}) {after}")
+    print(f"budget {b['budget']:,} sample-gradients: pre-screen {b['spent_prescreen']:,}, "
+          f"halving {b['spent_halving']:,}, left {b['left']:,}")  # fmt: skip
     return 0

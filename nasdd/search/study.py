@@ -15,12 +15,13 @@ from optuna.trial import FrozenTrial, TrialState
 
 from nasdd import __version__
 from nasdd.data import DatasetBundle, load_dataset
-from nasdd.errors import NasddError
+from nasdd.errors import NasddError, unknown_name
 from nasdd.search.budget import Budget, distill_cost, parse_grads, trial_cost
 from nasdd.search.objective import CandidateFailed, Objective, Surplus, TrainingData, training_data
 from nasdd.search.outputs import TrialProgress, write_outputs
 from nasdd.search.retraining import retrain
 from nasdd.search.samplers import OBJECTIVES, make_pruner, make_sampler, parse_objective, report_every
+from nasdd.search.strategies import check as check_strategy
 from nasdd.search.workers import (
     HEARTBEAT_S,
     awaited,
@@ -80,6 +81,10 @@ def search(
     threads: int | None = None,
     budget: int | str | None = None,
     budget_includes_distill: bool = False,
+    strategy: str = "default",
+    prescreen: str = "snip",
+    eta: int = 3,
+    archs: list | None = None,
 ) -> optuna.Study:
     """Run (or resume) a search until the study holds `trials` finished trials (default 20) or has spent its
     `budget`; return the Optuna study.
@@ -94,8 +99,17 @@ def search(
     retraining of the top `retrain_top` (reserved from the start) and, with `budget_includes_distill`, the
     proxy's distillation (see `nasdd.search.budget`); with a budget and no `trials`, only the budget stops
     the search. budget.json records the budget, what trials and retraining spent, and what is left.
+    `strategy`: `default` (the above) or `prescreen` (`nasdd.search.prescreen`: `trials` candidates scored with
+    the cheap signal `prescreen`, then synchronous successive halving with factor `eta` on the full training
+    split with `retrain_recipe`, planned from `budget`, which it needs).
     """
+    check_strategy(strategy)
     total = parse_grads(budget) if budget is not None else None
+    if strategy == "prescreen":
+        return _prescreen(space, proxy, bundle, study_name=study_name, storage=storage, sampler=sampler,
+                          seed=seed, trials=trials, recipe=recipe, retrain_recipe=retrain_recipe, out=out,
+                          device=device, show_progress=show_progress, heartbeat=heartbeat, threads=threads,
+                          budget=total, signal=prescreen, eta=eta, archs=archs)  # fmt: skip
     if budget_includes_distill and total is None:
         raise NasddError("--budget-includes-distill needs --budget")
     target: float = trials if trials is not None else (math.inf if total is not None else 20)
@@ -179,6 +193,44 @@ def search(
         retrained = int(df["sample_grads"].sum()) if len(df) else 0
     if spend is not None:
         write_json(out / "budget.json", spend.summary(study.get_trials(deepcopy=False), retrained))
+    return study
+
+
+def _prescreen(space, proxy, bundle, *, study_name: str, storage: str | None, sampler: str, seed: int,
+               trials: int | None, recipe, retrain_recipe, out, device, show_progress: bool,
+               heartbeat: int | None, threads: int | None, budget: int | None, signal: str, eta: int,
+               archs: list | None) -> optuna.Study:  # fmt: skip
+    """`--strategy prescreen` (module `prescreen`): settings parsed once here, the work there."""
+    from nasdd.search.prescreen import Settings, prescreen, signals
+
+    if budget is None:
+        raise NasddError("--strategy prescreen needs --budget (sample-gradients): it plans its rungs from it")
+    if signal not in signals():
+        raise unknown_name("pre-screen signal", signal, signals())
+    space = load_space(space) if isinstance(space, str | Path) else space
+    bundle = load_dataset(bundle) if isinstance(bundle, str) else bundle
+    device = resolve_device(device)
+    if threads:
+        torch.set_num_threads(threads)
+    out = ensure_dir(out or Path("results") / study_name)
+    data = training_data(proxy if signal == "proxy" else "full", bundle, device)
+    base = recipe if isinstance(recipe, TrainRecipe) else TrainRecipe.parse(recipe or _default_recipe(proxy))
+    proxy_recipe = replace(base, lr=data.lr) if data.lr else base
+    rr = retrain_recipe if isinstance(retrain_recipe, TrainRecipe) else TrainRecipe.parse(retrain_recipe)
+    size = space.size if space.finite else math.inf
+    n = len(archs) if archs else trials if trials is not None else int(min(size, 100))
+    if n < 1 or eta < 2:
+        raise NasddError("--trials must be >= 1 and --eta >= 2")
+    settings = Settings(signal, n, budget, rr, proxy_recipe, eta, seed, tuple(archs) if archs else None)
+    _quiet_optuna()
+    url = storage or sqlite_url(out / "study.db")
+    study = _open_study(study_name, url, directions=["maximize"], heartbeat=heartbeat,
+                        fingerprint=_fingerprint(space, bundle, data, rr, ["accuracy"]))  # fmt: skip
+    write_json(out / "config.json", {"version": __version__, "study": study_name, "storage": url,
+               "strategy": "prescreen", "space": space.name, "dataset": bundle.meta(), "sampler": sampler,
+               "settings": asdict(settings), "device": str(device)})  # fmt: skip
+    prescreen(study, space, bundle, settings, sampler=sampler, proxy=data, device=device, out=out,
+              show_progress=show_progress)  # fmt: skip
     return study
 
 
