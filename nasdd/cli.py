@@ -24,6 +24,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "search": ("nasdd.search", "Optuna architecture search with candidates trained on a proxy"),
     "validate": ("nasdd.validate.cli", "audit how faithfully proxies rank architectures"),
     "truth": ("nasdd.validate.truth_cli", "train a pool on full data into a reusable truth table (CSV)"),
+    "calibrate": ("nasdd.validate.calibrate_cli", "choose a scoring recipe on a calibration truth table"),
     "report": ("nasdd.report", "tables and plots of cost against ranking fidelity"),
     "run": ("nasdd.pipeline", "distil -> search -> validate -> report in one command"),
 }
