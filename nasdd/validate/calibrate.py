@@ -234,8 +234,9 @@ class HeldOut:
 
 
 def split_rows(h: HeldOut, cal: list[str], ev: list[str], *, n_trials: int, seed: int,
-               transfer: str | None = None) -> list[dict]:  # fmt: skip
-    """Every option's metrics on the evaluation members of one split, each fitted/chosen on `cal` only."""
+               transfer: str | None = None) -> tuple[list[dict], dict[str, pd.Series]]:  # fmt: skip
+    """Every option's metrics on the evaluation members of one split, each fitted/chosen on `cal` only,
+    and the options' evaluation scores."""
     chosen = calibrate(h.grid, h.truth, cal, n_trials=n_trials, seed=seed)
     cfg = h.grid.config[chosen]
     cols = [k for k, c in h.grid.config.items() if c == cfg]
@@ -259,4 +260,4 @@ def split_rows(h: HeldOut, cal: list[str], ev: list[str], *, n_trials: int, seed
     for name, s in options.items():
         row = {"option": name, "k": len(cal), "chosen": chosen if name == "fewshot" else "", **metrics(t, s.to_numpy())}
         rows.append(row)
-    return rows
+    return rows, options
