@@ -30,8 +30,12 @@ DISTILLED = ["dc-ipc10", "dsa-ipc10", "mtt-ipc10", "dm-ipc10", "dc-space-ipc10",
              "dm-space-ipc10"]  # fmt: skip
 
 
-def grid_of(cache: str, table: TruthTable, truth_grads: float, budget: float) -> cal.Grid:
-    c = ScoreCache(cache)
+def grid_of(caches: str, table: TruthTable, truth_grads: float, budget: float) -> cal.Grid:
+    """The grid on the members scored under its first configuration; `caches` is comma-separated (merged)."""
+    paths = caches.split(",")
+    c = ScoreCache(paths[0])
+    for p in paths[1:]:
+        c.records.update(ScoreCache(p).records)
     recipes, bn = cal.grid_recipes(budget, truth_grads)
     dk = table.meta["dataset_key"]
     first = recipes[0]
@@ -48,7 +52,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--truth", default="results/bench_fashion_mnist/truth.csv")
     p.add_argument("--scores", default="results/bench_fashion_mnist/scores_30.csv", help="committed cheap scores")
-    p.add_argument("--cache", default="results/bench_fashion_mnist/calibrated/scores.jsonl")
+    p.add_argument(
+        "--cache",
+        default="results/bench_fashion_mnist/calibrated/scores.jsonl,results/bench_fashion_mnist/calibrated/scores_b.jsonl",
+        help="comma-separated score caches (one per worker), merged",
+    )
     p.add_argument("--source-truth", default="nasdd/validate/truth_mnist5k_convnet_cpu_pooled_60.csv")
     p.add_argument("--source-cache", default="results/bench_fashion_mnist/calibrated/scores_mnist5k.jsonl")
     p.add_argument("--budget", type=float, default=1 / 30)

@@ -31,6 +31,7 @@ def main() -> None:
     p.add_argument("--budget", default="1/30", help="fraction of one truth training per candidate (default 1/30)")
     p.add_argument("--configs", default=None, help="comma-separated grid indices (default: all, in order)")
     p.add_argument("--seeds", default="0", help="scoring seeds (default 0)")
+    p.add_argument("--members", default=None, help="I:J, score only members I..J-1 of the pool (one per worker)")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -44,6 +45,9 @@ def main() -> None:
         truth_grads = float(table.frame[[c for c in table.frame if c.startswith("sample_grads_s")]].stack().median())
     else:
         pool, truth_grads = read_archs(args.archs), args.truth_grads
+    if args.members:
+        i, j = (int(v) if v else None for v in args.members.split(":"))
+        pool = pool[i:j]
     budget = parse_fraction(args.budget)
     recipes, bn = grid_recipes(budget, truth_grads)
     order = [int(i) for i in args.configs.split(",")] if args.configs else range(len(recipes))

@@ -114,31 +114,43 @@ def splits(keys: Sequence[str], n_cal: int, repeats: int, seed: int = 0) -> list
 
 
 # -- calibration --------------------------------------------------------------------------------------------
-def calibrate(grid: Grid, truth: pd.Series, members: Sequence[str], *, n_trials: int = 80, seed: int = 0) -> str:
-    """The grid recipe (its key) that an Optuna TPE study over (training configuration, BN re-estimation,
-    score kind) finds to rank `members` best by Kendall tau against `truth`. Only `members` are read."""
+def calibrate_columns(
+    scores: pd.DataFrame, axes: pd.DataFrame, truth: pd.Series, members: Sequence[str], *, n_trials: int = 80,
+    seed: int = 0,
+) -> str:  # fmt: skip
+    """The column of `scores` that an Optuna TPE study over the categorical `axes` (one row per column, one
+    column per axis) finds to rank `members` best by Kendall tau against `truth`. Only `members` are read;
+    an axis combination that names no column is pruned."""
     import optuna
 
     members = list(members)
     t = truth.loc[members].to_numpy(float)
-    sc = grid.scores.loc[members]
-    configs, kinds = grid.axes()
+    sc = scores.loc[members]
+    lookup = {tuple(row): col for col, row in axes.astype(str).iterrows()}
+    choices = {a: sorted(axes[a].astype(str).unique()) for a in axes.columns}
 
     def objective(trial: optuna.Trial) -> float:
-        k = grid.key_of(
-            trial.suggest_categorical("config", configs),
-            trial.suggest_categorical("bn", [False, True]),
-            trial.suggest_categorical("score", kinds),
-        )
-        if k is None:
+        col = lookup.get(tuple(trial.suggest_categorical(a, c) for a, c in choices.items()))
+        if col is None:
             raise optuna.TrialPruned()
-        trial.set_user_attr("key", k)
-        return stats.kendall_tau(t, sc[k].to_numpy())
+        trial.set_user_attr("column", col)
+        return stats.kendall_tau(t, sc[col].to_numpy())
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
     study.optimize(objective, n_trials=n_trials)
-    return str(study.best_trial.user_attrs["key"])
+    return str(study.best_trial.user_attrs["column"])
+
+
+def calibrate(grid: Grid, truth: pd.Series, members: Sequence[str], *, n_trials: int = 80, seed: int = 0) -> str:
+    """The grid recipe (its key) chosen on `members` over (training configuration, BN re-estimation, score kind)."""
+    axes = pd.DataFrame(
+        {"config": [grid.config[k] for k in grid.scores.columns],
+         "bn": [grid.recipes[k].bn_images > 0 for k in grid.scores.columns],
+         "score": [grid.recipes[k].score for k in grid.scores.columns]},
+        index=grid.scores.columns,
+    )  # fmt: skip
+    return calibrate_columns(grid.scores, axes, truth, members, n_trials=n_trials, seed=seed)
 
 
 def pinned(
