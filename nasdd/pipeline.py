@@ -97,8 +97,10 @@ def run_pipeline(
     space: str | None = None,
     seed: int = 0,
     device: str = "auto",
+    scoring: str | Path | None = None,
 ) -> dict[str, Path]:
-    """Run every stage into `out`; return the report files."""
+    """Run every stage into `out`; return the report files. `scoring`: a recipe file from `nasdd calibrate`,
+    checked against the space and dataset before anything trains, whose row the audit adds."""
     from nasdd.report import write_report
     from nasdd.search import search
     from nasdd.storage import sqlite_url
@@ -117,6 +119,12 @@ def run_pipeline(
     if ipc < 1:
         raise NasddError(f"ipc must be a positive integer, got {ipc}")
     sp = load_space(p.space)
+    scoring_recipe = None
+    if scoring is not None:
+        from nasdd.validate.scoring import ScoringRecipe
+
+        scoring_recipe = ScoringRecipe.load(scoring)
+        scoring_recipe.check(space=sp.name, dataset_key=bundle.key)
     arch = sp.default_arch()
     config = {
         "dataset": bundle.meta(),
@@ -166,6 +174,7 @@ def run_pipeline(
         device=device,
         ipc=ipc,
         truth_table=table,
+        scoring=scoring_recipe,
     )
     _stage("4/4 report", str(out))
     files = write_report(out / "validate", search_dir=out / "search", proxy_dirs=[f for _, f in proxies], out=out)
@@ -206,6 +215,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="quick", choices=list(PRESETS), help="size of every stage (default quick)")
     p.add_argument("--space", default=None, help="search space (default: the preset's; quick: convnet_cpu_pooled)")
     p.add_argument("--seed", type=int, default=0, help="seed of every stage (same seed, same result)")
+    p.add_argument("--scoring", default=None, metavar="JSON", help="scoring recipe file from `nasdd calibrate`")
     p.add_argument("--out", default=None, help="output folder (default runs/run-<time>)")
 
 
@@ -223,6 +233,7 @@ def command(args: argparse.Namespace) -> int:
         space=args.space,
         seed=args.seed,
         device=args.device,
+        scoring=args.scoring,
     )
     print(f"report: {files.get('html', files.get('md'))}")
     return 0

@@ -68,6 +68,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--trials", type=int, default=40)
     p.add_argument("--candidates", type=int, default=1000)
+    p.add_argument("--distill-k", type=int, default=10, help="calibration size of the distillation question")
     p.add_argument("--out", default="results/bench_fashion_mnist/calibrated")
     args = p.parse_args()
     bench, out = Path(args.bench), Path(args.out)
@@ -109,7 +110,7 @@ def main() -> None:
                 d = cal.paired_draws(t_ev, s.to_numpy(), opts["baseline"].to_numpy(), 100, np.random.default_rng(seed))
                 rows.append({"k": k, "split": i, "option": name, "chosen": pick if "fewshot" in name else "",
                              **cal.metrics(t_ev, s.to_numpy()), "draws": d})  # fmt: skip
-            for b in ("1/1000", "1/300", "1/100", "1/30"):  # each option under its own calibrated kind
+            for b in ("1/1000", "1/300", "1/100", "1/30") if k == args.distill_k else ():  # own calibrated kind
                 own = {}
                 for o in DISTILLED + SUBSETS:
                     sub = axes[(axes.budget == b) & (axes.option == o)]
@@ -124,7 +125,7 @@ def main() -> None:
                     for sname in SUBSETS:
                         if dname in own and sname in own:
                             a, bb = scores.loc[ev, own[dname]].to_numpy(), scores.loc[ev, own[sname]].to_numpy()
-                            d = cal.paired_draws(t_ev, a, bb, 100, np.random.default_rng(seed))
+                            d = cal.paired_draws(t_ev, a, bb, 50, np.random.default_rng(seed))
                             dq.append({"k": k, "split": i, "budget": b, "proxy": dname, "against": sname,
                                        "proxy_kind": own[dname].split("|")[1], "subset_kind": own[sname].split("|")[1],
                                        "dtau": stats.kendall_tau(t_ev, a) - stats.kendall_tau(t_ev, bb),

@@ -103,3 +103,12 @@ def test_calibrate_fewshot_end_to_end_writes_a_refusable_recipe(tmp_path):
     r = subprocess.run([*py, "calibrate", "--dataset", "digits", "--space", "convnet_cpu_pooled", "--source",
                         "fewshot", "--k", "4", "--out", str(out)], **run)  # fmt: skip
     assert r.returncode != 0 and r.stderr.count("\n") == 1 and "needs --table" in r.stderr
+
+
+def test_run_refuses_a_recipe_for_another_dataset_before_training(tmp_path):
+    recipe = tmp_path / "r.json"
+    ScoringRecipe(space="convnet_cpu_pooled", dataset_key="fashion_mnist-1f5d0a7741").save(recipe)
+    r = subprocess.run([sys.executable, "-m", "nasdd", "run", "--dataset", "digits", "--scoring", str(recipe),
+                        "--out", str(tmp_path / "run")], capture_output=True, text=True)  # fmt: skip
+    assert r.returncode != 0 and "calibrated for dataset fashion_mnist-1f5d0a7741" in r.stderr
+    assert r.stderr.count("\n") == 1 and not (tmp_path / "run").exists()
