@@ -136,6 +136,10 @@ def _early(ctx: dict, steps: int) -> Scores:
     return sc
 
 
+def _scoring_config(scoring: Any, left_out: int) -> dict | None:
+    return None if scoring is None else {**asdict(scoring), "key": scoring.key(), "members_left_out": left_out}
+
+
 def _scored(ctx: dict, recipe: Any, out: Path | None) -> Scores:
     """The pool scored by a `ScoringRecipe` (cached in `<out>/scoring.jsonl`), as one row."""
     import tempfile
@@ -370,8 +374,7 @@ def validate(
         "budgets_steps": [sc.info["steps"] for sc in rows if sc.kind == "peer:early"],
         "splits": {"truth": TRUTH_SPLIT, "proxies_and_peers": PROXY_SPLIT, "zero_cost": "one train batch"},
         "statistics": {"ks": list(map(str, ks)), "n_resamples": n_resamples, "confidence": 0.95},
-        "scoring_recipe": None if scoring is None else {**asdict(scoring), "key": scoring.key(),
-                                                        "members_left_out": calibrated},  # fmt: skip
+        "scoring_recipe": _scoring_config(scoring, calibrated),
         "storage": storage or "in-memory",
         "device": device,
     }
