@@ -58,9 +58,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budget", default="1/30", help="per-candidate budget, a fraction of one truth training")
     parser.add_argument("--truth-recipe", default="full", help="the target's truth recipe (the budget's unit)")
     parser.add_argument("--trials", type=int, default=80, help="Optuna trials over the grid")
+    parser.add_argument(
+        "--grid", default=None, metavar="I,J",
+        help="only these configurations of nasdd.validate.calibrate.GRID (indices; default: all 12)",
+    )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="seed of the member draw and the sampler")
     parser.add_argument("--cache", default=None, help="score cache, JSON lines (default: OUT with .scores.jsonl)")
     parser.add_argument("--out", required=True, help="the recipe file (JSON) to write")
+
+
+def _grid_indices(text: str | None, n: int) -> list[int]:
+    if not text:
+        return list(range(n))
+    try:
+        use = sorted({int(v) for v in text.split(",") if v.strip()})
+    except ValueError:
+        raise NasddError(f"--grid takes comma-separated indices 0..{n - 1}, got {text!r}") from None
+    if not use or use[0] < 0 or use[-1] >= n:
+        raise NasddError(f"--grid takes comma-separated indices 0..{n - 1}, got {text!r}")
+    return use
 
 
 def _table_grads(table) -> float:  # noqa: ANN001
@@ -104,10 +120,12 @@ def command(args: argparse.Namespace) -> int:
     truth = table.accuracies().mean(axis=1)
     grads = _table_grads(table)
     recipes, bn = cal.grid_recipes(budget, grads)
+    use = _grid_indices(args.grid, len(recipes))
     archs = {a.key(): a for a in table.archs()}
-    for r in recipes:
+    for r in (recipes[i] for i in use):
         score_pool(cache, bundle, [archs[k] for k in members], r, [0], truth_grads=grads, bn_images=bn, log=False)
-    grid = cal.grid_table(cache, bundle.key, members, recipes, bn)
+    grid = cal.grid_table(cache, bundle.key, members, [recipes[i] for i in use], bn)
+    grid.config = {k: use[c] for k, c in grid.config.items()}  # indices into GRID
     chosen = grid.recipes[cal.calibrate(grid, truth, members, n_trials=args.trials, seed=args.seed)]
     tau = cal.stats.kendall_tau(truth.loc[members].to_numpy(), grid.scores.loc[members, chosen.key()].to_numpy())
     if args.source == "transfer":  # the same settings, sized for the target's budget
