@@ -156,6 +156,10 @@ def main() -> None:
     agg.to_csv(out / "cached_heldout.csv", index=False)
     print(agg[["k", "option", "tau", "tau_low", "tau_high", "dtau_vs_early", "dtau_low", "dtau_high", "rho_top20",
                "p@5", "amortised_at_1000", "fewshot_choice"]].round(3).to_string())  # fmt: skip
+    from bench_calibrate import plot
+
+    plot(agg, out / "cached_heldout.png", "Fashion-MNIST, 60 members, committed score tables (no new training): "
+         "held-out tau on 60 - k members (95% range over splits)")  # fmt: skip
     dq = pd.DataFrame(dq)
     dagg = []
     for (k, b, pr, ag), g in dq.groupby(["k", "budget", "proxy", "against"], sort=False):
