@@ -65,7 +65,7 @@ def main() -> None:
     p.add_argument("--scores", default="results/bench_fashion_mnist/scores_30.csv", help="committed cheap scores")
     p.add_argument(
         "--cache",
-        default="results/bench_fashion_mnist/calibrated/scores.jsonl,results/bench_fashion_mnist/calibrated/scores_b.jsonl",
+        default=",".join(f"results/bench_fashion_mnist/calibrated/scores{s}.jsonl" for s in ("", "_b", "_c")),
         help="comma-separated score caches (one per worker), merged",
     )
     p.add_argument("--source-truth", default="nasdd/validate/truth_mnist5k_convnet_cpu_pooled_60.csv")
@@ -134,6 +134,8 @@ def main() -> None:
         print(pd.DataFrame(tr).round(3).to_string())
 
     # few-shot, repeated held-out splits
+    if not args.ks:  # --ks '': the in-sample grid and the transfer only
+        return
     rng = np.random.default_rng(0)
     split_table = []
     draws: dict[tuple[int, str], list[np.ndarray]] = {}
