@@ -26,6 +26,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "truth": ("nasdd.validate.truth_cli", "train a pool on full data into a reusable truth table (CSV)"),
     "import-proxy": ("nasdd.distill.import_cli", "turn another codebase's synthetic set into a ProxySet"),
     "bench": ("nasdd.validate.bench_cli", "rank your proxies against a shipped benchmark at matched cost"),
+    "calibrate": ("nasdd.validate.calibrate_cli", "choose a scoring recipe on a calibration truth table"),
     "report": ("nasdd.report", "tables and plots of cost against ranking fidelity"),
     "run": ("nasdd.pipeline", "distil -> search -> validate -> report in one command"),
 }

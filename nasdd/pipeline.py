@@ -98,11 +98,14 @@ def run_pipeline(
     seed: int = 0,
     device: str = "auto",
     budget: str | int | None = None,
+    scoring: str | Path | None = None,
 ) -> dict[str, Path]:
     """Run every stage into `out`; return the report files.
 
     With `budget` (sample-gradients) the search stage is `--strategy prescreen`: a snip pre-screen of the space,
     then synchronous successive halving on the full data with the preset's truth recipe, planned from the budget.
+    `scoring`: a recipe file from `nasdd calibrate`, checked against the space and dataset before anything
+    trains, whose row the audit adds.
     """
     from nasdd.report import write_report
     from nasdd.search import parse_grads, search
@@ -122,6 +125,12 @@ def run_pipeline(
     if ipc < 1:
         raise NasddError(f"ipc must be a positive integer, got {ipc}")
     sp = load_space(p.space)
+    scoring_recipe = None
+    if scoring is not None:
+        from nasdd.validate.scoring import ScoringRecipe
+
+        scoring_recipe = ScoringRecipe.load(scoring)
+        scoring_recipe.check(space=sp.name, dataset_key=bundle.key)
     arch = sp.default_arch()
     config = {
         "dataset": bundle.meta(),
@@ -167,6 +176,7 @@ def run_pipeline(
         device=device,
         ipc=ipc,
         truth_table=table,
+        scoring=scoring_recipe,
     )
     _stage("4/4 report", str(out))
     files = write_report(out / "validate", search_dir=out / "search", proxy_dirs=[f for _, f in proxies], out=out)
@@ -207,6 +217,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="quick", choices=list(PRESETS), help="size of every stage (default quick)")
     p.add_argument("--space", default=None, help="search space (default: the preset's; quick: convnet_cpu_pooled)")
     p.add_argument("--seed", type=int, default=0, help="seed of every stage (same seed, same result)")
+    p.add_argument("--scoring", default=None, metavar="JSON", help="scoring recipe file from `nasdd calibrate`")
     p.add_argument("--out", default=None, help="output folder (default runs/run-<time>)")
     p.add_argument(
         "--budget",
@@ -233,6 +244,7 @@ def command(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
         budget=parse_grads(args.budget) if args.budget is not None else None,
+        scoring=args.scoring,
     )
     print(f"report: {files.get('html', files.get('md'))}")
     return 0

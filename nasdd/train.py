@@ -140,6 +140,7 @@ class TrainResult:
     status: str = "ok"
     error: str | None = None
     history: list[tuple[int, float]] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)  # per-step training loss, with `fit(record_losses=True)`
 
     @property
     def ok(self) -> bool:
@@ -224,6 +225,7 @@ def fit(
     desc: str = "train",
     fast: bool = True,
     compile_model: bool | None = None,
+    record_losses: bool = False,
 ) -> TrainResult:
     """Train `model` in place on (x, y) — y long class ids or a float [N, K] soft-label matrix.
 
@@ -234,6 +236,8 @@ def fit(
     `on_checkpoint(state)` is called at every evaluation that falls on an epoch boundary, before `on_eval`,
     with a copy of the training's state (weights, optimizer, data order, cost); `fit(model, ..., resume=state)`
     continues that training exactly, so a training can be stopped and extended later.
+    `record_losses`: keep every step's mean training-batch loss in `TrainResult.losses` (the training-speed
+    scores of `nasdd.validate.scoring` sum them; one host sync per step on CUDA).
     """
     device = resolve_device(device)
     model.to(device)
@@ -293,6 +297,8 @@ def fit(
             opt.step()
             res.sample_grads += len(idx)
             last_loss = loss
+            if record_losses:
+                res.losses.append(float(loss))
             step += 1
             bar.update(1)
             unit = step if recipe.steps is not None else (step // per_epoch if step % per_epoch == 0 else 0)

@@ -140,6 +140,32 @@ def _early(ctx: dict, steps: int) -> Scores:
     return sc
 
 
+def _scoring_config(scoring: Any, left_out: int) -> dict | None:
+    return None if scoring is None else {**asdict(scoring), "key": scoring.key(), "members_left_out": left_out}
+
+
+def _scored(ctx: dict, recipe: Any, out: Path | None) -> Scores:
+    """The pool scored by a `ScoringRecipe` (cached in `<out>/scoring.jsonl`), as one row."""
+    import tempfile
+
+    from nasdd.validate.scoring import ScoreCache, score, score_pool
+
+    bundle, pool, seeds = ctx["bundle"], ctx["pool"], ctx["proxy_seeds"]
+    truth_grads = training_grads(ctx["truth_recipe"], len(bundle.y_train))
+    path = out / "scoring.jsonl" if out is not None else Path(tempfile.mkdtemp()) / "scoring.jsonl"
+    recs = score_pool(ScoreCache(path), bundle, pool, recipe, seeds, truth_grads=truth_grads,
+                      bn_images=recipe.bn_images, device=ctx["device"], log=False)  # fmt: skip
+    table = pd.DataFrame(index=[a.key() for a in pool], columns=seeds, dtype=float)
+    sc = Scores(f"scored-{recipe.score}-{recipe.key()[:6]}", "peer:scoring", table)
+    for r in recs:
+        table.loc[r["arch_key"], r["seed"]] = score(r, recipe)
+        sc.failed += r["status"] != "ok"
+        sc.seconds += r.get("seconds", 0.0)
+        sc.sample_grads += int(r.get("sample_grads", 0) + (r.get("bn_forwards", 0) + r.get("curve_forwards", 0)) / 3)
+    sc.info = {"method": "scoring", "recipe": recipe.key()}
+    return sc
+
+
 def _budget_steps(ctx: dict, budgets: Sequence[float] | None, proxy_grads: list[int]) -> list[int]:
     """Early-stopping lengths in steps: `budgets` in epochs of full data, or 0.5x/1x/2x the proxy cost
     (those shorter than the truth training; half of it if none is)."""
@@ -247,6 +273,7 @@ def validate(
     bootstrap_seed: int = 0,
     zc_batch: int = 64,
     truth_table: Any = None,
+    scoring: Any = None,
 ) -> Validation:
     """Audit how faithfully each ProxySet in `proxies` (and each peer) ranks `pool` against ground truth.
 
@@ -256,8 +283,10 @@ def validate(
     proxies' ipcs, else 10) and the distillation preset `subset_preset` where the method
     has it. `truth_table` (a `nasdd.validate.table.TruthTable`) replaces truth training: the audit uses
     the pool members the table holds, its seeds and its recipe (a table made on another dataset split,
-    space or recipe is refused). Returns the tables; with `out`, also writes per_arch.csv, summary.csv,
-    config.json and pool.jsonl there.
+    space or recipe is refused). `scoring` (a `nasdd.validate.scoring.ScoringRecipe`, e.g. from `nasdd
+    calibrate`) adds its row; a recipe calibrated for another space or dataset is refused, and the members it
+    was calibrated on are left out of the whole audit. Returns the tables; with `out`, also writes
+    per_arch.csv, summary.csv, config.json and pool.jsonl there.
     """
     pool = list(dict.fromkeys(pool))
     if len(pool) < 3:
@@ -282,6 +311,15 @@ def validate(
         pool, truth = table_truth(truth_table, pool)
         if len(pool) < 3:
             raise NasddError(f"the truth table holds {len(pool)} of the {requested} pool members; 3 are needed")
+    calibrated = 0
+    if scoring is not None:
+        scoring.check(space=space.name if space is not None else scoring.space or "", dataset_key=bundle.key)
+        held = [a for a in pool if a.key() not in set(scoring.members)]
+        calibrated, pool = len(pool) - len(held), held
+        if len(pool) < 3:
+            raise NasddError(f"{calibrated} pool members calibrated the scoring recipe; fewer than 3 are left")
+        if truth is not None:
+            truth.table = truth.table.loc[[a.key() for a in pool]]
     truth_recipe, base_recipe = _recipe(truth_recipe or "full", "full"), _recipe(proxy_recipe, "proxy")
     recipes = (
         [(f"@e{e}" if len(proxy_epochs) > 1 else "", replace(base_recipe, epochs=e, steps=None)) for e in proxy_epochs]
@@ -321,6 +359,8 @@ def validate(
         n_proxy = [i * bundle.num_classes for i in ipcs] + [len(p.images) for p in proxies]
         grads = [training_grads(r, n) for n in n_proxy for _, r in recipes]
         rows += [_early(ctx, steps) for steps in _budget_steps(ctx, budgets, grads)]
+    if scoring is not None:
+        rows.append(_scored(ctx, scoring, out))
     per_arch = _per_arch(pool, space, truth, rows)
     summary = _summary(truth, rows, ctx)
     config = {
@@ -346,6 +386,7 @@ def validate(
             "synthetic_val": [p.id for p in proxies if p.has_val],
         },
         "statistics": {"ks": list(map(str, ks)), "n_resamples": n_resamples, "confidence": 0.95},
+        "scoring_recipe": _scoring_config(scoring, calibrated),
         "storage": masked(storage) or "in-memory",
         "device": device,
     }

@@ -55,6 +55,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Optuna storage URL of the result cache (default: $NASDD_STORAGE, else "
         "sqlite file results.db in --out); journal:FILE for many workers on a shared disk",
     )
+    parser.add_argument(
+        "--scoring", default=None, metavar="JSON",
+        help="a scoring recipe file from `nasdd calibrate`: adds its row (its calibration members are left out)",
+    )  # fmt: skip
     parser.add_argument("--out", required=True, help="output folder")
 
 
@@ -65,6 +69,7 @@ def command(args: argparse.Namespace) -> int:
     from nasdd.utils import ensure_dir
     from nasdd.validate import pool as pools
     from nasdd.validate.audit import validate
+    from nasdd.validate.scoring import ScoringRecipe
     from nasdd.validate.table import TruthTable
 
     space = load_space(args.space) if args.space else None
@@ -98,6 +103,7 @@ def command(args: argparse.Namespace) -> int:
         out=out,
         device=args.device,
         truth_table=table,
+        scoring=ScoringRecipe.load(args.scoring) if args.scoring else None,
         ks=DEFAULT_KS,
         n_resamples=args.resamples,
     )
