@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import shlex
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -34,7 +37,13 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for torch (default: OMP_NUM_THREADS if set, else the cores this process may use "
+        "that other processes do not keep busy)",
+    )
 
 
 def add_data_args(parser: argparse.ArgumentParser, default: str = "mnist5k") -> None:
@@ -114,11 +123,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from nasdd.utils import set_quiet
 
         set_quiet(args.quiet)
-        if args.threads:
-            import torch
-
-            torch.set_num_threads(args.threads)
+        set_threads(args.threads)
+        args.argv = argv
         started = True
+        signal.signal(signal.SIGTERM, _raise_interrupt)  # `kill`: the same clean stop as Ctrl-C
         return int(args.func(args) or 0)
     except NasddError as exc:
         if args.debug:
@@ -128,9 +136,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as exc:
         detail = f": {exc}" if str(exc) else ""
         if started and not detail:
-            detail = "; finished work is saved, rerun the same command to resume"
+            detail = f"; finished work is saved; to resume, rerun: {command_line(argv)}"
         print(f"{' '.join(['nasdd', name]).strip()}: interrupted{detail}", file=sys.stderr)
         return 130
+    finally:
+        if started:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def command_line(argv: Sequence[str]) -> str:
+    """The command a user typed (`nasdd ...`), quoted for a shell."""
+    return shlex.join(["nasdd", *argv])
+
+
+def set_threads(threads: int | None) -> int | None:
+    """Set torch's CPU thread count: `threads` when given, else none when OMP_NUM_THREADS is set (torch reads
+    it), else `nasdd.utils.default_threads()`. torch is only imported here when already loaded; otherwise
+    OMP_NUM_THREADS is set for it (and for worker processes) to read. Returns the count set, or None."""
+    from nasdd.utils import default_threads
+
+    if threads is not None and threads < 1:
+        raise NasddError(f"--threads must be a positive integer, got {threads}")
+    if threads is None and os.environ.get("OMP_NUM_THREADS"):
+        return None
+    n = threads or default_threads()
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(n)
+    else:
+        os.environ["OMP_NUM_THREADS"] = str(n)
+    return n
 
 
 if __name__ == "__main__":
