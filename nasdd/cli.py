@@ -49,7 +49,12 @@ def add_common(parser: argparse.ArgumentParser) -> None:
 def add_data_args(parser: argparse.ArgumentParser, default: str = "mnist5k") -> None:
     """Dataset options shared by the stages that load data."""
     parser.add_argument("--dataset", default=default, help=f"dataset name or imagefolder:PATH (default {default})")
-    parser.add_argument("--data-root", default="data", help="where torchvision datasets live or download to")
+    parser.add_argument(
+        "--data-root",
+        default=None,
+        help="where torchvision datasets live or download to (default: $NASDD_DATA, else "
+        "$XDG_CACHE_HOME/nasdd/data, i.e. ~/.cache/nasdd/data; Fashion-MNIST from Debian's package is read in place)",
+    )
     parser.add_argument(
         "--max-per-class", type=int, default=None, help="cap the training pool per class (default: no cap)"
     )
@@ -117,7 +122,10 @@ def _not_built(name: str):  # noqa: ANN202
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     name = _requested(argv)
-    started = False
+    started = ok = False
+    from nasdd.utils import _CREATED, remove_empty_created
+
+    _CREATED.clear()  # folders of an earlier in-process command are not this one's to remove
     try:
         args = build_parser(only=name).parse_args(argv)
         from nasdd.utils import set_quiet
@@ -127,7 +135,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.argv = argv
         started = True
         signal.signal(signal.SIGTERM, _raise_interrupt)  # `kill`: the same clean stop as Ctrl-C
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        ok = code == 0
+        return code
     except NasddError as exc:
         if args.debug:
             raise
@@ -142,6 +152,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if started:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if not ok:
+            remove_empty_created()  # a failed command leaves no empty output folder behind
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:

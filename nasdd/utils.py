@@ -271,13 +271,35 @@ def write_json(path: str | Path, obj: Any) -> None:
         f.write("\n")
 
 
+_CREATED: list[Path] = []  # folders ensure_dir created in this command (see remove_empty_created)
+
+
 def ensure_dir(path: str | Path) -> Path:
-    """Create an output folder; a file in its place is a clear error."""
+    """Create an output folder (remembered for `remove_empty_created`); a file in its place is a clear error."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise NasddError(f"output folder {path} is a file; choose another --out")
-    path.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        top = path
+        while not top.parent.exists():
+            top = top.parent
+        path.mkdir(parents=True, exist_ok=True)
+        _CREATED.append(top)
     return path
+
+
+def remove_empty_created() -> list[Path]:
+    """Remove the folders `ensure_dir` created since the last call that hold no file (a failed command's
+    leftovers); return those removed."""
+    import shutil
+
+    removed = []
+    for top in reversed(_CREATED):
+        if top.is_dir() and not any(not p.is_dir() for p in top.rglob("*")):
+            shutil.rmtree(top, ignore_errors=True)
+            removed.append(top)
+    _CREATED.clear()
+    return removed
 
 
 def proc_status_kb(field: str) -> int | None:

@@ -142,5 +142,22 @@ def test_every_option_shows_its_default(capsys):
     with pytest.raises(SystemExit):
         cli.main(["run", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for shown in ("--seed SEED seed of every stage", "(default: 0)", "(default: data)", "runs/run-<time>"):
+    for shown in ("--seed SEED seed of every stage", "(default: 0)", "~/.cache/nasdd/data", "runs/run-<time>"):
         assert shown in text
+
+
+@pytest.mark.parametrize("sub", ["validate", "search"])
+def test_a_failed_command_leaves_no_empty_folder(sub, tmp_path, capsys):
+    out = tmp_path / "new" / "out"
+    argv = {
+        "validate": ["validate", "--dataset", "digits"],  # no pool given: fails after making --out
+        "search": ["search", "--dataset", "digits", "--space", "convnet_cpu", "--study", "s",
+                   "--proxy", str(tmp_path / "missing")],
+    }[sub]  # fmt: skip
+    assert cli.main([*argv, "--out", str(out), "--device", "cpu"]) == 2
+    assert "error" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    assert cli.main([*argv, "--out", str(kept), "--device", "cpu"]) == 2
+    assert kept.is_dir()  # a folder that was there before stays
