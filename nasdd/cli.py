@@ -21,7 +21,7 @@ from nasdd.errors import NasddError
 
 # subcommand -> (module that implements it, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "list": ("nasdd.catalog", "list datasets, search spaces, methods, peers and samplers"),
+    "list": ("nasdd.catalog", "list datasets, search spaces, methods, peers, samplers and pruners"),
     "distill": ("nasdd.distill.cli", "distil a dataset into a synthetic proxy set"),
     "experts": ("nasdd.distill.experts", "train expert trajectories for trajectory matching"),
     "search": ("nasdd.search", "Optuna architecture search with candidates trained on a proxy"),

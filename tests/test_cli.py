@@ -40,6 +40,7 @@ def test_list(capsys):
         assert line in out
     assert re.search(r"convnet_dc +convnet, 720 members", out)
     assert "cell201, 15,625 members" in out and "families:" in out and "methods:" in out
+    assert "pruners:" in out and "  hyperband " in out
     assert cli.main(["list", "spaces"]) == 0
     assert capsys.readouterr().out.splitlines()[0] == "spaces:"
 
