@@ -53,18 +53,20 @@ def progress(*args: Any, **kwargs: Any) -> tqdm | LogProgress:
 
 
 class LogProgress:
-    """Progress for logs and pipes: a line on stderr when a tenth of the work is done since the last line,
-    or `every` seconds have passed (so a slow stage is never silent for longer than one unit of its work
-    plus `every`), with the rate's ETA; the same calls as tqdm's (`update`, `set_postfix_str`, iteration)."""
+    """Progress for logs and pipes: a line on stderr when a tenth of the work is done since the last line
+    (and `gap` seconds have passed: a fast stage prints few lines), or `every` seconds have passed (so a slow
+    stage is never silent for longer than one unit of its work plus `every`), and at the end, with the
+    rate's ETA; the same calls as tqdm's (`update`, `set_postfix_str`, iteration)."""
 
     def __init__(
         self, iterable: Any = None, *, total: int | None = None, initial: int = 0, desc: str = "",
-        unit: str = "it", every: float = 20.0, **_: Any,
+        unit: str = "it", every: float = 20.0, gap: float = 2.0, **_: Any,
     ) -> None:  # fmt: skip
         self.iterable = iterable
         if total is None and iterable is not None and hasattr(iterable, "__len__"):
             total = len(iterable)
-        self.total, self.n, self.first, self.desc, self.unit, self.every = total, initial, initial, desc, unit, every
+        self.total, self.n, self.first, self.desc, self.unit = total, initial, initial, desc, unit
+        self.every, self.gap = every, gap
         self.start = self.last_time = time.monotonic()
         self.last_n, self.postfix = initial, ""
 
@@ -84,7 +86,8 @@ class LogProgress:
         self.n += n
         now = time.monotonic()
         step = max(1, (self.total or 0) // 10)
-        if self.n - self.last_n >= step or now - self.last_time >= self.every or self.n == self.total:
+        since = now - self.last_time
+        if (self.n - self.last_n >= step and since >= self.gap) or since >= self.every or self.n == self.total:
             self._line(now)
 
     def _line(self, now: float) -> None:
@@ -103,8 +106,12 @@ class LogProgress:
             self._line(time.monotonic())
 
 
-def clip(text: str, width: int = 36) -> str:
-    """`text` cut to `width` characters (ending in `…` when cut): a bar's label must leave the bar room."""
+def clip(text: str, width: int = 52) -> str:
+    """`text` without `key=` prefixes (`convnet(relu,3,…)`), cut to `width` characters (ending in `…` when
+    cut): a bar's label must leave the bar room."""
+    import re
+
+    text = re.sub(r"\b[a-z_]+=", "", text)
     return text if len(text) <= width else text[: width - 1] + "…"
 
 

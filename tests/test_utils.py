@@ -183,7 +183,11 @@ def test_the_cli_default_respects_the_affinity_mask():
 def test_log_progress_prints_lines_with_eta(capsys):
     from nasdd.utils import LogProgress
 
-    bar = LogProgress(total=20, desc="truth", unit="training")
+    fast = LogProgress(total=20, desc="zero-cost", unit="job")  # a fast stage: one line, at the end
+    for _ in range(20):
+        fast.update(1)
+    assert capsys.readouterr().err.splitlines() == ["zero-cost: 20/20 (100%) jobs, 0 s spent"]
+    bar = LogProgress(total=20, desc="truth", unit="training", gap=0)
     for i in range(20):
         bar.set_postfix_str(f"arch {i}")
         bar.update(1)
