@@ -123,10 +123,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     name = _requested(argv)
     started = ok = False
-    from nasdd.utils import _CREATED, remove_empty_created
-
-    _CREATED.clear()  # folders of an earlier in-process command are not this one's to remove
     try:
+        from nasdd.utils import _CREATED  # here, not at the top: Ctrl-C while importing is one line too
+
+        _CREATED.clear()  # folders of an earlier in-process command are not this one's to remove
         args = build_parser(only=name).parse_args(argv)
         from nasdd.utils import set_quiet
 
@@ -147,13 +147,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         detail = f": {exc}" if str(exc) else ""
         if started and not detail:
             detail = f"; finished work is saved; to resume, rerun: {command_line(argv)}"
+        elif started and "rerun" not in detail:  # e.g. a distillation inside `nasdd run` saved its checkpoint
+            detail += f"; to resume, rerun: {command_line(argv)}"
         print(f"{' '.join(['nasdd', name]).strip()}: interrupted{detail}", file=sys.stderr)
         return 130
     finally:
         if started:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        if not ok:
-            remove_empty_created()  # a failed command leaves no empty output folder behind
+        if not ok and "nasdd.utils" in sys.modules:
+            sys.modules["nasdd.utils"].remove_empty_created()  # a failed command leaves no empty folder behind
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:

@@ -162,3 +162,20 @@ def test_a_failed_command_leaves_no_empty_folder(sub, tmp_path, capsys):
     kept.mkdir()
     assert cli.main([*argv, "--out", str(kept), "--device", "cpu"]) == 2
     assert kept.is_dir()  # a folder that was there before stays
+
+
+def test_an_interrupted_stage_says_what_it_saved_and_how_to_resume(monkeypatch, capsys):
+    import types
+
+    def stopped(args):
+        raise KeyboardInterrupt("dm stopped after iteration 7 of 60; its images are saved in o/checkpoint.pt")
+
+    stage = types.SimpleNamespace(add_arguments=lambda p: p.add_argument("--out"), command=stopped)
+    real = cli.importlib.import_module
+    monkeypatch.setitem(cli.SUBCOMMANDS, "ghost", ("nasdd.ghost_stage", "a stage that saves on Ctrl-C"))
+    monkeypatch.setattr(cli.importlib, "import_module", lambda n: stage if n == "nasdd.ghost_stage" else real(n))
+    assert cli.main(["ghost", "--out", "my dir"]) == 130
+    assert capsys.readouterr().err == (
+        "nasdd ghost: interrupted: dm stopped after iteration 7 of 60; its images are saved in o/checkpoint.pt; "
+        "to resume, rerun: nasdd ghost --out 'my dir'\n"
+    )
