@@ -28,12 +28,14 @@ from nasdd.utils import stable_hash
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
+def cache_dir() -> Path:
+    """nasdd's cache folder: $XDG_CACHE_HOME/nasdd (`~/.cache/nasdd`); MTT's expert buffers default here."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nasdd"
+
+
 def default_root() -> Path:
     """Where datasets are downloaded when no root is given: $NASDD_DATA, else $XDG_CACHE_HOME/nasdd/data."""
-    if os.environ.get("NASDD_DATA"):
-        return Path(os.environ["NASDD_DATA"])
-    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(cache) / "nasdd" / "data"
+    return Path(os.environ["NASDD_DATA"]) if os.environ.get("NASDD_DATA") else cache_dir() / "data"
 
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
