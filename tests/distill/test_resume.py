@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # state), so the result depends on the per-iteration seeding and on every step having run.
 METHOD = """
 import os
+import time
 import torch
 from nasdd.distill.base import Distiller, register
 
@@ -37,8 +38,9 @@ class MeanStep(Distiller):
         self.y = bundle.y_train.to(self.dev)
 
     def step(self, it):
-        if it == 10 and os.environ.get("STARTED"):  # tells a test that the loop runs
+        if it == 10 and os.environ.get("STARTED"):  # tells a test that the loop runs, and waits for its signal
             open(os.environ["STARTED"], "w").close()
+            time.sleep(1.0)
         pick = torch.randint(len(self.x), (64,), device=self.dev)
         xb, yb = self.x[pick], self.y[pick]
         means = torch.stack([xb[yb == c].mean(0) if (yb == c).any() else xb.mean(0) for c in self.labels])
@@ -90,18 +92,22 @@ def test_killed_distillation_resumes_from_its_checkpoint(tmp_path, digits):
     assert proxy.provenance["cost"]["sample_grads"] == whole.provenance["cost"]["sample_grads"] == 3000 * 20
 
 
+N = 300  # iterations of the interruption tests
+
+
 def uninterrupted(bundle, **kw):
     exec(METHOD, {})  # the same run, uninterrupted, in this process
     try:
-        return METHODS.get("meanstep")(ipc=2, iterations=3000, device="cpu", **kw).run(bundle)
+        return METHODS.get("meanstep")(ipc=2, iterations=N, device="cpu", **kw).run(bundle)
     finally:
         METHODS._items.pop("meanstep")  # leave the registry as the other tests know it
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [signal.SIGINT, pytest.param(signal.SIGTERM, marks=pytest.mark.slow)])
 def test_interrupted_distillation_saves_and_its_printed_command_resumes_it(tmp_path, digits, sig):
     out, started = tmp_path / "proxy", tmp_path / "started"
-    proc = distill_process(out, "--checkpoint-every", "0", env={"STARTED": str(started)})  # no periodic ones
+    extra = ["--checkpoint-every", "0", "--iterations", str(N)]  # no periodic checkpoints
+    proc = distill_process(out, *extra, env={"STARTED": str(started)})
     try:
         deadline = time.time() + 120
         while not started.exists():
@@ -114,42 +120,44 @@ def test_interrupted_distillation_saves_and_its_printed_command_resumes_it(tmp_p
     line = err.strip()
     assert "\n" not in line and line.startswith("nasdd distill: interrupted: meanstep stopped after iteration ")
     reached = torch.load(out / CHECKPOINT, weights_only=False)["iteration"]
-    assert 10 < reached < 3000 and f"iteration {reached} of 3000" in line and str(out / CHECKPOINT) in line
+    assert 10 < reached < N and f"iteration {reached} of {N}" in line and str(out / CHECKPOINT) in line
     printed = shlex.split(line.split("to resume, rerun: ", 1)[1])
     assert printed[0] == "nasdd" and "--resume" not in printed
     resumed = distill_process(out, args=printed[1:])
     stdout, stderr = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, stderr
-    assert f"resuming from {out / CHECKPOINT} (iteration {reached} of 3000)" in stderr
+    assert f"resuming from {out / CHECKPOINT} (iteration {reached} of {N})" in stderr
     proxy = ProxySet.load(out, digits)
     whole = uninterrupted(digits)
     assert torch.equal(proxy.images, whole.images)  # bitwise: the resumed run ends where an uninterrupted one ends
-    assert proxy.provenance["cost"]["sample_grads"] == 3000 * 20
+    assert proxy.provenance["cost"]["sample_grads"] == N * 20
 
 
 def test_no_rerun_overwrites_a_checkpoint_or_a_proxy(tmp_path, digits, monkeypatch):
+    from nasdd.arch import ArchSpec
     from nasdd.distill import distill
     from nasdd.distill.dm import DistributionMatching as DM
     from nasdd.errors import NasddError
 
     step, out = DM.step, tmp_path / "p"
+    kw = {"iterations": 8, "batch_real": 8, "arch": ArchSpec.make("convnet", depth=1, width=8), "device": "cpu"}
 
-    def interrupted(self, it):  # a second Ctrl-C in the middle of iteration 7
-        if it == 7:
+    def interrupted(self, it):  # a second Ctrl-C in the middle of iteration 5
+        if it == 5:
             raise KeyboardInterrupt
         return step(self, it)
 
     monkeypatch.setattr(DM, "step", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        distill(digits, "dm", 2, out=out, iterations=20, checkpoint_every=5, device="cpu")
+        distill(digits, "dm", 2, out=out, checkpoint_every=3, **kw)
     monkeypatch.setattr(DM, "step", step)
     saved = (out / CHECKPOINT).read_bytes()
-    with pytest.raises(NasddError, match="holds a checkpoint of this configuration .iteration 5.; resume it"):
-        distill(digits, "dm", 2, out=out, iterations=20, device="cpu")  # without resume: refused
+    with pytest.raises(NasddError, match="holds a checkpoint of this configuration .iteration 3.; resume it"):
+        distill(digits, "dm", 2, out=out, **kw)  # without resume: refused
     with pytest.raises(NasddError, match=r"another configuration \(seed differ\); use another --out, or --overwrite"):
-        distill(digits, "dm", 2, seed=1, out=out, iterations=20, resume=True, device="cpu")
+        distill(digits, "dm", 2, seed=1, out=out, resume=True, **kw)
     assert (out / CHECKPOINT).read_bytes() == saved  # untouched by both refusals
-    proxy = distill(digits, "dm", 2, out=out, iterations=20, resume=True, device="cpu")
+    proxy = distill(digits, "dm", 2, out=out, resume=True, **kw)
     assert not (out / CHECKPOINT).exists()
     with pytest.raises(NasddError, match="already holds a proxy .method dm, ipc 2, dataset digits.; use another"):
         distill(digits, "random", 3, out=out, device="cpu")
