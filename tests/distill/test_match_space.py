@@ -147,7 +147,7 @@ def test_cli_match_space_and_list_methods(tmp_path, capsys):
     argv = ["distill", "--dataset", "digits", "--method", "dm", "--ipc", "1", "--iterations", "2", "--quiet"]
     argv += ["--option", "batch_real=8", "--out", str(tmp_path / "p"), "--match-space", MIXED, "--match-pool", "2"]
     assert cli.main(argv) == 0
-    assert cli.main([*argv[:-4], "--match-space", "nope"]) == 2
+    assert cli.main([*argv[:-6], "--out", str(tmp_path / "q"), "--match-space", "nope"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "unknown search space 'nope'" in err and "convnet_cpu" in err
     assert "rankdm" in dict(catalog())
