@@ -1,4 +1,4 @@
-"""`nasdd list`: what datasets, search spaces, model families, methods, peers and samplers exist.
+"""`nasdd list`: what datasets, search spaces, model families, methods, peers, samplers and pruners exist.
 
 The rows come from the registries themselves, which import torch (seconds). So that `nasdd list` starts
 at once, `catalog.json` beside this module holds a snapshot of them: it is used while the method modules
@@ -15,7 +15,7 @@ import importlib
 import json
 from pathlib import Path
 
-KINDS = ("datasets", "spaces", "families", "methods", "peers", "samplers", "strategies")
+KINDS = ("datasets", "spaces", "families", "methods", "peers", "samplers", "strategies", "pruners")
 SNAPSHOT = Path(__file__).with_name("catalog.json")
 PACKAGE = Path(__file__).resolve().parent
 
@@ -39,6 +39,10 @@ def live_rows(kind: str) -> list[tuple[str, str]]:
 
         return [(n, f.description) for n, f in FAMILIES.items()]
     # kinds provided by later stages: each module offers `catalog() -> list[(name, description)]`
+    if kind == "pruners":
+        from nasdd.search import pruner_catalog
+
+        return pruner_catalog()
     module = {"methods": "nasdd.distill", "peers": "nasdd.validate.peers", "samplers": "nasdd.search",
               "strategies": "nasdd.search.strategies"}[kind]  # fmt: skip
     try:

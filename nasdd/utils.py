@@ -10,10 +10,12 @@ import hashlib
 import json
 import os
 import random
+import signal
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -33,15 +35,138 @@ def set_quiet(quiet: bool) -> None:
     _QUIET = quiet
 
 
-def progress(*args: Any, **kwargs: Any) -> tqdm:
-    """A tqdm progress bar (with ETA) on a terminal; elsewhere (logs, pipes) no bar, so stages print one line
-    each. `--quiet` silences every bar, even where the caller asked for one."""
+def progress(*args: Any, **kwargs: Any) -> tqdm | LogProgress:
+    """A tqdm progress bar (with ETA) on a terminal; elsewhere (logs, pipes) a LogProgress that prints a
+    line now and then. `--quiet` silences both, as does `disable=True`; `disable=None` means no bar off a
+    terminal (the caller prints lines of its own)."""
     from tqdm.auto import tqdm
 
-    kwargs["disable"] = True if _QUIET or not sys.stderr.isatty() else kwargs.get("disable", False)
+    disable = kwargs.get("disable", False)
+    if _QUIET or disable is True or (disable is None and not sys.stderr.isatty()):
+        kwargs["disable"] = True
+    elif not sys.stderr.isatty():
+        kwargs.pop("disable", None)
+        return LogProgress(*args, **kwargs)
     kwargs.setdefault("dynamic_ncols", True)
     kwargs.setdefault("leave", False)
     return tqdm(*args, **kwargs)
+
+
+class LogProgress:
+    """Progress for logs and pipes: a line on stderr when a tenth of the work is done since the last line
+    (and `gap` seconds have passed: a fast stage prints few lines), or `every` seconds have passed (so a slow
+    stage is never silent for longer than one unit of its work plus `every`), and at the end, with the
+    rate's ETA; the same calls as tqdm's (`update`, `set_postfix_str`, iteration)."""
+
+    def __init__(
+        self, iterable: Any = None, *, total: int | None = None, initial: int = 0, desc: str = "",
+        unit: str = "it", every: float = 20.0, gap: float = 2.0, **_: Any,
+    ) -> None:  # fmt: skip
+        self.iterable = iterable
+        if total is None and iterable is not None and hasattr(iterable, "__len__"):
+            total = len(iterable)
+        self.total, self.n, self.first, self.desc, self.unit = total, initial, initial, desc, unit
+        self.every, self.gap = every, gap
+        self.start = self.last_time = time.monotonic()
+        self.last_n, self.postfix = initial, ""
+
+    def __iter__(self) -> Iterator[Any]:
+        for item in self.iterable:
+            yield item
+            self.update(1)
+        self.close()
+
+    def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
+        self.postfix = s
+
+    def set_postfix(self, **kwargs: Any) -> None:
+        self.postfix = ", ".join(f"{k}={v}" for k, v in kwargs.items())
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        now = time.monotonic()
+        step = max(1, (self.total or 0) // 10)
+        since = now - self.last_time
+        if (self.n - self.last_n >= step and since >= self.gap) or since >= self.every or self.n == self.total:
+            self._line(now)
+
+    def _line(self, now: float) -> None:
+        if self.n == self.last_n and self.n != self.first:
+            return
+        self.last_n, self.last_time = self.n, now
+        done, spent = self.n - self.first, now - self.start
+        of = f"/{self.total} ({100 * self.n / self.total:.0f}%)" if self.total else ""
+        text = f"{self.desc}: {self.n}{of} {self.unit}s, {_clock(spent)} spent"
+        if self.total and done > 0 and self.n < self.total:
+            text += f", ETA {_clock(spent / done * (self.total - self.n))}"
+        print(text + (f" [{self.postfix}]" if self.postfix else ""), file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.n != self.last_n:
+            self._line(time.monotonic())
+
+
+def clip(text: str, width: int = 52) -> str:
+    """`text` without `key=` prefixes (`convnet(relu,3,…)`), cut to `width` characters (ending in `…` when
+    cut): a bar's label must leave the bar room."""
+    import re
+
+    text = re.sub(r"\b[a-z_]+=", "", text)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _clock(seconds: float) -> str:
+    """`42 s`, `3 min 05 s` or `1 h 02 min`."""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s} s"
+    return f"{s // 60} min {s % 60:02d} s" if s < 3600 else f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
+@contextlib.contextmanager
+def deferred_interrupts() -> Iterator[Callable[[], bool]]:
+    """Within the block, Ctrl-C (SIGINT) and SIGTERM only set a flag, which the yielded function reads, so
+    a loop can finish its unit of work and save it before stopping; a second signal interrupts at once.
+    Signals that are ignored stay ignored; off the main thread nothing changes (the flag stays false)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    got: list[int] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        if got:
+            raise KeyboardInterrupt
+        got.append(signum)
+
+    old = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            old[sig] = signal.signal(sig, handler)
+    try:
+        yield lambda: bool(got)
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+
+def usable_cores(cpus: set[int] | None = None, load: float | None = None) -> tuple[int, int]:
+    """(cores this process may run on, of those not kept busy by other processes), from the affinity mask
+    (`os.sched_getaffinity`) and the 1-minute load average, which counts the busy cores of the machine."""
+    cpus = cpus if cpus is not None else (os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None)
+    n = len(cpus) if cpus is not None else (os.cpu_count() or 1)
+    if load is None:
+        try:
+            load = os.getloadavg()[0]
+        except OSError:
+            load = 0.0
+    return n, max(1, min(n, n - round(load)))
+
+
+def default_threads(cpus: set[int] | None = None, load: float | None = None) -> int:
+    """torch's thread count when neither `--threads` nor OMP_NUM_THREADS says: the cores this process may
+    use that no other process keeps busy (at least 1). torch's own default (one thread per core of the
+    machine) makes every small training wait for a thread that cannot run when a core is busy."""
+    return usable_cores(cpus, load)[1]
 
 
 def seconds_since_start() -> float:
@@ -181,13 +306,35 @@ def write_json(path: str | Path, obj: Any) -> None:
         f.write("\n")
 
 
+_CREATED: list[Path] = []  # folders ensure_dir created in this command (see remove_empty_created)
+
+
 def ensure_dir(path: str | Path) -> Path:
-    """Create an output folder; a file in its place is a clear error."""
+    """Create an output folder (remembered for `remove_empty_created`); a file in its place is a clear error."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise NasddError(f"output folder {path} is a file; choose another --out")
-    path.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        top = path
+        while not top.parent.exists():
+            top = top.parent
+        path.mkdir(parents=True, exist_ok=True)
+        _CREATED.append(top)
     return path
+
+
+def remove_empty_created() -> list[Path]:
+    """Remove the folders `ensure_dir` created since the last call that hold no file (a failed command's
+    leftovers); return those removed."""
+    import shutil
+
+    removed = []
+    for top in reversed(_CREATED):
+        if top.is_dir() and not any(not p.is_dir() for p in top.rglob("*")):
+            shutil.rmtree(top, ignore_errors=True)
+            removed.append(top)
+    _CREATED.clear()
+    return removed
 
 
 def proc_status_kb(field: str) -> int | None:

@@ -40,6 +40,7 @@ def test_list(capsys):
         assert line in out
     assert re.search(r"convnet_dc +convnet, 720 members", out)
     assert "cell201, 15,625 members" in out and "families:" in out and "methods:" in out
+    assert "pruners:" in out and "  hyperband " in out
     assert cli.main(["list", "spaces"]) == 0
     assert capsys.readouterr().out.splitlines()[0] == "spaces:"
 
@@ -151,5 +152,39 @@ def test_every_option_shows_its_default(capsys):
     with pytest.raises(SystemExit):
         cli.main(["run", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for shown in ("--seed SEED seed of every stage", "(default: 0)", "(default: data)", "runs/run-<time>"):
+    for shown in ("--seed SEED seed of every stage", "(default: 0)", "~/.cache/nasdd/data", "runs/run-<time>"):
         assert shown in text
+
+
+@pytest.mark.parametrize("sub", ["validate", "search"])
+def test_a_failed_command_leaves_no_empty_folder(sub, tmp_path, capsys):
+    out = tmp_path / "new" / "out"
+    argv = {
+        "validate": ["validate", "--dataset", "digits"],  # no pool given: fails after making --out
+        "search": ["search", "--dataset", "digits", "--space", "convnet_cpu", "--study", "s",
+                   "--proxy", str(tmp_path / "missing")],
+    }[sub]  # fmt: skip
+    assert cli.main([*argv, "--out", str(out), "--device", "cpu"]) == 2
+    assert "error" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    assert cli.main([*argv, "--out", str(kept), "--device", "cpu"]) == 2
+    assert kept.is_dir()  # a folder that was there before stays
+
+
+def test_an_interrupted_stage_says_what_it_saved_and_how_to_resume(monkeypatch, capsys):
+    import types
+
+    def stopped(args):
+        raise KeyboardInterrupt("dm stopped after iteration 7 of 60; its images are saved in o/checkpoint.pt")
+
+    stage = types.SimpleNamespace(add_arguments=lambda p: p.add_argument("--out"), command=stopped)
+    real = cli.importlib.import_module
+    monkeypatch.setitem(cli.SUBCOMMANDS, "ghost", ("nasdd.ghost_stage", "a stage that saves on Ctrl-C"))
+    monkeypatch.setattr(cli.importlib, "import_module", lambda n: stage if n == "nasdd.ghost_stage" else real(n))
+    assert cli.main(["ghost", "--out", "my dir"]) == 130
+    assert capsys.readouterr().err == (
+        "nasdd ghost: interrupted: dm stopped after iteration 7 of 60; its images are saved in o/checkpoint.pt; "
+        "to resume, rerun: nasdd ghost --out 'my dir'\n"
+    )

@@ -121,18 +121,23 @@ def test_mnist_like_adapters_read_idx_files(tmp_path, monkeypatch, offline, name
         assert b.class_names[0] == "T-shirt/top"
 
 
-def test_fashion_mnist_reads_debian_package_offline(tmp_path, monkeypatch, offline):
+def test_fashion_mnist_reads_debian_package_offline_in_place(tmp_path, monkeypatch, offline):
     debian = tmp_path / "usr-share-datasets-fashion-mnist"
-    _write_idx(debian, gz=True)
+    arrays = _write_idx(debian, gz=True)
     monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", debian)
+    monkeypatch.chdir(tmp_path)
     b = load_dataset("fashion_mnist", root=tmp_path / "root")
     _check_bundle(b, 1, 28, 40, 20)
-    assert sorted(p.name for p in (tmp_path / "root" / "FashionMNIST" / "raw").iterdir()) == [
-        "t10k-images-idx3-ubyte",
-        "t10k-labels-idx1-ubyte",
-        "train-images-idx3-ubyte",
-        "train-labels-idx1-ubyte",
-    ]
+    assert torch.allclose(b.denormalize(b.x_test)[:, 0], torch.from_numpy(arrays["t10k"] / 255.0).float(), atol=1e-5)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["usr-share-datasets-fashion-mnist"]  # nothing written
+
+
+def test_downloads_default_to_a_documented_cache(monkeypatch, tmp_path):
+    monkeypatch.delenv("NASDD_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert data.default_root() == tmp_path / "cache" / "nasdd" / "data"
+    monkeypatch.setenv("NASDD_DATA", str(tmp_path / "d"))
+    assert data.default_root() == tmp_path / "d"
 
 
 @pytest.mark.parametrize("name", ["cifar10", "cifar100"])

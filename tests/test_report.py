@@ -75,9 +75,22 @@ def test_tiny_pool_verdict_says_it_cannot_separate():
     s = _summary()
     s.loc[s["name"] == "random-ipc10", ["tau_low", "tau_high"]] = [0.2, 0.5]  # overlaps dm's [0.45, 0.75]
     text = " ".join(verdict(s, pool=10, winner="convnet d3 w32"))
-    assert "The pool holds 10 architectures; the 95% intervals of τ are" in text and "a small pool" in text
-    assert "cannot separate dm-ipc10 from random-ipc10" in text
+    assert "The pool holds 10 architectures; the 95% intervals of τ are" in text and "too small a pool" in text
+    assert "With 10 architectures the audit cannot tell these proxies and peers apart" in text
+    assert "beats" not in text.replace("no distilled proxy beats", "") and "Best " not in text
     assert "The search's best architecture (val accuracy on the proxy): convnet d3 w32." in text
+    assert "Fashion-MNIST, 60" in text and "no distilled proxy beats the best cheap peer" in text
+
+
+def test_verdict_explains_a_tau_above_the_ceiling_and_names_cost_units():
+    s = _summary()
+    s.loc[s["name"] == "dm-ipc10", "tau"] = 0.9  # the ceiling is 0.8
+    s["speedup_seconds"] = [np.nan, 0.5, 0.5, 1.0, 100.0]  # dm: 10x cheaper in sample-gradients, 2x dearer in s
+    text = " ".join(verdict(s))
+    assert "%" not in text.split("dm-ipc10**")[1].split("\n")[0].split("cost")[0]  # no 112% of the ceiling
+    assert "above the noise ceiling (0.80: one truth seed against another" in text
+    assert "10× cheaper in sample-gradients and 2× dearer in seconds than one ground-truth seed" in text
+    assert "about as costly in seconds" in text  # random-ipc10: speedup 1.0, never "1× cheaper"
 
 
 def test_human_units():
@@ -85,6 +98,8 @@ def test_human_units():
     assert cost_ratio(1.098) == "1.1× cheaper than one ground-truth seed"
     assert cost_ratio(0.8) == "1.2× dearer than one ground-truth seed"
     assert "cheaper" not in cost_ratio(0.5) and cost_ratio(float("inf")).startswith("free")
+    assert cost_ratio(1.04) == "about as costly as one ground-truth seed"
+    assert cost_ratio(4.4, "", "sample-gradients") == "4.4× cheaper in sample-gradients"
 
 
 def test_table_is_readable_without_nan_or_inf():
@@ -112,3 +127,14 @@ def test_labels_of_the_cost_plot_do_not_overlap(tmp_path):
     assert len(boxes) == 6
     assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
     plt.close(fig)
+
+
+def test_figures_use_one_style_and_log_axes_where_values_span_decades():
+    from nasdd.figures import _pyplot, _style, axis_scale
+
+    assert axis_scale(np.array([40.0, 300.0, 32_000.0])) == "log"  # synflow's outlier must not squash the panel
+    assert axis_scale(np.array([-5.0, 0.0, 1e-3, 80.0])) == "symlog"
+    assert axis_scale(np.array([0.1, 0.5, 0.9])) == "linear"
+    plt = _pyplot()
+    with plt.style.context("ggplot"), _style():  # ggplot: what importing Optuna's matplotlib plots does
+        assert plt.rcParams["axes.facecolor"] == "white"

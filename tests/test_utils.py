@@ -113,8 +113,16 @@ def test_quiet_silences_every_progress_bar(monkeypatch):
 
 
 def test_no_progress_bar_off_a_terminal(monkeypatch):
+    from nasdd.utils import LogProgress
+
     monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
-    assert progress(range(3)).disable
+    assert isinstance(progress(range(3)), LogProgress)  # lines for logs, not a bar
+    assert progress(range(3), disable=None).disable  # the caller prints lines of its own
+    set_quiet(True)
+    try:
+        assert progress(range(3)).disable
+    finally:
+        set_quiet(False)
 
 
 def test_atomic_files_honour_the_umask(tmp_path):
@@ -133,3 +141,58 @@ def test_atomic_files_honour_the_umask(tmp_path):
 
 def test_seconds_since_start_counts_the_process():
     assert 0 < seconds_since_start() < 24 * 3600
+
+
+def test_default_threads_leaves_busy_cores_and_masked_cores_alone():
+    from nasdd.utils import default_threads
+
+    assert default_threads(cpus={0, 1, 2, 3}, load=0.2) == 4
+    assert default_threads(cpus={0, 1, 2, 3}, load=1.1) == 3  # one core kept busy by another process
+    assert default_threads(cpus={0, 1}, load=9.0) == 1
+    assert default_threads(cpus={5}, load=0.0) == 1
+
+
+def test_the_cli_default_respects_the_affinity_mask():
+    """A process pinned to one core (like `taskset -c 0`) trains with one torch thread on an idle machine;
+    OMP_NUM_THREADS and --threads still win."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    code = (
+        "import os, sys; from nasdd import cli, utils;"
+        "cpus = sys.argv.pop(1); cpus != 'all' and os.sched_setaffinity(0, {int(cpus)});"
+        "utils.os.getloadavg = lambda: (0.0, 0.0, 0.0);"  # an idle machine: only the mask limits
+        "import nasdd.catalog as c; c.command = lambda a: print(__import__('torch').get_num_threads());"
+        "sys.exit(cli.main(['list', *sys.argv[1:]]))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+
+    def threads(cpus, *argv, **extra):
+        run = subprocess.run([sys.executable, "-c", code, cpus, *argv], capture_output=True, text=True, cwd=root,
+                             env={**env, **extra})  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        return int(run.stdout.split()[-1])
+
+    assert threads("0") == 1
+    assert threads("0", "--threads", "2") == 2
+    if len(os.sched_getaffinity(0)) > 1:  # unpinned, the same idle machine uses more than one core
+        assert threads("all") > 1 and threads("all", OMP_NUM_THREADS="1") == 1
+
+
+def test_log_progress_prints_lines_with_eta(capsys):
+    from nasdd.utils import LogProgress
+
+    fast = LogProgress(total=20, desc="zero-cost", unit="job")  # a fast stage: one line, at the end
+    for _ in range(20):
+        fast.update(1)
+    assert capsys.readouterr().err.splitlines() == ["zero-cost: 20/20 (100%) jobs, 0 s spent"]
+    bar = LogProgress(total=20, desc="truth", unit="training", gap=0)
+    for i in range(20):
+        bar.set_postfix_str(f"arch {i}")
+        bar.update(1)
+    bar.close()
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 10 and lines[0].startswith("truth: 2/20 (10%) trainings, 0 s spent, ETA 0 s [arch 1]")
+    assert lines[-1].startswith("truth: 20/20 (100%) trainings")
+    assert list(LogProgress(range(3), desc="x")) == [0, 1, 2]

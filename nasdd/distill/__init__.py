@@ -6,6 +6,7 @@ Method modules in this package are imported automatically, so adding a method is
 from __future__ import annotations
 
 import importlib
+import json
 import pkgutil
 from pathlib import Path
 from typing import Any
@@ -31,10 +32,12 @@ def distill(
     resume: bool = False,
     preset: str | None = None,
     keep_checkpoint: bool = False,
+    overwrite: bool = False,
     **kwargs: Any,
 ) -> ProxySet:
     """Distil `bundle` with `method` into `ipc` images per class; with `out`, save the proxy and its grid
-    (and remove the checkpoint once they are saved, unless `keep_checkpoint`).
+    (and remove the checkpoint once they are saved, unless `keep_checkpoint`). A proxy already in `out`
+    is refused unless `overwrite`; `resume` continues `out`'s checkpoint (see `nasdd.distill.base`).
 
     `preset` names one of the method's presets (e.g. `quick`, `cpu`); explicit keyword arguments win.
     """
@@ -46,13 +49,24 @@ def distill(
             )
         kwargs = {**cls.presets[preset], **{k: v for k, v in kwargs.items() if v is not None}}
     distiller = cls(ipc=ipc, seed=seed, **kwargs)
-    proxy = distiller.run(bundle, out=out, resume=resume)
+    if out is not None and (Path(out) / "proxy.json").exists() and not overwrite:
+        raise NasddError(f"{out} already holds a proxy ({_describe(Path(out))}); use another --out, or --overwrite")
+    proxy = distiller.run(bundle, out=out, resume=resume, overwrite=overwrite)
     if out is not None:
         proxy.save(out)
         proxy.save_grid(Path(out) / "grid.png")
         if not keep_checkpoint:
             (Path(out) / CHECKPOINT).unlink(missing_ok=True)
     return proxy
+
+
+def _describe(folder: Path) -> str:
+    """`method dm, ipc 10, dataset mnist5k` from a proxy folder's sidecar (best effort)."""
+    try:
+        prov = json.loads((folder / "proxy.json").read_text()).get("provenance", {})
+        return f"method {prov.get('method')}, ipc {prov.get('ipc')}, dataset {prov.get('dataset')}"
+    except (OSError, ValueError, AttributeError):
+        return "unreadable sidecar"
 
 
 def catalog() -> list[tuple[str, str]]:

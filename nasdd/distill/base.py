@@ -3,8 +3,11 @@
 A method is one small subclass. One-shot methods (coresets) override `select`; iterative methods
 override `setup` and `step` and learn `self.images` (and optionally `self.labels`, `self.syn_lr`).
 The base runs the loop: per-iteration seeding (so `--resume` continues exactly), a progress bar with
-the loss, checkpoints every `checkpoint_every` iterations, and a NaN/inf guard that keeps the last
-good images and stops with a message.
+the loss, checkpoints every `checkpoint_every` iterations and when Ctrl-C or SIGTERM arrives (the
+iteration under way finishes first; a second signal stops at once), and a NaN/inf guard that keeps the
+last good images and stops with a message. A checkpoint is never overwritten by another run: one of
+another configuration is refused (unless `overwrite`), one of this configuration is resumed with
+`resume` and refused without it.
 
 Matching networks: a method asks the base which architecture(s) it matches through in iteration `it`
 (`matching_archs(it, k)`, `matching_arch(it)`) and for a built network (`network(arch)`), never builds a
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import math
 import random
+import sys
 import time
 from pathlib import Path
 from typing import Any, ClassVar
@@ -37,7 +41,7 @@ from nasdd.models import DEFAULT_ARCH
 from nasdd.registry import Registry
 from nasdd.spaces import SearchSpace, draw_pool, load_space
 from nasdd.train import build_seeded
-from nasdd.utils import atomic_open, load_untrusted, progress, resolve_device
+from nasdd.utils import atomic_open, deferred_interrupts, load_untrusted, progress, resolve_device
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = 1  # the `format` a checkpoint records; a newer one is refused
@@ -219,8 +223,10 @@ class Distiller:
         if not (math.isfinite(self.lr_img) and self.lr_img > 0):
             raise NasddError(f"lr_img must be a positive finite number, got {self.lr_img}")
 
-    def run(self, bundle: DatasetBundle, *, out: str | Path | None = None, resume: bool = False) -> ProxySet:
-        """Distil `bundle` into a ProxySet (checkpoints go to `out` when given)."""
+    def run(
+        self, bundle: DatasetBundle, *, out: str | Path | None = None, resume: bool = False, overwrite: bool = False
+    ) -> ProxySet:
+        """Distil `bundle` into a ProxySet (checkpoints go to `out` when given; see the module docstring)."""
         self._validate(bundle)
         self.bundle, self.dev = bundle, resolve_device(self.device)
         self._draw_match_pool()
@@ -240,18 +246,21 @@ class Distiller:
         self.labels = y.to(self.dev)
         self.syn_lr: torch.Tensor | None = None
         self.setup(bundle)
-        first = self._maybe_resume(out) if resume else 0
-        bar = progress(total=self.iterations, initial=first, desc=f"distill {self.name}")
-        for it in range(first, self.iterations):
-            good = (self.images.detach().clone(), self.labels.detach().clone())
-            torch.manual_seed(self.seed * 1_000_003 + it)
-            loss = self.step(it)
-            if not (math.isfinite(loss) and bool(torch.isfinite(self.images).all())):
-                self._diverged(it, loss, good, out, start)
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4g}")
-            if out is not None and self.checkpoint_every and (it + 1) % self.checkpoint_every == 0:
-                self._checkpoint(out, it + 1, time.perf_counter() - start)
+        first = self._maybe_resume(out, resume, overwrite)
+        bar = progress(total=self.iterations, initial=first, desc=f"distill {self.name}", unit="iteration")
+        with deferred_interrupts() as interrupted:
+            for it in range(first, self.iterations):
+                good = (self.images.detach().clone(), self.labels.detach().clone())
+                torch.manual_seed(self.seed * 1_000_003 + it)
+                loss = self.step(it)
+                if not (math.isfinite(loss) and bool(torch.isfinite(self.images).all())):
+                    self._diverged(it, loss, good, out, start)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4g}")
+                if interrupted():
+                    self._stop(out, it + 1, time.perf_counter() - start)
+                if out is not None and self.checkpoint_every and (it + 1) % self.checkpoint_every == 0:
+                    self._checkpoint(out, it + 1, time.perf_counter() - start)
         bar.close()
         self.seconds += time.perf_counter() - start
         if out is not None:
@@ -308,7 +317,19 @@ class Distiller:
         with atomic_open(Path(out) / CHECKPOINT, "wb") as f:
             torch.save(state, f)
 
-    def _maybe_resume(self, out: str | Path | None) -> int:
+    def _stop(self, out: str | Path | None, done: int, elapsed: float) -> None:
+        """Ctrl-C or SIGTERM arrived: save the `done` finished iterations (with `out`) and stop."""
+        if out is None:
+            raise KeyboardInterrupt(f"{self.name} stopped after iteration {done} of {self.iterations}; nothing saved")
+        self._checkpoint(out, done, elapsed)
+        raise KeyboardInterrupt(
+            f"{self.name} stopped after iteration {done} of {self.iterations}; its images, labels and optimiser "
+            f"state are saved in {Path(out) / CHECKPOINT}"
+        )
+
+    def _maybe_resume(self, out: str | Path | None, resume: bool = True, overwrite: bool = False) -> int:
+        """The iteration to start from: that of `out`'s checkpoint when it is resumed (see the module
+        docstring), else 0."""
         path = Path(out or ".") / CHECKPOINT
         if out is None or not path.exists():
             return 0
@@ -316,9 +337,19 @@ class Distiller:
         saved = {k: v for k, v in state["config"].items() if k != "iterations"}
         now = {k: v for k, v in self.config().items() if k != "iterations"}
         if saved != now:
+            if overwrite:
+                return 0
+            differ = sorted(k for k in {*saved, *now} if saved.get(k) != now.get(k))
             raise NasddError(
-                f"checkpoint {path} was made with another configuration; use another --out or drop --resume"
+                f"{path} holds a checkpoint of another configuration ({', '.join(differ[:3])} differ); "
+                "use another --out, or --overwrite to discard it"
             )
+        if not resume:
+            raise NasddError(
+                f"{path} holds a checkpoint of this configuration (iteration {state['iteration']}); "
+                "resume it with --resume or use another --out"
+            )
+        print(f"resuming from {path} (iteration {state['iteration']} of {self.iterations})", file=sys.stderr)
         with torch.no_grad():
             self.images.copy_(state["images"].to(self.dev))
             self.labels.copy_(state["labels"])  # in place: learned labels stay the optimised tensor

@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
+from pathlib import Path
 
 import yaml
 
 from nasdd.arch import ArchSpec
-from nasdd.cli import add_data_args, load_data_from_args
-from nasdd.distill import METHODS, distill
+from nasdd.cli import add_data_args, command_line, load_data_from_args
+from nasdd.distill import CHECKPOINT, METHODS, distill
 from nasdd.distill.evaluate import evaluate_proxy
 from nasdd.errors import NasddError
 from nasdd.train import RECIPES, TrainRecipe
@@ -37,8 +39,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     presets = sorted({name for _, cls in METHODS.items() for name in cls.presets})
     p.add_argument("--preset", default=None, choices=presets, help="a method preset (default: none); flags override it")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="method option (repeatable)")
-    p.add_argument("--checkpoint-every", type=int, default=100, help="iterations between checkpoints")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument(
+        "--checkpoint-every", type=int, default=100, help="iterations between checkpoints (Ctrl-C saves one too)"
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from OUT/checkpoint.pt (always done when it holds this configuration; kept for scripts)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a proxy already in --out, and discard a checkpoint there of another configuration",
+    )
     p.add_argument("--keep-checkpoint", action="store_true", help="keep OUT/checkpoint.pt after a successful run")
     p.add_argument("--out", required=True, help="folder for proxy.pt, proxy.json and grid.png")
     p.add_argument("--evaluate", action="store_true", help="train the default ConvNet on the proxy 5 times")
@@ -69,25 +82,15 @@ def command(args: argparse.Namespace) -> int:
         raise NasddError(f"--arch is not valid ArchSpec JSON: {exc}") from exc
     options = parse_options(args.option)
     bundle = load_data_from_args(args)
-    proxy = distill(
-        bundle,
-        args.method,
-        args.ipc,
-        args.seed,
-        out=args.out,
-        resume=args.resume,
-        preset=args.preset,
-        iterations=args.iterations,
-        init=args.init,
-        arch=arch,
-        match_space=args.match_space,
-        match_pool=args.match_pool,
-        lr_img=args.lr_img,
-        device=args.device,
-        checkpoint_every=args.checkpoint_every,
-        keep_checkpoint=args.keep_checkpoint,
-        **options,
-    )
+    try:
+        proxy = _distill(args, bundle, arch, options)
+    except KeyboardInterrupt as exc:
+        rerun = command_line(getattr(args, "argv", None) or sys.argv[1:])
+        if str(exc):
+            raise KeyboardInterrupt(f"{exc}; to resume, rerun: {rerun}") from None
+        saved = Path(args.out) / CHECKPOINT
+        kept = f"{saved} (from the last --checkpoint-every) is kept" if saved.exists() else "nothing was saved"
+        raise KeyboardInterrupt(f"{kept}; to resume, rerun: {rerun}") from None
     cost = proxy.provenance["cost"]
     val = f" + a synthetic validation set of {len(proxy.val_images)}" if proxy.val_images is not None else ""
     print(
@@ -103,3 +106,27 @@ def command(args: argparse.Namespace) -> int:
             ref = [r.accuracy for r in evaluate_proxy(baseline, bundle, recipe=recipe, device=args.device)]
             print(_summary("random", ref))
     return 0
+
+
+def _distill(args: argparse.Namespace, bundle, arch: ArchSpec | None, options: dict):  # noqa: ANN001, ANN202
+    """The distillation the flags ask for; a checkpoint of the same configuration in --out is resumed."""
+    return distill(
+        bundle,
+        args.method,
+        args.ipc,
+        args.seed,
+        out=args.out,
+        resume=True,
+        overwrite=args.overwrite,
+        preset=args.preset,
+        iterations=args.iterations,
+        init=args.init,
+        arch=arch,
+        match_space=args.match_space,
+        match_pool=args.match_pool,
+        lr_img=args.lr_img,
+        device=args.device,
+        checkpoint_every=args.checkpoint_every,
+        keep_checkpoint=args.keep_checkpoint,
+        **options,
+    )

@@ -23,7 +23,7 @@ from torch.nn.utils import parameters_to_vector
 
 from nasdd.arch import ArchSpec
 from nasdd.cli import add_data_args, load_data_from_args
-from nasdd.data import DatasetBundle
+from nasdd.data import DatasetBundle, cache_dir
 from nasdd.distill.base import match_pool
 from nasdd.errors import NasddError
 from nasdd.models import DEFAULT_ARCH
@@ -74,9 +74,11 @@ class ExpertBuffer:
 
 
 def buffer_folder(
-    root: str | Path, bundle: DatasetBundle, arch: ArchSpec, recipe: TrainRecipe, zca: bool = False
+    root: str | Path | None, bundle: DatasetBundle, arch: ArchSpec, recipe: TrainRecipe, zca: bool = False
 ) -> Path:
-    """`<root>/experts/<dataset_key>/<arch_key>-<recipe_key>[-zca]` (the recipe keyed without its epochs)."""
+    """`<root>/experts/<dataset_key>/<arch_key>-<recipe_key>[-zca]` (the recipe keyed without its epochs);
+    `root` None: nasdd's cache folder (`nasdd.data.cache_dir()`, `~/.cache/nasdd`)."""
+    root = cache_dir() if root is None else root
     name = f"{arch.key()}-{replace(recipe, epochs=1, steps=None).key()}" + ("-zca" if zca else "")
     return Path(root) / "experts" / bundle.key / name
 
@@ -108,7 +110,7 @@ def train_experts(
     num_experts: int = 5,
     epochs: int = 15,
     recipe: TrainRecipe = EXPERT_RECIPE,
-    root: str | Path = "data",
+    root: str | Path | None = None,
     zca: bool = False,
     device: str | torch.device = "auto",
 ) -> ExpertBuffer:
@@ -179,7 +181,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="pool seed: the --seed of the mtt distillation")
     p.add_argument("--num-experts", type=int, default=5)
     p.add_argument("--epochs", type=int, default=15, help="epochs per expert (parameters saved after each)")
-    p.add_argument("--buffer-root", default="data", help="buffers go to BUFFER_ROOT/experts/...")
+    p.add_argument(
+        "--buffer-root",
+        default=None,
+        help="buffers go to BUFFER_ROOT/experts/... (default: $XDG_CACHE_HOME/nasdd, i.e. ~/.cache/nasdd)",
+    )
     p.add_argument("--recipe", default=None, help="key=value overrides of the plain-SGD expert recipe")
     p.add_argument("--zca", action="store_true", help="train on ZCA-whitened images (for mtt's zca option)")
 

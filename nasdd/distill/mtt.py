@@ -175,7 +175,7 @@ class MTT(Distiller):
         "learn_labels": False,
         "lr_labels": 1.0,
         "dsa": "color_crop_cutout_scale_rotate",  # DSA strategy; "none" disables it
-        "buffer_root": "data",
+        "buffer_root": None,  # expert buffers under BUFFER_ROOT/experts (None: nasdd's cache, ~/.cache/nasdd)
         "expert_recipe": "",  # key=value overrides of the plain-SGD expert recipe
     }
     presets = {

@@ -58,6 +58,7 @@ _EXPORTS = {
     "PRUNERS": "samplers",
     "OBJECTIVES": "samplers",
     "catalog": "samplers",
+    "pruner_catalog": "samplers",
     "make_sampler": "samplers",
     "make_pruner": "samplers",
     "Budget": "budget",

@@ -24,7 +24,13 @@ class TrialProgress:
         self.trials, self.start = trials, time.monotonic()
         self.first = done if trials is None else min(done, trials)
         disable = None if show and not self.lines else True
-        self.bar = progress(total=trials, initial=self.first, desc=f"search {name}", unit="trial", disable=disable)
+        self.bar = progress(
+            total=trials,
+            initial=self.first,
+            desc="search" if name == "search" else f"search {name}",
+            unit="trial",
+            disable=disable,
+        )
 
     def update(self, study: optuna.Study, trial: FrozenTrial, counted: list[FrozenTrial]) -> None:
         """After `trial` ended; `counted`: the study's finished trials now (every worker's)."""

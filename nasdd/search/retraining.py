@@ -36,7 +36,7 @@ def retrain(
     device = resolve_device(device)
     rows = []
     top = top_trials(study, k)
-    for rank, t in enumerate(progress(top, desc="retrain", disable=None if show_progress else True), 1):
+    for rank, t in enumerate(progress(top, desc="retrain", unit="training", disable=not show_progress), 1):
         spec = ArchSpec.from_json(t.user_attrs["arch"])
         key = f"retrain:{spec.key()}:{recipe.key()}:{seed}:{bundle.key}"
         res = study.user_attrs.get(key)

@@ -30,6 +30,19 @@ def catalog() -> list[tuple[str, str]]:
     return list(SAMPLERS.items())
 
 
+PRUNER_NOTES = {
+    "none": "every trial trains to the end (the default)",
+    "median": "Optuna's MedianPruner (from the 6th trial): stop a trial below the median of earlier ones at a report",
+    "hyperband": "Optuna's HyperbandPruner, reduction factor 3, rungs in epochs of the training data",
+    "sha": "Optuna's SuccessiveHalvingPruner, factor 3 (`--sampler random --pruner sha`: random search + SHA)",
+}
+
+
+def pruner_catalog() -> list[tuple[str, str]]:
+    """The pruners `nasdd list pruners` shows."""
+    return [(n, PRUNER_NOTES.get(n, "")) for n in PRUNERS]
+
+
 def make_sampler(name: str, space: SearchSpace, *, seed: int, trials: int, multi: bool) -> optuna.samplers.BaseSampler:
     if name not in SAMPLERS:
         raise unknown_name("sampler", name, list(SAMPLERS))

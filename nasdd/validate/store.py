@@ -31,7 +31,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from nasdd.arch import ArchSpec
 from nasdd.storage import died_here, open_storage, worker_id
-from nasdd.utils import progress
+from nasdd.utils import clip, progress
 
 WORKER = worker_id()
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -199,7 +199,7 @@ class ResultStore:
         while todo:
             deferred = []
             for job in todo:
-                bar.set_postfix_str(f"{job.arch.short()} seed {job.seed}", refresh=True)
+                bar.set_postfix_str(f"{clip(job.arch.short())} seed {job.seed}", refresh=True)
                 result = self._attempt(study_id, job, compute) if claim else self._record(study_id, job, compute)
                 if result is None:
                     deferred.append(job)

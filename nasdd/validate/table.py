@@ -170,12 +170,12 @@ def build(
 ) -> TruthTable:
     """Train every (architecture, seed) the table lacks, seed by seed (so a stopped run leaves whole
     seeds), saving the table after each training."""
-    from nasdd.utils import progress
+    from nasdd.utils import clip, progress
 
     todo = [(a, s) for s in seeds for a in pool if not table.has(a, s)]
     bar = progress(total=len(todo), desc="truth", unit="training", disable=not (todo and show_progress))
     for arch, seed in todo:
-        bar.set_postfix_str(f"{arch.short()} seed {seed}", refresh=True)
+        bar.set_postfix_str(f"{clip(arch.short())} seed {seed}", refresh=True)
         table.record(arch, seed, train(arch, seed), factors)
         table.save(path)
         bar.update(1)

@@ -41,6 +41,9 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(digits, tmp_path)
 
 def test_resume_refuses_another_configuration(digits, tmp_path):
     distill(digits, "dm", 1, seed=0, out=tmp_path, keep_checkpoint=True, **QUICK)
+    with pytest.raises(NasddError, match="already holds a proxy"):  # a finished proxy is never replaced silently
+        distill(digits, "dm", 1, seed=1, out=tmp_path, resume=True, **QUICK)
+    (tmp_path / "proxy.json").unlink()
     with pytest.raises(NasddError, match="another configuration"):
         distill(digits, "dm", 1, seed=1, out=tmp_path, resume=True, **QUICK)
 

@@ -82,3 +82,9 @@ def test_cli(digits, tmp_path, capsys):
     assert main([*args, "--buffer-root", str(tmp_path), "--quiet", "--device", "cpu"]) == 0
     assert "trained 0 epochs" in capsys.readouterr().out
     assert main(["experts", "--dataset", "digits", "--arch", "{bad", "--buffer-root", str(tmp_path)]) == 2
+
+
+def test_buffers_default_to_the_cache_not_the_working_directory(digits, monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    folder = buffer_folder(None, digits, TINY, EXPERT_RECIPE)
+    assert folder.is_relative_to(tmp_path / "cache" / "nasdd" / "experts")

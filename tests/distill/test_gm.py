@@ -98,8 +98,8 @@ def test_batchnorm_statistics_frozen_from_real_data(digits):
 
 def test_resume_is_exact(digits, tmp_path):
     full = distill(digits, "dsa", 2, seed=1, preset="quick", iterations=4)
-    distill(digits, "dsa", 2, seed=1, preset="quick", iterations=2, out=tmp_path)
-    resumed = distill(digits, "dsa", 2, seed=1, preset="quick", iterations=4, out=tmp_path, resume=True)
+    distill(digits, "dsa", 2, seed=1, preset="quick", iterations=2, out=tmp_path, keep_checkpoint=True)
+    resumed = distill(digits, "dsa", 2, seed=1, preset="quick", iterations=4, out=tmp_path, resume=True, overwrite=True)
     assert torch.allclose(full.images, resumed.images, atol=1e-6)
 
 

@@ -85,9 +85,11 @@ def test_every_iterative_method_distils_through_members_of_a_mixed_space(digits,
 def test_resume_with_a_match_space_is_exact(digits, method, tmp_path):
     kw = {**CHEAP[method], "device": "cpu", "match_space": MIXED, "match_pool": 3}
     full = distill(digits, method, 1, seed=2, iterations=4, **kw)
-    distill(digits, method, 1, seed=2, iterations=2, out=tmp_path, **kw)
-    resumed = distill(digits, method, 1, seed=2, iterations=4, out=tmp_path, resume=True, keep_checkpoint=True, **kw)
+    distill(digits, method, 1, seed=2, iterations=2, out=tmp_path, keep_checkpoint=True, **kw)
+    resumed = distill(digits, method, 1, seed=2, iterations=4, out=tmp_path, resume=True, keep_checkpoint=True,
+                      overwrite=True, **kw)  # fmt: skip
     assert torch.allclose(full.images, resumed.images, atol=1e-6)
+    (tmp_path / "proxy.json").unlink()
     with pytest.raises(NasddError, match="another configuration"):  # another pool is another configuration
         distill(digits, method, 1, seed=2, iterations=4, out=tmp_path, resume=True, **{**kw, "match_pool": 4})
 
@@ -145,7 +147,7 @@ def test_cli_match_space_and_list_methods(tmp_path, capsys):
     argv = ["distill", "--dataset", "digits", "--method", "dm", "--ipc", "1", "--iterations", "2", "--quiet"]
     argv += ["--option", "batch_real=8", "--out", str(tmp_path / "p"), "--match-space", MIXED, "--match-pool", "2"]
     assert cli.main(argv) == 0
-    assert cli.main([*argv[:-4], "--match-space", "nope"]) == 2
+    assert cli.main([*argv[:-6], "--out", str(tmp_path / "q"), "--match-space", "nope"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "unknown search space 'nope'" in err and "convnet_cpu" in err
     assert "rankdm" in dict(catalog())

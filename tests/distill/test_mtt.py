@@ -124,8 +124,8 @@ def test_beats_random_at_ipc1(digits, buffer_root):
 def test_resume_continues_exactly(digits, buffer_root, tmp_path):
     kw = {"learn_labels": True, "lr_labels": 10.0, "checkpoint_every": 2}
     straight = _mtt(digits, buffer_root, iterations=4, **kw)
-    _mtt(digits, buffer_root, iterations=2, out=tmp_path, **kw)
-    resumed = _mtt(digits, buffer_root, iterations=4, out=tmp_path, resume=True, **kw)
+    _mtt(digits, buffer_root, iterations=2, out=tmp_path, keep_checkpoint=True, **kw)
+    resumed = _mtt(digits, buffer_root, iterations=4, out=tmp_path, resume=True, overwrite=True, **kw)  # extends it
     assert torch.equal(straight.images, resumed.images) and torch.equal(straight.labels, resumed.labels)
     assert straight.lr == resumed.lr
 

@@ -134,3 +134,25 @@ def test_coreset_peer_already_audited_as_proxy_is_skipped(digits):
     proxy = distill(digits, "random", 2, seed=1)
     res = validate(digits, POOL[:3], [proxy], peers="random", truth_seeds=1, **OPTS)
     assert list(res.summary["name"]) == ["ground_truth", "random-ipc2"]
+
+
+def test_validate_reports_progress_in_a_log(tmp_path):
+    """Off a terminal (a log, a pipe) validate prints progress lines with counts and an ETA, not silence."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    archs = tmp_path / "a.jsonl"
+    write_archs(archs, POOL[:3])
+    argv = ["validate", "--dataset", "digits", "--archs", str(archs), "--peers", "params", "--truth-seeds", "2"]
+    argv += ["--truth-recipe", "full,epochs=1,batch_size=128", "--resamples", "20", "--out", str(tmp_path / "o")]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    done = subprocess.run([sys.executable, "-m", "nasdd", *argv, "--device", "cpu"], capture_output=True,
+                          text=True, cwd=tmp_path, env=env, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    assert any(ln.startswith("train ground_truth: 6/6 (100%) jobs, ") and "seed 1]" in ln for ln in lines), lines
+    assert any(ln.startswith("zero-cost params: 3/3 (100%) jobs, ") for ln in lines), lines  # every stage
+    # (lines with an ETA in between, for slower jobs: tests/test_utils.py::test_log_progress_prints_lines_with_eta)
