@@ -140,3 +140,14 @@ def record(out: str | Path, argv: Sequence[str] | None = None, readme: Path = RE
     with atomic_open(readme) as f:
         f.write("\n".join(lines) + "\n")
     return True
+
+
+def random_proxy(work: Path, dataset: str, ipc: int) -> Path:
+    """A seeded `random` proxy of `dataset` under `work`, made once and reused (the workers benchmarks' proxy)."""
+    from nasdd.data import load_dataset
+    from nasdd.distill import distill
+
+    proxy = work / f"proxy-{dataset}-random-ipc{ipc}"
+    if not (proxy / "proxy.json").exists():
+        distill(load_dataset(dataset), "random", ipc=ipc, seed=0, out=proxy)
+    return proxy

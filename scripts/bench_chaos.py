@@ -35,8 +35,6 @@ import sqlalchemy as sa
 from bench_workers import fresh_storage, load_avg
 from optuna.trial import TrialState
 
-from nasdd.data import load_dataset
-from nasdd.distill import distill
 from nasdd.search import is_counted
 from nasdd.storage import hide, open_storage
 from nasdd.utils import ensure_dir
@@ -181,9 +179,7 @@ def main() -> None:
     base = sa.engine.make_url(args.postgres)
     base = base.set(password=base.password or "chaos-Secret-Pw").render_as_string(hide_password=False)
     work = ensure_dir(args.work)
-    proxy = work / f"proxy-{args.dataset}-random-ipc{args.ipc}"
-    if not (proxy / "proxy.json").exists():
-        distill(load_dataset(args.dataset), "random", ipc=args.ipc, seed=0, out=proxy)
+    proxy = _bench.random_proxy(work, args.dataset, args.ipc)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     rows = []

@@ -42,8 +42,6 @@ import optuna
 import sqlalchemy as sa
 from optuna.trial import FrozenTrial, TrialState
 
-from nasdd.data import load_dataset
-from nasdd.distill import distill
 from nasdd.search import is_counted
 from nasdd.storage import open_storage
 from nasdd.utils import ensure_dir
@@ -183,9 +181,7 @@ def main() -> None:
     ap.add_argument("--postgres", default=os.environ.get("NASDD_TEST_POSTGRES"), help="PostgreSQL URL")
     args = _bench.parse(ap)
     work = ensure_dir(args.work)
-    proxy = work / f"proxy-{args.dataset}-random-ipc{args.ipc}"
-    if not (proxy / "proxy.json").exists():
-        distill(load_dataset(args.dataset), "random", ipc=args.ipc, seed=0, out=proxy)
+    proxy = _bench.random_proxy(work, args.dataset, args.ipc)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     storages = {"journal": None, **({"postgresql": args.postgres} if args.postgres else {})}
