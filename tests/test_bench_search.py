@@ -54,6 +54,7 @@ def test_searches_stay_within_the_budget_and_score_regret(digits, space, members
         "proxy-tpe": {"column": "proxy", "per_candidate": n // 10, "distill": n},
         "subset-tpe": {"column": "proxy", "per_candidate": n // 10, "distill": 0},
         "zerocost-topk": {"column": "snip", "per_candidate": 64, "distill": 0},
+        "prescreen": {"column": "snip", "per_candidate": 64, "distill": 0},
     }
     ctx = ec.Ctx(space, members, curves, truth, scores, RECIPE.epochs, n, costs)
     for strategy in ec.STRATEGIES:

@@ -45,7 +45,7 @@ def test_tampered_checkpoint_is_refused_and_runs_nothing(digits, tmp_path):
     marker = tmp_path / "pwned"
     tamper(tmp_path / CHECKPOINT, marker)
     with pytest.raises(NasddError) as exc:
-        distill(digits, "dm", 1, seed=0, out=tmp_path, resume=True, **QUICK)
+        distill(digits, "dm", 1, seed=0, out=tmp_path, resume=True, overwrite=True, **QUICK)
     assert "holds objects other than tensors" in one_line(exc) and "delete it to start over" in str(exc.value)
     assert not marker.exists()
 
@@ -56,7 +56,7 @@ def test_newer_checkpoint_format_is_refused(digits, tmp_path):
     assert state["format"] == 1
     torch.save({**state, "format": 99}, tmp_path / CHECKPOINT)
     with pytest.raises(NasddError, match="is format 99, this nasdd reads up to 1") as exc:
-        distill(digits, "dm", 1, seed=0, out=tmp_path, resume=True, **QUICK)
+        distill(digits, "dm", 1, seed=0, out=tmp_path, resume=True, overwrite=True, **QUICK)
     one_line(exc)
 
 
