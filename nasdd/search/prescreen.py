@@ -43,7 +43,7 @@ from nasdd.search.workers import _orphaned, fail_dead_trials
 from nasdd.spaces import SearchSpace
 from nasdd.storage import worker_id
 from nasdd.train import TrainRecipe, build_seeded, evaluate, fit, train_arch
-from nasdd.utils import atomic_path, ensure_dir, stable_hash, write_json
+from nasdd.utils import atomic_path, ensure_dir, load_untrusted, stable_hash, write_json
 
 CANDIDATE_SAMPLERS = ("random", "qmc", "grid")  # value-independent: every worker draws the same candidates
 ZC_BATCH = 64  # images in the zero-cost scores' batch (their cost in sample-gradients at most)
@@ -231,7 +231,7 @@ def train_rung(
         path = checkpoint_path(folder, job.arch, recipe, seed, job.start)
         if not path.exists():
             raise NasddError(f"checkpoint {path} is missing; a rung continues from it (keep the study folder)")
-        state = torch.load(path, weights_only=True)  # tensors and numbers only: no pickle
+        state = load_untrusted(path, what="rung checkpoint", remedy="delete it to retrain that rung")
     before = int(state["sample_grads"]) if state else 0
     saved: dict = {}
     start = time.perf_counter()

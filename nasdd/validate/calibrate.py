@@ -206,17 +206,11 @@ class StackRanker:
 
 
 # -- judging a choice on held-out members ------------------------------------------------------------------------
-def topk_spearman(truth: np.ndarray, score: np.ndarray, k: int) -> float:
-    """Spearman rho over the truth's top k members only (how well the part a search needs is ordered)."""
-    top = np.argsort(-truth)[:k]
-    return stats.spearman_rho(truth[top], score[top])
-
-
 def metrics(truth: np.ndarray, score: np.ndarray) -> dict[str, float]:
     return {
         "tau": stats.kendall_tau(truth, score),
-        "rho_top10": topk_spearman(truth, score, 10),
-        "rho_top20": topk_spearman(truth, score, 20),
+        "rho_top10": stats.top_spearman(truth, score, 10),
+        "rho_top20": stats.top_spearman(truth, score, 20),
         "p@5": stats.precision_at_k(truth, score, 5),
         "regret@1": stats.regret_at_k(truth, score, 1),
     }
