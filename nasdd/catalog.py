@@ -1,4 +1,4 @@
-"""`nasdd list`: what datasets, search spaces, model families, methods, peers, samplers and pruners exist.
+"""What datasets, search spaces, model families, methods, peers, samplers and pruners exist (`nasdd list`).
 
 The rows come from the registries themselves, which import torch (seconds). So that `nasdd list` starts
 at once, `catalog.json` beside this module holds a snapshot of them: it is used while the method modules
@@ -9,7 +9,6 @@ description (tests/test_cli.py checks that it equals the registries).
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import importlib
 import json
@@ -93,22 +92,6 @@ def rows(kind: str) -> list[tuple[str, str]]:
     if all(n in snap["spaces"] and snap["spaces"][n][0] == _space_hash(n) for n in names):
         return [(n, snap["spaces"][n][1]) for n in names]
     return live_rows(kind)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("what", nargs="?", default="all", choices=[*KINDS, "all"], help="what to list")
-
-
-def command(args: argparse.Namespace) -> int:
-    for kind in KINDS if args.what == "all" else (args.what,):
-        found = rows(kind)
-        print(f"{kind}:")
-        if not found:
-            print("  (none yet)")
-        width = max((len(n) for n, _ in found), default=0)
-        for name, desc in found:
-            print(f"  {name:<{width}}  {desc}".rstrip())
-    return 0
 
 
 if __name__ == "__main__":

@@ -169,7 +169,8 @@ def _torchvision(cls_name: str, root: Path, split_kw: Callable[[bool], dict]) ->
             except Exception as exc:  # network errors come in many types
                 raise NasddError(
                     f"{cls_name} is not in {root} and could not be downloaded ({type(exc).__name__}: "
-                    f"{exc}); connect to the internet once or copy torchvision's files into --data-root"
+                    f"{exc}); connect to the internet once or copy torchvision's files into `data_root`",
+                    params=("data_root",),
                 ) from exc
     return out[0], out[1]
 
@@ -229,7 +230,8 @@ def _fashion_mnist(root: Path, **kw: object) -> RawData:
     try:
         return _tv_source("FashionMNIST")(root)
     except NasddError as exc:
-        raise NasddError(f"{exc}; on Debian/Ubuntu, `apt install dataset-fashion-mnist` gives it offline") from exc
+        msg = f"{exc}; on Debian/Ubuntu, `apt install dataset-fashion-mnist` gives it offline"
+        raise NasddError(msg, params=exc.params) from exc
 
 
 SOURCES.register("mnist")(_tv_source("MNIST"))
@@ -287,7 +289,7 @@ def _cap(y: np.ndarray, per_class: int | None, seed: int) -> np.ndarray:
     if per_class is None:
         return np.arange(len(y))
     if per_class < 1:
-        raise NasddError(f"--max-per-class must be a positive integer, got {per_class}")
+        raise NasddError(f"`max_per_class` must be a positive integer, got {per_class}", params=("max_per_class",))
     rng = np.random.default_rng(seed)
     return np.sort(np.concatenate([rng.permutation(np.nonzero(y == c)[0])[:per_class] for c in np.unique(y)]))
 

@@ -1,4 +1,4 @@
-"""`nasdd report`: tables and plots of cost against ranking fidelity, from a validation folder.
+"""Tables and plots of cost against ranking fidelity, from a validation folder (`nasdd report`).
 
 Reads `summary.csv`, `per_arch.csv` and `config.json` written by `nasdd validate` and writes:
 `cost_vs_correlation.png` (Kendall τ and Spearman ρ against sample-gradient evaluations and seconds,
@@ -9,7 +9,6 @@ grids, `search_history.png` when a search study folder is given, and `report.md`
 
 from __future__ import annotations
 
-import argparse
 import base64
 import html
 import json
@@ -20,6 +19,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from nasdd.arch import ArchSpec
+from nasdd.distill import METHODS
 from nasdd.errors import NasddError
 from nasdd.figures import (  # noqa: F401 - pareto_front is part of this module's interface
     KIND_STYLE,
@@ -34,8 +35,6 @@ from nasdd.utils import atomic_open, atomic_path
 
 def _coreset_proxies_as_peers(summary: pd.DataFrame) -> pd.DataFrame:
     """A proxy made by a coreset method (random, herding, ...) is shown and judged as a coreset peer."""
-    from nasdd.distill import METHODS
-
     coreset = {n for n, cls in METHODS.items() if cls.family == "coreset"}
     summary = summary.copy()
     if "method" in summary:
@@ -191,8 +190,6 @@ def verdict(
 
 def search_winner(search_dir: Path | None) -> str | None:
     """The architecture ranked first in a search folder's top.csv, with its val accuracy."""
-    from nasdd.arch import ArchSpec
-
     csv = Path(search_dir) / "top.csv" if search_dir else None
     if csv is None or not csv.exists():
         return None
@@ -356,24 +353,3 @@ def _write_html(path: Path, lines: list[str], table: pd.DataFrame, images: list[
 def _short_config(config: dict) -> dict:
     """The config without the long pool list (pool.jsonl holds it)."""
     return {k: (f"{len(v)} architectures (pool.jsonl)" if k == "pool" else v) for k, v in config.items()}
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("folder", help="a `nasdd validate` output folder")
-    p.add_argument("--search", default=None, help="a `nasdd search` study folder for the history plot")
-    p.add_argument("--proxies", nargs="*", default=[], help="proxy folders whose image grids to include")
-    p.add_argument("--format", default="md,html", help="comma list of md, html")
-    p.add_argument("--out", default=None, help="where to write (default: the validation folder)")
-
-
-def command(args: argparse.Namespace) -> int:
-    formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
-    bad = [f for f in formats if f not in ("md", "html")]
-    if bad:
-        raise NasddError(f"unknown report format {bad[0]!r}; valid formats: md, html")
-    files = write_report(
-        args.folder, search_dir=args.search, proxy_dirs=[Path(p) for p in args.proxies], formats=formats, out=args.out
-    )
-    for name, path in files.items():
-        print(f"{name:>20}: {path}")
-    return 0

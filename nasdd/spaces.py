@@ -337,9 +337,9 @@ def _repair(space: SearchSpace, rows: list[dict[str, Any]], rng: random.Random, 
 def draw_pool(space: SearchSpace, n: int, seed: int = 0) -> list[ArchSpec]:
     """`n` distinct members of `space`, spread evenly over every factor, reproducible by `seed`."""
     if n < 1:
-        raise NasddError(f"--pool must be a positive integer, got {n}")
+        raise NasddError(f"`pool` must be a positive integer, got {n}", params=("pool",))
     if space.finite and n > space.size:
-        raise NasddError(f"--pool {n} exceeds the {space.size} members of search space {space.name}")
+        raise NasddError(f"`pool` {n} exceeds the {space.size} members of search space {space.name}", params=("pool",))
     rng = random.Random(seed)
     rows = _deal(space, n, rng)
     _repair(space, rows, rng)

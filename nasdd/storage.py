@@ -101,7 +101,7 @@ def open_storage(
         else:  # a server: test a pooled connection before use, so a restarted server is reconnected to
             kwargs["engine_kwargs"] = {"pool_pre_ping": True}
         if heartbeat is not None and heartbeat < 1:
-            raise NasddError(f"--heartbeat must be >= 1 second, got {heartbeat}")
+            raise NasddError(f"`heartbeat` must be >= 1 second, got {heartbeat}", params=("heartbeat",))
         if heartbeat:
             kwargs.update(heartbeat_interval=heartbeat, grace_period=2 * heartbeat)
             if on_stale is not None:  # older Optuna 4 releases call it failed_trial_callback
@@ -237,8 +237,9 @@ def storage_errors(url: str | None, resume: str = "rerun the same command to res
             _journal_error(exc, url, resume)
             raise
         raise NasddError(
-            f"storage {masked(url) or 'in the --out folder'} failed: {hide(_first_line(cause))}; finished work is "
-            f"kept there: once it is reachable again (server up, disk space free), {resume}"
+            f"storage {masked(url) or 'in the `out` folder'} failed: {hide(_first_line(cause))}; finished work is "
+            f"kept there: once it is reachable again (server up, disk space free), {resume}",
+            params=("out",),
         ) from None
 
 
@@ -263,8 +264,9 @@ def _journal_error(exc: BaseException, url: str | None, resume: str) -> None:
     """Raise a one-line NasddError when `exc` is the journal backend reading a damaged line."""
     if isinstance(exc, ValueError) and (isinstance(exc, json.JSONDecodeError) or str(exc) == "Invalid log format."):
         raise NasddError(
-            f"journal {masked(url) or 'in the --out folder'} is damaged ({_first_line(exc)}); restore the file or "
-            f"remove its damaged line, then {resume}"
+            f"journal {masked(url) or 'in the `out` folder'} is damaged ({_first_line(exc)}); restore the file or "
+            f"remove its damaged line, then {resume}",
+            params=("out",),
         ) from None
 
 

@@ -189,7 +189,9 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise NasddError("--device cuda was asked for but no CUDA GPU is available; use --device cpu or auto")
+        raise NasddError(
+            "`device` cuda was asked for but no CUDA GPU is available; use `device` cpu or auto", params=("device",)
+        )
     if device != "cpu" and not device.startswith("cuda"):
         raise NasddError(f"unknown device {device!r}; valid devices: auto, cpu, cuda, cuda:N")
     return torch.device(device)
@@ -313,7 +315,7 @@ def ensure_dir(path: str | Path) -> Path:
     """Create an output folder (remembered for `remove_empty_created`); a file in its place is a clear error."""
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise NasddError(f"output folder {path} is a file; choose another --out")
+        raise NasddError(f"output folder {path} is a file; choose another `out`", params=("out",))
     if not path.exists():
         top = path
         while not top.parent.exists():

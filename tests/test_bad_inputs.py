@@ -28,6 +28,7 @@ VALIDATE = ["validate", "--dataset", "digits", "--space", TINY, "--pool", "3", "
 VALIDATE_P = [*VALIDATE, "--proxies", "{proxy}", "--peers", "params", "--truth-seeds", "1"]
 
 EXPERTS = ["experts", "--dataset", "digits", "--buffer-root", "{tmp}/out"]
+TRUTH = ["truth", "--dataset", "digits", "--space", TINY, "--out", "{tmp}/out/truth.csv"]
 
 # (case id, argv with {placeholders}, fragment the one-line message must contain)
 CASES = [
@@ -155,6 +156,15 @@ CASES = [
     ("experts-zero-epochs", [*EXPERTS, "--epochs", "0"], "num_experts and epochs must be >= 1, got 5 and 0"),
     ("experts-lr-nan", [*EXPERTS, "--recipe", "lr=nan"], "learning rate must be a positive finite number, got nan"),
     ("list-unknown-kind", ["list", "gadgets"], "argument what: invalid choice: 'gadgets'"),
+    # library errors name a parameter; the command line shows the flag that set it
+    (
+        "validate-pool-too-big",
+        [*VALIDATE[:-4], "--pool", "13", "--proxies", "{proxy}", "--peers", "params"],
+        "--pool 13 exceeds the 12",
+    ),
+    ("validate-max-per-class-zero", [*VALIDATE_P, "--max-per-class", "0"], "--max-per-class must be a positive"),
+    ("truth-archs-missing", [*TRUTH, "--archs", "{tmp}/none.jsonl"], "--archs file"),
+    ("truth-shard-bad", [*TRUTH, "--pool", "3", "--shard", "2/2"], "--shard expects I/N with 0 <= I < N"),
 ]
 NEEDS_OUT = {"distill", "run", "validate", "search"}  # the table gives these an --out in tmp_path
 

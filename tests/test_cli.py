@@ -54,6 +54,25 @@ def test_user_errors_print_one_line_and_exit_2(monkeypatch, capsys):
         cli.main(["ghost", "--debug"])
 
 
+def test_a_parameter_named_by_an_error_reads_as_its_flag(monkeypatch, capsys):
+    """The library names its parameters (`max_per_class`); the command line shows the flags that set them."""
+    import pickle
+    import types
+
+    err = NasddError("`max_per_class` must be >= 1 and `colour` one of red, blue", params=("max_per_class", "colour"))
+    assert pickle.loads(pickle.dumps(err)).params == err.params  # e.g. raised in a worker process
+
+    def fail(args):
+        raise err
+
+    stage = types.SimpleNamespace(add_arguments=cli.add_data_args, command=fail)
+    real = cli.importlib.import_module
+    monkeypatch.setitem(cli.SUBCOMMANDS, "ghost", ("nasdd.ghost_stage", "a stage that fails"))
+    monkeypatch.setattr(cli.importlib, "import_module", lambda n: stage if n == "nasdd.ghost_stage" else real(n))
+    assert cli.main(["ghost"]) == 2
+    assert capsys.readouterr().err == "nasdd ghost: error: --max-per-class must be >= 1 and `colour` one of red, blue\n"
+
+
 def test_threads_option():
     before = torch.get_num_threads()
     try:
@@ -102,6 +121,11 @@ print("HEAVY=" + ",".join(m for m in {heavy!r} if m in sys.modules))
         ["run", "--help"],
         ["validate", "--help"],
         ["bench", "--help"],
+        ["truth", "--help"],
+        ["calibrate", "--help"],
+        ["import-proxy", "--help"],
+        ["experts", "--help"],
+        ["report", "--help"],
     ],
 )
 def test_start_up_imports_no_torch(argv):
@@ -115,6 +139,14 @@ def test_start_up_imports_no_torch(argv):
         assert "torch" not in heavy, heavy  # its options need the statistics' defaults, not the trainer
     else:
         assert heavy == "", f"{argv} imported {heavy}"
+
+
+def test_torch_free_choices_equal_the_registries():
+    """The subcommand modules list some registries' names without importing them; the lists stay equal."""
+    from nasdd.cli.import_proxy import FORMAT_NAMES
+    from nasdd.distill.importers import FORMATS
+
+    assert tuple(FORMATS.names()) == FORMAT_NAMES
 
 
 def test_list_snapshot_is_current():

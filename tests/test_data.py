@@ -157,7 +157,7 @@ def test_svhn_adapter_reads_mat_files(tmp_path, no_md5, offline):
 @pytest.mark.parametrize("name", ["mnist", "kmnist", "fashion_mnist", "cifar10", "cifar100", "svhn"])
 def test_missing_files_offline_say_how_to_get_them(tmp_path, monkeypatch, offline, name):
     monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "absent")
-    with pytest.raises(NasddError, match="could not be downloaded.*--data-root") as err:
+    with pytest.raises(NasddError, match="could not be downloaded.*`data_root`") as err:
         load_dataset(name, root=tmp_path)
     assert ("apt install dataset-fashion-mnist" in str(err.value)) == (name == "fashion_mnist")
 
@@ -169,7 +169,7 @@ def test_max_per_class_caps_train_pool_only(tmp_path, offline):
     assert counts.tolist() == [2] * 10
     assert len(b.y_test) == 20  # test stays whole
     assert b.config["max_per_class"] == 2
-    with pytest.raises(NasddError, match="max-per-class"):
+    with pytest.raises(NasddError, match="`max_per_class` must be a positive integer"):
         load_dataset("mnist", root=tmp_path, max_per_class=0)
 
 

@@ -75,7 +75,7 @@ def test_write_json_and_file_sha256(tmp_path):
 def test_ensure_dir(tmp_path):
     assert ensure_dir(tmp_path / "a" / "b").is_dir()
     (tmp_path / "file").write_text("x")
-    with pytest.raises(NasddError, match="is a file; choose another --out"):
+    with pytest.raises(NasddError, match="is a file; choose another `out`"):
         ensure_dir(tmp_path / "file")
 
 
@@ -89,7 +89,7 @@ def test_resolve_device():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_without_gpu_is_a_clear_error():
-    with pytest.raises(NasddError, match="no CUDA GPU is available; use --device cpu or auto"):
+    with pytest.raises(NasddError, match="no CUDA GPU is available; use `device` cpu or auto"):
         resolve_device("cuda")
 
 
@@ -163,7 +163,7 @@ def test_the_cli_default_respects_the_affinity_mask():
         "import os, sys; from nasdd import cli, utils;"
         "cpus = sys.argv.pop(1); cpus != 'all' and os.sched_setaffinity(0, {int(cpus)});"
         "utils.os.getloadavg = lambda: (0.0, 0.0, 0.0);"  # an idle machine: only the mask limits
-        "import nasdd.catalog as c; c.command = lambda a: print(__import__('torch').get_num_threads());"
+        "import nasdd.cli.catalog as c; c.command = lambda a: print(__import__('torch').get_num_threads());"
         "sys.exit(cli.main(['list', *sys.argv[1:]]))"
     )
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}

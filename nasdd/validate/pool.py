@@ -21,7 +21,7 @@ def read_archs(path: str | Path) -> list[ArchSpec]:
     """ArchSpecs from a JSON-lines file, one dict per line (blank lines and `#` comments skipped)."""
     path = Path(path)
     if not path.is_file():
-        raise NasddError(f"--archs file {path} does not exist")
+        raise NasddError(f"`archs` file {path} does not exist", params=("archs",))
     pool: list[ArchSpec] = []
     for no, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
@@ -34,7 +34,7 @@ def read_archs(path: str | Path) -> list[ArchSpec]:
             raise NasddError(f"{path}:{no}: expected an ArchSpec object with a 'family' key")
         pool.append(ArchSpec.from_dict(d))
     if not pool:
-        raise NasddError(f"--archs file {path} holds no architectures")
+        raise NasddError(f"`archs` file {path} holds no architectures", params=("archs",))
     return list(dict.fromkeys(pool))
 
 
@@ -68,7 +68,9 @@ def study_pool(study_name: str, storage: str, space: SearchSpace | None = None) 
         elif space is not None:
             pool.append(space.suggest(optuna.trial.FixedTrial(t.params)))
         else:
-            raise NasddError(f"study {study_name}: trial {t.number} has no 'arch' attribute; give --space")
+            raise NasddError(
+                f"study {study_name}: trial {t.number} has no 'arch' attribute; give `space`", params=("space",)
+            )
     if not pool:
         raise NasddError(f"study {study_name!r} has no completed trials")
     return list(dict.fromkeys(pool))
@@ -85,6 +87,6 @@ def pool_from_args(args: Any, space: SearchSpace | None) -> list[ArchSpec] | Non
     """The pool that `--pool` (drawn from `space`) or `--archs` names; None when neither is given."""
     if args.pool is not None:
         if space is None:
-            raise NasddError("--pool needs --space (the space to draw from)")
+            raise NasddError("`pool` needs `space` (the space to draw from)", params=("pool", "space"))
         return draw_pool(space, args.pool, args.pool_seed)
     return read_archs(args.archs) if args.archs else None

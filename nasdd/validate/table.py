@@ -189,7 +189,7 @@ def shard(pool: Sequence[ArchSpec], spec: str | None) -> list[ArchSpec]:
         return list(pool)
     m = re.fullmatch(r"(\d+)/(\d+)", spec)
     if not m or not int(m.group(1)) < int(m.group(2)):
-        raise NasddError(f"--shard expects I/N with 0 <= I < N (e.g. 0/4), got {spec!r}")
+        raise NasddError(f"`shard` expects I/N with 0 <= I < N (e.g. 0/4), got {spec!r}", params=("shard",))
     i, n = int(m.group(1)), int(m.group(2))
     return list(pool)[i::n]
 

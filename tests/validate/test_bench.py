@@ -13,11 +13,11 @@ import torch
 
 from nasdd.arch import ArchSpec
 from nasdd.cli import main
+from nasdd.cli.bench import BENCHMARK_NAMES
 from nasdd.distill import ProxySet
 from nasdd.train import TrainRecipe, TrainResult
 from nasdd.validate import bench
 from nasdd.validate import table as tt
-from nasdd.validate.bench_cli import BENCHMARK_NAMES
 
 ROOT = Path(__file__).resolve().parents[2]
 POOL = [

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import argparse
 
+from nasdd.cli import add_data_args, load_data_from_args
+
 FORMAT_NAMES = ("dc", "mtt", "tensors", "folder")  # nasdd.distill.importers.FORMATS, listed without torch
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from nasdd.cli import add_data_args
-
     parser.add_argument(
         "source", help="res_*.pt (DC/DSA/DM), images_best.pt or its folder (MTT), a .pt/.npz, or a folder of PNGs"
     )
@@ -30,7 +30,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def command(args: argparse.Namespace) -> int:
-    from nasdd.cli import load_data_from_args
     from nasdd.distill.importers import import_proxy
 
     bundle = load_data_from_args(args)

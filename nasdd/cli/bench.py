@@ -1,6 +1,6 @@
 """`nasdd bench`: rank your proxies against a shipped ranking benchmark (see `nasdd.validate.bench`).
 
-Only argparse is imported here, so `nasdd bench --help` starts without torch.
+Only argparse is imported at the top, so `nasdd bench --help` starts without torch.
 """
 
 from __future__ import annotations

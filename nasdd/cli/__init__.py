@@ -1,9 +1,12 @@
-"""The `nasdd` command line: one subcommand per stage, each defined next to the code it runs.
+"""The `nasdd` command line: `main`, the options every subcommand shares, and one module per subcommand.
 
-Every stage module exposes `add_arguments(parser)` and `command(args) -> int`. Errors the user can
-fix (NasddError) print one line and exit with code 2; `--debug` shows the traceback instead. Only the
-requested subcommand's module is imported, so `--help`, `--version` and `nasdd list` start without torch;
-Ctrl-C at any moment (start-up included) prints one line and exits with code 130.
+Every subcommand module exposes `add_arguments(parser)` and `command(args) -> int`: `nasdd.cli.<name>` for
+the subcommands moved here, the stage's own `cli` module for those not yet (SUBCOMMANDS names each). A
+subcommand module imports only argparse at the top and the library inside `command`, so only the requested
+subcommand's module is imported and `--help`, `--version` and `nasdd list` start without torch. Errors the
+user can fix (NasddError) print one line, with each parameter they name shown as its flag, and exit with
+code 2; `--debug` shows the traceback instead. Ctrl-C at any moment (start-up included) prints one line and
+exits with code 130.
 """
 
 from __future__ import annotations
@@ -21,16 +24,16 @@ from nasdd.errors import NasddError
 
 # subcommand -> (module that implements it, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "list": ("nasdd.catalog", "list datasets, search spaces, methods, peers, samplers and pruners"),
+    "list": ("nasdd.cli.catalog", "list datasets, search spaces, methods, peers, samplers and pruners"),
     "distill": ("nasdd.distill.cli", "distil a dataset into a synthetic proxy set"),
-    "experts": ("nasdd.distill.experts", "train expert trajectories for trajectory matching"),
-    "search": ("nasdd.search", "Optuna architecture search with candidates trained on a proxy"),
+    "experts": ("nasdd.cli.experts", "train expert trajectories for trajectory matching"),
+    "search": ("nasdd.search.cli", "Optuna architecture search with candidates trained on a proxy"),
     "validate": ("nasdd.validate.cli", "audit how faithfully proxies rank architectures"),
-    "truth": ("nasdd.validate.truth_cli", "train a pool on full data into a reusable truth table (CSV)"),
-    "import-proxy": ("nasdd.distill.import_cli", "turn another codebase's synthetic set into a ProxySet"),
-    "bench": ("nasdd.validate.bench_cli", "rank your proxies against a shipped benchmark at matched cost"),
-    "calibrate": ("nasdd.validate.calibrate_cli", "choose a scoring recipe on a calibration truth table"),
-    "report": ("nasdd.report", "tables and plots of cost against ranking fidelity"),
+    "truth": ("nasdd.cli.truth", "train a pool on full data into a reusable truth table (CSV)"),
+    "import-proxy": ("nasdd.cli.import_proxy", "turn another codebase's synthetic set into a ProxySet"),
+    "bench": ("nasdd.cli.bench", "rank your proxies against a shipped benchmark at matched cost"),
+    "calibrate": ("nasdd.cli.calibrate", "choose a scoring recipe on a calibration truth table"),
+    "report": ("nasdd.cli.report", "tables and plots of cost against ranking fidelity"),
     "run": ("nasdd.pipeline", "distil -> search -> validate -> report in one command"),
 }
 
@@ -84,15 +87,23 @@ class HelpFormatter(argparse.HelpFormatter):
 class _Parser(argparse.ArgumentParser):
     """argparse with a one-line usage error (exit code 2) that points at --help."""
 
+    commands: dict[str, _Parser]  # the top-level parser's subcommand parsers, by name (build_parser)
+
+    def flag(self, dest: str) -> str | None:
+        """The option that sets `dest` (its longest spelling, e.g. `--truth-seeds`); None when none does."""
+        flags = [max(a.option_strings, key=len) for a in self._actions if a.dest == dest and a.option_strings]
+        return flags[0] if flags else None
+
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
 
 
-def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> _Parser:
     """The full parser; with `only`, just that subcommand's module is imported (the others list by name)."""
     parser = _Parser(prog="nasdd", description="Neural architecture search on distilled proxy datasets, with an audit.")
     parser.add_argument("--version", action="version", version=f"nasdd {__version__}")
     sub = parser.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
+    parser.commands = sub.choices
     for name, (module, help_text) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text, formatter_class=HelpFormatter)
         if only is None or name == only:
@@ -130,7 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from nasdd.utils import _CREATED  # here, not at the top: Ctrl-C while importing is one line too
 
         _CREATED.clear()  # folders of an earlier in-process command are not this one's to remove
-        args = build_parser(only=name).parse_args(argv)
+        parser = build_parser(only=name)
+        args = parser.parse_args(argv)
         from nasdd.utils import set_quiet
 
         set_quiet(args.quiet)
@@ -151,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NasddError as exc:
         if args.debug:
             raise
-        message = str(exc)
+        message = exc.render(parser.commands[args.subcommand].flag)  # a parameter a flag set reads as the flag
         if "://" in message:  # a URL quoted by a message: never print its password
             from nasdd.storage import hide
 
