@@ -14,6 +14,8 @@ import importlib
 import json
 from pathlib import Path
 
+from nasdd.spaces import SPACES_DIR, load_space, space_names
+
 KINDS = ("datasets", "spaces", "families", "methods", "peers", "samplers", "strategies", "pruners")
 SNAPSHOT = Path(__file__).with_name("catalog.json")
 PACKAGE = Path(__file__).resolve().parent
@@ -26,8 +28,6 @@ def live_rows(kind: str) -> list[tuple[str, str]]:
 
         return dataset_catalog()
     if kind == "spaces":
-        from nasdd.spaces import load_space, space_names
-
         out = []
         for n in space_names():
             s = load_space(n)
@@ -56,15 +56,11 @@ def modules_fingerprint() -> list[str]:
 
 
 def _space_hash(name: str) -> str:
-    from nasdd.spaces import SPACES_DIR
-
     return hashlib.sha256((SPACES_DIR / f"{name}.yaml").read_bytes()).hexdigest()
 
 
 def take_snapshot() -> dict:
     """Every kind's live rows, with what they depend on."""
-    from nasdd.spaces import space_names
-
     rows = {k: [list(r) for r in live_rows(k)] for k in KINDS if k != "spaces"}
     spaces = {n: [_space_hash(n), d] for n, d in live_rows("spaces")}
     assert set(spaces) == set(space_names())
@@ -86,8 +82,6 @@ def rows(kind: str) -> list[tuple[str, str]]:
         return live_rows(kind)
     if kind != "spaces":
         return [(n, d) for n, d in snap["rows"][kind]]
-    from nasdd.spaces import space_names
-
     names = space_names()
     if all(n in snap["spaces"] and snap["spaces"][n][0] == _space_hash(n) for n in names):
         return [(n, snap["spaces"][n][1]) for n in names]

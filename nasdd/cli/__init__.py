@@ -1,12 +1,13 @@
 """The `nasdd` command line: `main`, the options every subcommand shares, and one module per subcommand.
 
-Every subcommand module exposes `add_arguments(parser)` and `command(args) -> int`: `nasdd.cli.<name>` for
-the subcommands moved here, the stage's own `cli` module for those not yet (SUBCOMMANDS names each). A
-subcommand module imports only argparse at the top and the library inside `command`, so only the requested
-subcommand's module is imported and `--help`, `--version` and `nasdd list` start without torch. Errors the
-user can fix (NasddError) print one line, with each parameter they name shown as its flag, and exit with
-code 2; `--debug` shows the traceback instead. Ctrl-C at any moment (start-up included) prints one line and
-exits with code 130.
+Every subcommand module exposes `add_arguments(parser)` and `command(args) -> int`; SUBCOMMANDS names it: a
+module of this package (`list` is `nasdd.cli.catalog`, `import-proxy` is `nasdd.cli.import_proxy`), or the
+stage's own `cli` module for the subcommands not moved here yet (distill, search, validate, run). Only the
+requested subcommand's module is imported, and a module of this package imports the library inside
+`command`, so `--help`, `--version` and `nasdd list` start without torch. Errors the user can fix
+(NasddError) print one line, each parameter they name shown as the flag that set it (`NasddError.render`),
+and exit with code 2; `--debug` shows the traceback instead. Ctrl-C at any moment (start-up included)
+prints one line and exits with code 130.
 """
 
 from __future__ import annotations
@@ -211,6 +212,3 @@ def set_threads(threads: int | None) -> int | None:
         os.environ["OMP_NUM_THREADS"] = str(n)
     return n
 
-
-if __name__ == "__main__":
-    sys.exit(main())
