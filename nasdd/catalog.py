@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 from nasdd.spaces import SPACES_DIR, load_space, space_names
+from nasdd.utils import write_json
 
 KINDS = ("datasets", "spaces", "families", "methods", "peers", "samplers", "strategies", "pruners")
 SNAPSHOT = Path(__file__).with_name("catalog.json")
@@ -89,7 +90,5 @@ def rows(kind: str) -> list[tuple[str, str]]:
 
 
 if __name__ == "__main__":
-    from nasdd.utils import write_json
-
     write_json(SNAPSHOT, take_snapshot())
     print(f"wrote {SNAPSHOT}")
