@@ -182,10 +182,10 @@ def convergence(table: TruthTable, longer: TruthTable, n_resamples: int) -> pd.D
     """Recipe R against 2R on the members both tables hold, next to R's (and 2R's) seed-to-seed agreement."""
     keys = [k for k in longer.accuracies().index if k in table.accuracies().index]
     r, r2 = table.accuracies().loc[keys], longer.accuracies().loc[keys]
-    opts = {"n_resamples": n_resamples, "ks": ()}
-    between = stats.rank_statistics(r.mean(axis=1).to_numpy(), r2.mean(axis=1).to_numpy(), **opts)
-    seeds_r = stats.noise_ceiling(r.to_numpy(), **opts)
-    seeds_r2 = stats.noise_ceiling(r2.to_numpy(), **opts)
+    mean_r, mean_r2 = r.mean(axis=1), r2.mean(axis=1)
+    between = stats.rank_statistics(mean_r.to_numpy(), mean_r2.to_numpy(), ks=(), n_resamples=n_resamples)
+    seeds_r = stats.noise_ceiling(r.to_numpy(), ks=(), n_resamples=n_resamples)
+    seeds_r2 = stats.noise_ceiling(r2.to_numpy(), ks=(), n_resamples=n_resamples)
     row = {
         "members": len(keys),
         "recipe": table.meta["recipe"],
