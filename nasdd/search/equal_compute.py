@@ -282,11 +282,8 @@ def prescreen_search(ec: EqualCompute, strategy: str, budget: int, seed: int) ->
 
 
 SEARCHES: dict[str, Callable[[EqualCompute, str, int, int], Outcome]] = {
-    "proxy-tpe": proxy_search,
-    "subset-tpe": proxy_search,
-    "zerocost-topk": proxy_search,
-    "hyperband": multifidelity_search,
-    "random-sha": multifidelity_search,
+    **dict.fromkeys(("proxy-tpe", "subset-tpe", "zerocost-topk"), proxy_search),
+    **dict.fromkeys(("hyperband", "random-sha"), multifidelity_search),
     "prescreen": prescreen_search,
 }
 
