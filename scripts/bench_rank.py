@@ -32,37 +32,21 @@ import pandas as pd
 from nasdd.data import load_dataset
 from nasdd.distill import ProxySet
 from nasdd.errors import NasddError
-from nasdd.validate import stats
 from nasdd.validate.budget import parse_fraction
 from nasdd.validate.matched import (
     SHOW,
     MatchedCost,
     amortisation,
+    audit,
     by_budget,
     convergence,
-    paired,
+    noise_ceiling,
     plot,
-    score_budget,
+    scores_file,
     truth_grads,
-    truth_means,
     verdict,
 )
 from nasdd.validate.table import TruthTable
-
-
-def earlier(
-    old: pd.DataFrame, out: Path, summary: pd.DataFrame, scores: pd.DataFrame
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """This budget's rows and scores with those of an earlier run (`old` rows, `out`'s scores files) that
-    this run did not redo."""
-    budget = summary.budget.iloc[0]
-    path = out / f"scores_{budget[2:]}.csv"
-    if not len(old) or not path.exists():
-        return summary, scores
-    old = old[(old.budget == budget) & ~old.name.isin(summary.name)]
-    old_scores = pd.read_csv(path, index_col=0).rename(columns=lambda c: c.removesuffix(f"@{budget}"))
-    old = old[old.name.isin(old_scores.columns)]
-    return pd.concat([summary, old], ignore_index=True), pd.concat([scores, old_scores[old.name]], axis=1)
 
 
 def main() -> None:
@@ -104,28 +88,14 @@ def main() -> None:
         device=args.device,
         resamples=args.resamples,
     )
-    truth = truth_means(table)
-    summaries, deltas = [], []
-    fracs = sorted((parse_fraction(b) for b in args.budgets.split(",")), reverse=False)
-    zc: tuple[pd.DataFrame, pd.DataFrame] | None = None  # zero-cost rows cost the same at every budget
+    fracs = [parse_fraction(b) for b in args.budgets.split(",")]
     old = _bench.read(out / "summary.csv"), _bench.read(out / "paired.csv")  # kept where not redone
-    for i, frac in enumerate(fracs):
-        runs = [
-            score_budget(bundle, table, proxies, frac, cfg, names=names, k=k, zerocost=i == 0 and j == 0)
-            for j, k in enumerate(args.score_seeds)
-        ]
-        summary = pd.concat([r[0] for r in runs], ignore_index=True)
-        scores = pd.concat([r[1] for r in runs], axis=1)
-        if zc is None:
-            rows = summary[summary.kind == "peer:zerocost"]
-            zc = rows.drop(columns="budget"), scores[rows.name.tolist()]
-        elif len(zc[0]):
-            summary = pd.concat([summary, zc[0].assign(budget=summary.budget.iloc[0])], ignore_index=True)
-            scores = pd.concat([scores, zc[1]], axis=1)
-        summary, scores = earlier(old[0], out, summary, scores)
-        summaries.append(summary)
-        deltas.append(paired(summary, scores, truth, args.resamples))
-        scores.add_suffix(f"@{summary.budget.iloc[0]}").to_csv(out / f"scores_{summary.budget.iloc[0][2:]}.csv")
+    summaries, deltas = [], []
+    budgets = audit(bundle, table, proxies, fracs, cfg, names=names, seeds=args.score_seeds, old=old[0], folder=out)
+    for budget in budgets:
+        summaries.append(budget.summary)
+        deltas.append(budget.paired)
+        budget.scores.add_suffix(f"@{budget.name}").to_csv(scores_file(out, budget.name))
         done = [s.budget.iloc[0] for s in summaries]
         kept = [o[~o.budget.isin(done)] if len(o) else o for o in old]
         all_summary = by_budget(pd.concat([kept[0], *summaries], ignore_index=True))
@@ -134,7 +104,7 @@ def main() -> None:
         all_deltas.to_csv(out / "paired.csv", index=False, float_format="%.4g")
         amortisation(all_summary, truth_grads(table)).to_csv(out / "amortised.csv", index=False, float_format="%.4g")
         print(all_summary[[c for c in SHOW if c in all_summary]].to_string(index=False, float_format="%.3f"))
-    ceiling = stats.noise_ceiling(table.accuracies().to_numpy(), ks=(), n_resamples=args.resamples)
+    ceiling = noise_ceiling(table, args.resamples)
     plot(all_summary, all_deltas, ceiling, out / "tau_vs_budget.png")
     text = verdict(all_summary, all_deltas, ceiling)
     (out / "verdict.md").write_text(text)

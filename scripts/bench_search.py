@@ -15,11 +15,11 @@ recorded wall time of the run that trained. The proxy is a stratified random sub
 
     python scripts/bench_search.py --dataset mnist5k --trials 12   # ~10 minutes on 2 CPU cores
 
-With `--budgets` it compares searches at equal total compute instead (module `_equal_compute`: a proxy
+With `--budgets` it compares searches at equal total compute instead (`nasdd.search.equal_compute`: a proxy
 search with retraining, the same on a random subset, Hyperband and successive halving on the full data,
 a zero-cost top-k, and `nasdd search --strategy prescreen` (its protocol, `nasdd.search.halving`, replayed)),
 on the Fashion-MNIST ranking benchmark's truth table and its recorded proxy scores; full-data trainings are
-cached as learning curves (`_curves`) shared by every search; `--replay-only` never trains (a search that
+cached as learning curves (`nasdd.validate.curves`) shared by every search; `--replay-only` never trains (a search that
 needs an unrecorded epoch is marked); rows already in the CSV are kept (resumable):
 
     OMP_NUM_THREADS=1 python scripts/bench_search.py --budgets 0.3,0.5,1,3,10,30 --seeds 5 --replay-only --quiet
@@ -29,68 +29,55 @@ from __future__ import annotations
 
 import fcntl
 import json
-import math
 import time
 from pathlib import Path
 
 import _bench
-import _equal_compute as ec
 import matplotlib
 import pandas as pd
-from _curves import Curves
 
 from nasdd.arch import ArchSpec
 from nasdd.data import load_dataset
 from nasdd.distill import distill
 from nasdd.distill.proxy import ProxySet
 from nasdd.search import counted_trials, retrain, search
+from nasdd.search import equal_compute as ec
 from nasdd.spaces import load_space
 from nasdd.train import TrainRecipe
 from nasdd.utils import ensure_dir, write_json
+from nasdd.validate.curves import Curves
 from nasdd.validate.table import TruthTable
 
 matplotlib.use("Agg")
 RANK = "results/bench_fashion_mnist"
 
 
-def _context(args, table: TruthTable) -> ec.Ctx:
+def _context(args, table: TruthTable) -> ec.EqualCompute:
     """The truth table's pool, its truth, the ranking benchmark's scores and costs at `--rank-budget`."""
     bundle = load_dataset(table.meta["dataset"])
     table.check(dataset_key=bundle.key)
-    recipe, n = table.recipe, len(bundle.y_train)
+    recipe = table.recipe
     assert recipe.steps is None, "the truth recipe must count epochs (Hyperband rungs are epochs)"
     summary = pd.read_csv(Path(args.rank) / "summary.csv")
-    summary = summary[summary.budget == args.rank_budget].set_index("name")
     scores = pd.read_csv(Path(args.rank) / f"scores_{args.rank_budget.split('/')[1]}.csv", index_col="arch_key")
-    costs = {}
     named = {"proxy-tpe": args.proxy_name, "subset-tpe": args.subset, "zerocost-topk": args.zerocost,
              "prescreen": args.zerocost}  # fmt: skip
-    for strategy, name in named.items():
-        row = summary.loc[name]
-        distill = row.get("distill_sample_grads", math.nan)
-        distill = 0.0 if pd.isna(distill) else float(distill)  # NaN: nothing distilled
-        column = f"{name}@{args.rank_budget}"
-        costs[strategy] = {"column": column, "per_candidate": row.grads_per_candidate, "distill": distill}
-    work = Path(args.work)
-    curves = Curves(Path(args.out).with_suffix("") / "curves", work / "checkpoints", bundle, recipe, seed=0,
-                    train=not args.replay_only)  # fmt: skip
+    costs = ec.costs_from_rank(summary, args.rank_budget, named)
+    curves = Curves(Path(args.out).with_suffix("") / "curves", Path(args.work) / "checkpoints", bundle, recipe,
+                    seed=0, train=not args.replay_only)  # fmt: skip
     accs = table.accuracies()
     by_seed = scores_by_seed(Path(args.out).with_suffix("") / f"{args.zerocost}_seeds.csv", args, table, bundle)
-    return ec.Ctx(load_space(table.meta["space"]), table.archs(), curves, accs.mean(axis=1), scores, recipe.epochs,
-                  n, costs, accs, by_seed)  # fmt: skip
+    return ec.EqualCompute(load_space(table.meta["space"]), table.archs(), curves, accs.mean(axis=1), scores,
+                           recipe.epochs, len(bundle.y_train), costs, accs, by_seed)  # fmt: skip
 
 
 def scores_by_seed(path: Path, args, table: TruthTable, bundle) -> pd.DataFrame:
-    """The zero-cost score of every member with scoring seeds 0..seeds-1 (batch and initial weights; cached)."""
-    from nasdd.validate.zerocost import zero_cost
-
+    """The zero-cost score of every member with scoring seeds 0..seeds-1, cached in `path`."""
     old = pd.read_csv(path, index_col="arch_key") if path.exists() else pd.DataFrame()
     want = [f"s{s}" for s in range(args.seeds)]
     if set(want) <= set(old.columns) and len(old) == len(table.archs()):
         return old[want]
-    rows = {m.key(): {c: zero_cost(args.zerocost, m, bundle, seed=int(c[1:]), device="cpu").score for c in want}
-            for m in table.archs()}  # fmt: skip
-    df = pd.DataFrame.from_dict(rows, orient="index").rename_axis("arch_key")
+    df = ec.zerocost_by_seed(args.zerocost, table.archs(), bundle, args.seeds)
     _bench.write(df.reset_index(), path)
     return df
 
@@ -100,57 +87,6 @@ def _locked_upsert(out: Path, row: dict, work: Path) -> None:
     with open(ensure_dir(work) / f"{out.stem}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         _bench.upsert(out, [row], ["budget_truths", "strategy", "seed"])
-
-
-def summarise(df: pd.DataFrame) -> pd.DataFrame:
-    df = df[df["needs"].isna()] if "needs" in df else df  # searches a replay could not finish
-    exact = df.assign(spent_truths=df.spent_grads / df.budget_grads * df.budget_truths)  # the CSV's is rounded
-    g = exact.groupby(["budget_truths", "strategy"])
-    return (
-        g.agg(
-            searches=("seed", "size"),
-            regret_mean=("regret", "mean"),
-            regret_std=("regret", "std"),
-            regret_max=("regret", "max"),
-            spent_truths=("spent_truths", "mean"),
-        )
-        .round(4)
-        .reset_index()
-    )
-
-
-def seed_noise(truth_acc: pd.DataFrame) -> float:
-    """The truth's seed-to-seed std for its top 10 members, in points."""
-    top = truth_acc.loc[truth_acc.mean(axis=1).nlargest(10).index]
-    return float(100 * top.std(axis=1, ddof=1).mean())
-
-
-def verdict(summary: pd.DataFrame, truth_acc: pd.DataFrame, df: pd.DataFrame) -> str:
-    """Issue 26's question: does `prescreen` match the best other strategy at every budget (within the truth's
-    seed noise), and reach <= 0.1 points from 10 T on? With the truth's own seed noise for scale."""
-    noise = seed_noise(truth_acc)
-    m = summary.pivot(index="budget_truths", columns="strategy", values="regret_mean") * 100
-    sd = summary.pivot(index="budget_truths", columns="strategy", values="regret_std") * 100
-    needs = int(df["needs"].notna().sum()) if "needs" in df else 0
-    lines = [
-        "Replayed from recorded learning curves and score tables (no search here trained anything; see "
-        "results/README.md). Regret in test-accuracy points, mean over search seeds (std in brackets; seeds vary "
-        f"the sampler, the zero-cost scoring seed and the training seed). The truth's own seed-to-seed std for its "
-        f"top 10 members is {noise:.2f} points: regrets closer than that are ties.",
-        "",
-        (m.round(2).astype(str) + " (" + sd.round(2).astype(str) + ")").to_markdown(),
-        "",
-    ]
-    if needs:
-        lines += [f"{needs} searches needed an epoch no curve records and are left out (column `needs`).", ""]
-    if "prescreen" in m.columns:
-        for b, row in m.iterrows():
-            others = row.drop("prescreen").dropna()
-            best, mine = others.min(), row["prescreen"]
-            ok = mine <= best + noise and (b < 10 or mine <= 0.1)
-            goal = f"best other {others.idxmin()} {best:.2f}" + (", goal <= 0.10" if b >= 10 else "")
-            lines.append(f"- {b:g} T: prescreen {mine:.2f} against {goal}: {'met' if ok else 'missed'}.")
-    return "\n".join(lines) + "\n"
 
 
 def plot(df: pd.DataFrame, path: Path, noise: float | None = None) -> None:
@@ -202,10 +138,10 @@ def equal_compute(args) -> None:
         _locked_upsert(out, row, Path(args.work))
         print(", ".join(f"{k}={v}" for k, v in row.items() if k not in ("winner", "winner_key")), flush=True)
     df = pd.read_csv(out)
-    summary = summarise(df)
+    summary = ec.summarise(df)
     _bench.write(summary, out.with_suffix("").with_name(out.stem + "_summary.csv"))
-    plot(df, out.with_suffix(".png"), seed_noise(table.accuracies()))
-    (out.with_suffix("") / "verdict.md").write_text(verdict(summary, table.accuracies(), df))
+    plot(df, out.with_suffix(".png"), ec.seed_noise(table.accuracies()))
+    (out.with_suffix("") / "verdict.md").write_text(ec.verdict(summary, table.accuracies(), df))
     _bench.record(out)
     print(summary.to_string(index=False))
 

@@ -1,5 +1,7 @@
-"""The ranking benchmark's K-seed scoring (scripts/bench_rank.py --score-seeds), on digits."""
+"""The ranking benchmark's command (scripts/bench_rank.py, run as a user runs it): K-seed scoring
+(--score-seeds) and named proxies, on digits; rows of earlier runs kept."""
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -10,9 +12,7 @@ from nasdd.arch import ArchSpec
 from nasdd.train import TrainRecipe, TrainResult
 from nasdd.validate import table as tt
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-
-import bench_rank  # noqa: E402
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bench_rank.py"
 
 POOL = [
     ArchSpec.make("convnet", depth=1, width=8, activation=act, normalization=norm, pooling="avgpool")
@@ -33,19 +33,18 @@ def truth_table(digits, path: Path) -> Path:
     return path
 
 
-def run(monkeypatch, tmp_path: Path, truth: Path, proxy: Path | str, seeds: str) -> None:
-    argv = ["bench_rank.py", "--dataset", "digits", "--device", "cpu", "--threads", "1", "--quiet"]
+def run(tmp_path: Path, truth: Path, proxy: Path | str, seeds: str) -> None:
+    argv = [sys.executable, str(SCRIPT), "--dataset", "digits", "--device", "cpu", "--threads", "1", "--quiet"]
     argv += ["--truth", str(truth), "--check", "", "--proxies", str(proxy), "--ipcs", "5", "--budgets", "1/2"]
     argv += ["--peers", "early,params", "--score-seeds", seeds, "--resamples", "20", "--out", str(tmp_path / "res")]
     argv += ["--work", str(tmp_path / "work"), "--storage", f"journal:{tmp_path / 'scores.journal'}"]
-    monkeypatch.setattr(sys, "argv", argv)
-    bench_rank.main()
+    subprocess.run(argv, check=True, capture_output=True, text=True)
 
 
-def test_k_seeds_split_the_budget_and_sit_beside_one_seed(digits, proxy, tmp_path, monkeypatch):
+def test_k_seeds_split_the_budget_and_sit_beside_one_seed(digits, proxy, tmp_path):
     truth = truth_table(digits, tmp_path / "truth.csv")
-    run(monkeypatch, tmp_path, truth, proxy, "1")
-    run(monkeypatch, tmp_path, truth, proxy, "3")  # a later K=3 run keeps the K=1 rows
+    run(tmp_path, truth, proxy, "1")
+    run(tmp_path, truth, proxy, "3")  # a later K=3 run keeps the K=1 rows
     s = pd.read_csv(tmp_path / "res" / "summary.csv").set_index("name")
     early = sorted((n for n in s.index if n.startswith("early-")), key=lambda n: n.endswith(" x3"))
     assert set(s.index) - set(early) == {"random-ipc5", "random-ipc5 x3", "params"}
@@ -68,10 +67,10 @@ def test_k_seeds_split_the_budget_and_sit_beside_one_seed(digits, proxy, tmp_pat
     assert set(d[d.b_kind == "proxy"].a) | set(d[d.b_kind == "proxy"].b) == {"random-ipc5", "random-ipc5 x3"}
 
 
-def test_a_named_proxy_gets_its_own_rows(digits, proxy, tmp_path, monkeypatch):
+def test_a_named_proxy_gets_its_own_rows(digits, proxy, tmp_path):
     truth = truth_table(digits, tmp_path / "truth.csv")
-    run(monkeypatch, tmp_path, truth, f"{proxy}=random-long", "1")
-    run(monkeypatch, tmp_path, truth, proxy, "1")  # the same proxy unnamed: its automatic rows sit beside
+    run(tmp_path, truth, f"{proxy}=random-long", "1")
+    run(tmp_path, truth, proxy, "1")  # the same proxy unnamed: its automatic rows sit beside
     s = pd.read_csv(tmp_path / "res" / "summary.csv").set_index("name")
     assert {"random-long", "random-ipc5"} <= set(s.index)
     assert s.loc["random-long", "tau"] == s.loc["random-ipc5", "tau"]  # one proxy, the same cached trainings

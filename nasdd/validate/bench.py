@@ -53,11 +53,12 @@ class Benchmark:
 
     def cached(self, budget: str) -> tuple[pd.DataFrame, pd.DataFrame]:
         """The cached summary rows and per-member scores at `budget` (empty when none were measured)."""
-        path = self.folder / f"scores_{budget[2:]}.csv"
+        from nasdd.validate.matched import read_scores
+
+        scores = read_scores(self.folder, budget)
         summary = pd.read_csv(self.folder / "summary.csv") if (self.folder / "summary.csv").exists() else None
-        if summary is None or not path.exists():
+        if summary is None or scores is None:
             return pd.DataFrame(), pd.DataFrame()
-        scores = pd.read_csv(path, index_col=0).rename(columns=lambda c: c.removesuffix(f"@{budget}"))
         rows = summary[(summary.budget == budget) & summary.name.isin(scores.columns)].copy()
         rows["source"] = "cached"
         return rows.reset_index(drop=True), scores[rows.name.tolist()]
@@ -124,10 +125,9 @@ def run(
 ) -> BenchResult:
     """Score `proxies` at each budget (cached trainings in `cfg.storage` are read back) beside the cached
     rows. `names` maps a proxy id to its row name (default `yours:method-ipcN`)."""
-    from nasdd.validate import stats
     from nasdd.validate.audit import proxy_labels
     from nasdd.validate.budget import parse_fraction
-    from nasdd.validate.matched import by_budget, paired, score_budget, truth_means
+    from nasdd.validate.matched import budget_name, by_budget, noise_ceiling, paired, score_budget, truth_means
 
     table = bench.truth()
     truth = truth_means(table)
@@ -140,7 +140,7 @@ def run(
     summaries, all_scores, deltas = [], {}, []
     for budget in budgets:
         frac = parse_fraction(budget)
-        budget = f"1/{round(1 / frac)}"
+        budget = budget_name(frac)
         cached, cached_scores = bench.cached(budget)
         parts, sc = [cached], [cached_scores] if len(cached_scores) else []
         if proxies:
@@ -157,7 +157,7 @@ def run(
         all_scores[budget] = scores
         among = list(names.values()) if proxies else None
         deltas.append(paired(summary, scores, truth, cfg.resamples, among=among, between=bool(proxies)))
-    ceiling = stats.noise_ceiling(table.accuracies().to_numpy(), ks=(), n_resamples=cfg.resamples)
+    ceiling = noise_ceiling(table, cfg.resamples)
     summary = by_budget(pd.concat(summaries, ignore_index=True))
     d = by_budget(pd.concat(deltas, ignore_index=True))
     return BenchResult(summary, all_scores, d, ceiling, verdict(bench, summary, d, ceiling, list(names.values())))

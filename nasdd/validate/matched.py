@@ -7,14 +7,14 @@ cost what they cost. Per budget: Kendall tau with bootstrap CIs (`nasdd.validate
 paired delta-tau of each distilled proxy against the best cheap peer and between distilled proxies (the
 same resampled architectures for both), and each proxy's break-even number of candidates.
 
-`scripts/bench_rank.py` (the committed benchmark) and `nasdd bench` (auditing anyone's proxy against a
-shipped table) both score through `score_budget` and compare through `paired`, so a proxy gets the
-same tau from both at the same budget.
+`scripts/bench_rank.py` (the committed benchmark: `audit` over its budgets, then writing the tables) and
+`nasdd bench` (auditing anyone's proxy against a shipped table) both score through `score_budget` and
+compare through `paired`, so a proxy gets the same tau from both at the same budget.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -182,10 +182,10 @@ def convergence(table: TruthTable, longer: TruthTable, n_resamples: int) -> pd.D
     """Recipe R against 2R on the members both tables hold, next to R's (and 2R's) seed-to-seed agreement."""
     keys = [k for k in longer.accuracies().index if k in table.accuracies().index]
     r, r2 = table.accuracies().loc[keys], longer.accuracies().loc[keys]
-    opts = {"n_resamples": n_resamples, "ks": ()}
-    between = stats.rank_statistics(r.mean(axis=1).to_numpy(), r2.mean(axis=1).to_numpy(), **opts)
-    seeds_r = stats.noise_ceiling(r.to_numpy(), **opts)
-    seeds_r2 = stats.noise_ceiling(r2.to_numpy(), **opts)
+    mean_r, mean_r2 = r.mean(axis=1), r2.mean(axis=1)
+    between = stats.rank_statistics(mean_r.to_numpy(), mean_r2.to_numpy(), ks=(), n_resamples=n_resamples)
+    seeds_r = stats.noise_ceiling(r.to_numpy(), ks=(), n_resamples=n_resamples)
+    seeds_r2 = stats.noise_ceiling(r2.to_numpy(), ks=(), n_resamples=n_resamples)
     row = {
         "members": len(keys),
         "recipe": table.meta["recipe"],
@@ -265,3 +265,83 @@ def by_budget(df: pd.DataFrame) -> pd.DataFrame:
         return df
     order = df.budget.map(parse_fraction).sort_values(kind="stable").index
     return df.loc[order].reset_index(drop=True)
+
+
+def scores_file(folder: Path, budget: str) -> Path:
+    """A benchmark folder's per-member scores at `budget` (`1/100` -> `scores_100.csv`, columns `NAME@1/100`)."""
+    return folder / f"scores_{budget[2:]}.csv"
+
+
+def read_scores(folder: Path, budget: str) -> pd.DataFrame | None:
+    """The scores of `scores_file` with the columns named as the summary's rows (None when there is none)."""
+    path = scores_file(folder, budget)
+    if not path.exists():
+        return None
+    return pd.read_csv(path, index_col=0).rename(columns=lambda c: c.removesuffix(f"@{budget}"))
+
+
+def noise_ceiling(table: TruthTable, resamples: int) -> dict:
+    """The truth's seed-to-seed agreement (tau and its CI): no proxy can be told apart from above it."""
+    return stats.noise_ceiling(table.accuracies().to_numpy(), ks=(), n_resamples=resamples)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """One budget of an audit: every row (this run's and an earlier run's not redone), the per-member scores,
+    and the paired delta-tau."""
+
+    summary: pd.DataFrame
+    scores: pd.DataFrame
+    paired: pd.DataFrame
+
+    @property
+    def name(self) -> str:
+        return str(self.summary.budget.iloc[0])
+
+
+def _earlier(
+    summary: pd.DataFrame, scores: pd.DataFrame, old: pd.DataFrame, folder: Path | None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """This budget's rows and scores with those of an earlier run (`old` rows, `folder`'s scores) not redone."""
+    budget = summary.budget.iloc[0]
+    old_scores = read_scores(folder, budget) if folder is not None and len(old) else None
+    if old_scores is None:
+        return summary, scores
+    old = old[(old.budget == budget) & ~old.name.isin(summary.name)]
+    old = old[old.name.isin(old_scores.columns)]
+    return pd.concat([summary, old], ignore_index=True), pd.concat([scores, old_scores[old.name]], axis=1)
+
+
+def audit(
+    bundle: Any,
+    table: TruthTable,
+    proxies: Sequence[Any],
+    fracs: Sequence[float],
+    cfg: MatchedCost,
+    *,
+    names: dict[str, str] | None = None,
+    seeds: Sequence[int] = (1,),
+    old: pd.DataFrame | None = None,
+    folder: Path | None = None,
+) -> Iterator[Budget]:
+    """The matched-cost benchmark, one budget at a time from the smallest: every proxy and peer scored with
+    each seed count of `seeds` (`score_budget(k=...)`; zero-cost peers once, their rows repeated at every
+    budget), beside the rows of an earlier run this one does not redo (`old`, the summary rows read before
+    the run, with the scores files in `folder`), then compared pairwise (`paired`)."""
+    truth = truth_means(table)
+    zc: tuple[pd.DataFrame, pd.DataFrame] | None = None  # zero-cost rows cost the same at every budget
+    for i, frac in enumerate(sorted(fracs)):
+        runs = [
+            score_budget(bundle, table, proxies, frac, cfg, names=names, k=k, zerocost=i == 0 and j == 0)
+            for j, k in enumerate(seeds)
+        ]
+        summary = pd.concat([r[0] for r in runs], ignore_index=True)
+        scores = pd.concat([r[1] for r in runs], axis=1)
+        if zc is None:
+            rows = summary[summary.kind == "peer:zerocost"]
+            zc = rows.drop(columns="budget"), scores[rows.name.tolist()]
+        elif len(zc[0]):
+            summary = pd.concat([summary, zc[0].assign(budget=summary.budget.iloc[0])], ignore_index=True)
+            scores = pd.concat([scores, zc[1]], axis=1)
+        summary, scores = _earlier(summary, scores, pd.DataFrame() if old is None else old, folder)
+        yield Budget(summary, scores, paired(summary, scores, truth, cfg.resamples))

@@ -4,6 +4,7 @@ tau the benchmark script gives the same proxy."""
 import filecmp
 import math
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -66,18 +67,13 @@ def dc_file(path: Path, images: torch.Tensor, labels: torch.Tensor) -> Path:
 
 
 def test_a_dc_file_imports_and_audits_with_the_benchmark_scripts_tau(digits, proxy, tmp_path, monkeypatch, capsys):
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        import bench_rank
-    finally:
-        sys.path.remove(str(ROOT / "scripts"))
     truth = truth_table(digits, tmp_path / "truth.csv")
     folder = tmp_path / "benchmark"  # the benchmark script's output is a benchmark folder
-    argv = ["bench_rank.py", "--dataset", "digits", "--device", "cpu", "--threads", "1", "--quiet", "--truth"]
-    argv += [str(truth), "--check", "", "--proxies", str(proxy), "--ipcs", "5", "--budgets", "1/2", "--peers"]
-    argv += ["early,params", "--resamples", "50", "--out", str(folder), "--work", str(tmp_path / "work")]
-    monkeypatch.setattr(sys, "argv", [*argv, "--storage", f"journal:{tmp_path / 'script.journal'}"])
-    bench_rank.main()
+    argv = [sys.executable, str(ROOT / "scripts" / "bench_rank.py"), "--dataset", "digits", "--device", "cpu"]
+    argv += ["--threads", "1", "--quiet", "--truth", str(truth), "--check", "", "--proxies", str(proxy), "--ipcs", "5"]
+    argv += ["--budgets", "1/2", "--peers", "early,params", "--resamples", "50", "--out", str(folder), "--work"]
+    argv += [str(tmp_path / "work"), "--storage", f"journal:{tmp_path / 'script.journal'}"]
+    subprocess.run(argv, check=True, capture_output=True, text=True)
     shutil.copy(truth, folder / "truth.csv")
     script = pd.read_csv(folder / "summary.csv").set_index("name")
 

@@ -55,3 +55,13 @@ def test_budget_names_and_order():
     )
     am = matched.amortisation(rows, per_truth=10_000).iloc[0]
     assert am.per_candidate_at_100 == 100 + 1e4 and am.break_even_candidates == 102  # floor(1e6 / 9,900) + 1
+
+
+def test_a_budgets_scores_file_reads_back_under_the_rows_names(tmp_path):
+    _, scores = budget()
+    assert matched.read_scores(tmp_path, "1/100") is None  # nothing measured at that budget
+    path = matched.scores_file(tmp_path, "1/100")
+    assert path.name == "scores_100.csv"
+    scores.rename_axis("arch_key").add_suffix("@1/100").to_csv(path)
+    back = matched.read_scores(tmp_path, "1/100")
+    assert list(back.columns) == list(scores.columns) and back.to_numpy() == pytest.approx(scores.to_numpy())

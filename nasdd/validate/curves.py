@@ -1,5 +1,5 @@
 """Real-data learning curves, trained once and extended on demand: the evaluation cache of the
-equal-compute search benchmark (`bench_search.py --budgets`).
+equal-compute search benchmark (`nasdd.search.equal_compute`, `scripts/bench_search.py --budgets`).
 
 A curve is one training of an architecture with the truth recipe on the full training split (seed 0),
 its val accuracy after every epoch. A search that needs epoch `e` of a member reads it, or trains the
@@ -17,6 +17,7 @@ import fcntl
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -46,7 +47,9 @@ class Curves:
     def _path(self, spec: ArchSpec) -> Path:
         return self.folder / f"{spec.key()}.json"
 
-    def read(self, spec: ArchSpec) -> dict:
+    def read(self, spec: ArchSpec) -> dict[str, Any]:
+        """The recorded curve: `arch`, `val` (one accuracy per epoch trained), `seconds`, and `test` once
+        trained to the end."""
         p = self._path(spec)
         return json.loads(p.read_text()) if p.exists() else {"arch": spec.to_json(), "val": [], "seconds": 0.0}
 
@@ -63,14 +66,14 @@ class Curves:
                 curve = self.read(spec)
                 if len(curve["val"]) < epoch:
                     curve = self._extend(spec, curve, epoch)
-        return curve["val"][epoch - 1]
+        return float(curve["val"][epoch - 1])
 
     def test(self, spec: ArchSpec) -> float:
         """Test accuracy after the whole recipe (trains it to the end if needed)."""
         self.val(spec, self.recipe.epochs)
-        return self.read(spec)["test"]
+        return float(self.read(spec)["test"])
 
-    def _extend(self, spec: ArchSpec, curve: dict, epoch: int) -> dict:
+    def _extend(self, spec: ArchSpec, curve: dict[str, Any], epoch: int) -> dict[str, Any]:
         b, ckpt = self.bundle, self.ckpts / f"{spec.key()}.pt"
         model = build_seeded(spec, (b.channels, b.image_size, b.image_size), b.num_classes, self.seed)
         state = torch.load(ckpt, weights_only=True) if ckpt.exists() else None  # plain tensors and values
@@ -78,7 +81,7 @@ class Curves:
             state, curve["val"] = None, []  # no usable checkpoint: retrain from the start (same numbers)
         start = time.perf_counter()
 
-        def checkpoint(s: dict) -> None:
+        def checkpoint(s: dict[str, Any]) -> None:
             nonlocal state
             state = s
 
