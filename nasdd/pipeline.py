@@ -228,7 +228,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def command(args: argparse.Namespace) -> int:
-    from nasdd.search.budget import parse_grads
+    from nasdd.cost import parse_grads
 
     out = Path(args.out or f"runs/run-{time.strftime('%Y%m%d-%H%M%S')}")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]

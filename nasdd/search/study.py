@@ -14,9 +14,9 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from nasdd import __version__
+from nasdd.cost import SearchBudget, distill_cost, parse_grads, trial_cost
 from nasdd.data import DatasetBundle, load_dataset
 from nasdd.errors import NasddError, unknown_name
-from nasdd.search.budget import Budget, distill_cost, parse_grads, trial_cost
 from nasdd.search.objective import CandidateFailed, Objective, Surplus, TrainingData, training_data
 from nasdd.search.outputs import TrialProgress, write_outputs
 from nasdd.search.retraining import retrain
@@ -97,7 +97,7 @@ def search(
     (other workers' and this worker's `jobs`), so workers started side by side do not oversubscribe the cores.
     `budget`: total sample-gradients (an int or `648k`, `3.2M`, `1.5G`) for the trials of every worker, the
     retraining of the top `retrain_top` (reserved from the start) and, with `budget_includes_distill`, the
-    proxy's distillation (see `nasdd.search.budget`); with a budget and no `trials`, only the budget stops
+    proxy's distillation (see `nasdd.cost`); with a budget and no `trials`, only the budget stops
     the search. budget.json records the budget, what trials and retraining spent, and what is left.
     `strategy`: `default` (the above) or `prescreen` (`nasdd.search.prescreen`: `trials` candidates scored with
     the cheap signal `prescreen`, then synchronous successive halving with factor `eta` on the full training
@@ -133,7 +133,7 @@ def search(
     if total is not None:
         reserve = retrain_top * trial_cost(rr, len(bundle.x_train))
         distill = distill_cost(data.provenance) if budget_includes_distill else 0
-        spend = Budget(total, trial_cost(train_recipe, len(data.x)), reserve, distill)
+        spend = SearchBudget(total, trial_cost(train_recipe, len(data.x)), reserve, distill)
     _quiet_optuna()
     url = storage or sqlite_url(out / "study.db")
     study = _open_study(
@@ -192,7 +192,7 @@ def search(
         df = retrain(study, bundle, retrain_top, rr, seed=seed, device=device, out=out, show_progress=show_progress)
         retrained = int(df["sample_grads"].sum()) if len(df) else 0
     if spend is not None:
-        write_json(out / "budget.json", spend.summary(study.get_trials(deepcopy=False), retrained))
+        write_json(out / "budget.json", spend.summary(counted_trials(study), retrained))
     return study
 
 

@@ -22,6 +22,7 @@ import pandas as pd
 
 from nasdd import __version__
 from nasdd.arch import ArchSpec
+from nasdd.cost import training_grads
 from nasdd.data import DatasetBundle
 from nasdd.errors import NasddError
 from nasdd.spaces import SearchSpace
@@ -29,7 +30,6 @@ from nasdd.storage import masked, sqlite_url
 from nasdd.train import TrainRecipe
 from nasdd.utils import atomic_open, ensure_dir, stable_hash, write_json
 from nasdd.validate import stats
-from nasdd.validate.budget import training_grads
 from nasdd.validate.peers import Peer, resolve_peers
 from nasdd.validate.store import Job, ResultStore
 from nasdd.validate.table import truth_scores as table_truth

@@ -124,9 +124,9 @@ def run(
 ) -> BenchResult:
     """Score `proxies` at each budget (cached trainings in `cfg.storage` are read back) beside the cached
     rows. `names` maps a proxy id to its row name (default `yours:method-ipcN`)."""
+    from nasdd.cost import parse_fraction
     from nasdd.validate import stats
     from nasdd.validate.audit import proxy_labels
-    from nasdd.validate.budget import parse_fraction
     from nasdd.validate.matched import by_budget, paired, score_budget, truth_means
 
     table = bench.truth()
