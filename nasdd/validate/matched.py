@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from nasdd.cost import break_even, matched_recipe, parse_fraction
+from nasdd.layout import RunLayout
 from nasdd.validate import stats
 from nasdd.validate.table import TruthTable
 
@@ -107,7 +108,7 @@ def score_budget(
             ipc=ipc,
             subset_preset=cfg.preset,
             storage=cfg.storage,
-            out=cfg.work / f"ipc{ipc}",
+            out=RunLayout(cfg.work).audit_at(ipc),
             device=cfg.device,
             n_resamples=cfg.resamples,
             truth_table=table,
