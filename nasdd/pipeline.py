@@ -103,8 +103,9 @@ def run_pipeline(
     `scoring`: a recipe file from `nasdd calibrate`, checked against the space and dataset before anything
     trains, whose row the audit adds.
     """
+    from nasdd.cost import parse_grads
     from nasdd.report import write_report
-    from nasdd.search import parse_grads, search
+    from nasdd.search import search
     from nasdd.storage import sqlite_url
     from nasdd.train import TrainRecipe
     from nasdd.validate import validate
