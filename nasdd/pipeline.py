@@ -20,6 +20,7 @@ from nasdd.cli import add_data_args, load_data_from_args
 from nasdd.data import DatasetBundle
 from nasdd.distill import METHODS, ProxySet, distill
 from nasdd.errors import NasddError
+from nasdd.layout import RunLayout
 from nasdd.spaces import load_space
 from nasdd.utils import ensure_dir, seconds_since_start, write_json
 
@@ -59,11 +60,6 @@ PRESETS = {
 }
 
 
-def proxy_folder(out: Path, method: str, ipc: int) -> Path:
-    """Where `make_proxies` keeps (and finds) the proxy of `method` at `ipc` under `out`."""
-    return Path(out) / "proxies" / f"{method}-ipc{ipc}"
-
-
 def make_proxies(
     bundle: DatasetBundle,
     methods: list[str],
@@ -78,8 +74,8 @@ def make_proxies(
     checkpoint) with the matching network `arch`; return (method, folder) pairs."""
     done = []
     for method in methods:
-        folder = proxy_folder(out, method, ipc)
-        if not (folder / "proxy.json").exists():
+        folder = RunLayout(out).proxy(method, ipc)
+        if not RunLayout(folder).holds_proxy():
             cls = METHODS.get(method)
             name = distill_preset if distill_preset in cls.presets else None
             distill(bundle, method, ipc, seed, out=folder, resume=True, preset=name, arch=arch, device=device)
@@ -107,8 +103,9 @@ def run_pipeline(
     `scoring`: a recipe file from `nasdd calibrate`, checked against the space and dataset before anything
     trains, whose row the audit adds.
     """
+    from nasdd.cost import parse_grads
     from nasdd.report import write_report
-    from nasdd.search import parse_grads, search
+    from nasdd.search import search
     from nasdd.storage import sqlite_url
     from nasdd.train import TrainRecipe
     from nasdd.validate import validate
@@ -144,12 +141,13 @@ def run_pipeline(
     }
     check_rerun(Path(out), config)
     out = ensure_dir(out)
+    layout = RunLayout(out)
     write_json(out / "run_config.json", config)
     _stage("1/4 distil", methods)
     proxies = make_proxies(bundle, methods, ipc, p.distill_preset, out, arch, seed, device)
     distilled = [f for m, f in proxies if METHODS.get(m).family != "coreset"] or [proxies[0][1]]
-    common = {"study_name": "search", "seed": seed, "out": out / "search", "device": device, "show_progress": True,
-              "storage": sqlite_url(out / "search" / "study.db")}  # fmt: skip
+    common = {"study_name": "search", "seed": seed, "out": layout.search, "device": device, "show_progress": True,
+              "storage": sqlite_url(RunLayout(layout.search).study_db)}  # fmt: skip
     if budget is None:
         _stage("2/4 search", f"{p.search_trials} trials on {distilled[0].name}")
         search(sp, str(distilled[0]), bundle, trials=p.search_trials, recipe=p.proxy_recipe, **common)
@@ -172,14 +170,14 @@ def run_pipeline(
         truth_recipe=p.truth_recipe,
         proxy_recipe=p.proxy_recipe,
         n_resamples=p.resamples,
-        out=out / "validate",
+        out=layout.validate,
         device=device,
         ipc=ipc,
         truth_table=table,
         scoring=scoring_recipe,
     )
     _stage("4/4 report", str(out))
-    files = write_report(out / "validate", search_dir=out / "search", proxy_dirs=[f for _, f in proxies], out=out)
+    files = write_report(layout.validate, search_dir=layout.search, proxy_dirs=[f for _, f in proxies], out=out)
     print(f"done in {seconds_since_start():.0f} s (the whole command, start-up included)")
     return files
 
@@ -228,7 +226,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def command(args: argparse.Namespace) -> int:
-    from nasdd.search.budget import parse_grads
+    from nasdd.cost import parse_grads
 
     out = Path(args.out or f"runs/run-{time.strftime('%Y%m%d-%H%M%S')}")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]

@@ -30,6 +30,7 @@ from nasdd.figures import (  # noqa: F401 - pareto_front is part of this module'
     plot_proxy_vs_truth,
     plot_search_history,
 )
+from nasdd.layout import RunLayout
 from nasdd.utils import atomic_open, atomic_path
 
 
@@ -204,7 +205,7 @@ def moved_lines(proxy_dirs: list[Path]) -> list[str]:
     """For each distilled proxy, how far its images moved from their initialisation (provenance `moved`)."""
     lines = []
     for folder in proxy_dirs:
-        side = Path(folder) / "proxy.json"
+        side = RunLayout(folder).sidecar
         prov = json.loads(side.read_text()).get("provenance", {}) if side.exists() else {}
         moved = prov.get("moved")
         if moved is None:

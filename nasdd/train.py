@@ -121,6 +121,12 @@ RECIPES: dict[str, TrainRecipe] = {
 }
 
 
+def with_learned_lr(recipe: TrainRecipe, lr: float | None) -> TrainRecipe:
+    """The recipe to train on a proxy: its learned learning rate `lr` (MTT, RaT-BPTT) replaces the recipe's;
+    `recipe` unchanged when the proxy has none (`None`: most methods, and `full`)."""
+    return replace(recipe, lr=lr) if lr is not None else recipe
+
+
 SYNC_EVERY = 32  # CUDA steps between host syncs for the non-finite-loss check
 
 

@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from nasdd.cost import break_even
 from nasdd.validate import calibrate as cal
 from nasdd.validate import stats
-from nasdd.validate.budget import break_even
 from nasdd.validate.scoring import ScoreCache
 from nasdd.validate.table import TruthTable
 

@@ -39,7 +39,7 @@ from nasdd.distill import METHODS, ProxySet, distill  # noqa: E402
 from nasdd.distill.cli import parse_options  # noqa: E402
 from nasdd.distill.evaluate import evaluate_proxy  # noqa: E402
 from nasdd.errors import NasddError  # noqa: E402
-from nasdd.pipeline import proxy_folder  # noqa: E402
+from nasdd.layout import RunLayout  # noqa: E402
 from nasdd.train import RECIPES, TrainRecipe  # noqa: E402
 from nasdd.utils import atomic_path, proc_status_kb, resolve_device  # noqa: E402
 
@@ -128,7 +128,7 @@ def bench_one(method: str, bundle, ipc: int, recipe: TrainRecipe, recipe_text: s
     label += "".join(f"+{k}={v}" for k, v in options.items())
     dev = resolve_device(args.device)
     print(f"[{time.strftime('%H:%M:%S')}] {method} ipc {ipc} preset {label}: distilling", flush=True)
-    saved = proxy_folder(args.work, method, ipc) if args.work else None
+    saved = RunLayout(args.work).proxy(method, ipc) if args.work else None
     reuse = saved is not None and (saved / "proxy.json").exists()
     with PeakMemory(dev) as mem:
         proxy = ProxySet.load(saved, bundle) if reuse else distill(

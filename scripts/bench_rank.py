@@ -2,7 +2,7 @@
 
 Ground truth comes from a committed truth table (`nasdd truth`); each budget is a fraction of one truth
 training in sample-gradients. Distilled proxies and the random/herding subsets train each candidate for
-that many sample-gradients (`nasdd.validate.budget.budget_recipe`), early stopping trains on the full
+that many sample-gradients (`nasdd.cost.matched_recipe`), early stopping trains on the full
 data for as many, zero-cost scores cost what they cost. For every budget: Kendall tau with bootstrap CIs,
 the paired delta-tau of each distilled proxy against the best cheap peer and between distilled
 proxies (the same resampled architectures for both), and each method's break-even number of candidates.
@@ -29,10 +29,10 @@ from pathlib import Path
 import _bench
 import pandas as pd
 
+from nasdd.cost import parse_fraction
 from nasdd.data import load_dataset
 from nasdd.distill import ProxySet
 from nasdd.errors import NasddError
-from nasdd.validate.budget import parse_fraction
 from nasdd.validate.matched import (
     SHOW,
     MatchedCost,

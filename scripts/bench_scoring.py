@@ -35,7 +35,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    from nasdd.validate.budget import parse_fraction
+    from nasdd.cost import parse_fraction
 
     bundle = load_dataset(args.dataset)
     if args.truth:

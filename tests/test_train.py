@@ -9,7 +9,7 @@ from nasdd.arch import ArchSpec
 from nasdd.data import load_dataset
 from nasdd.errors import NasddError
 from nasdd.models import DEFAULT_ARCH, forward_flops
-from nasdd.train import RECIPES, TrainRecipe, _lr_at, build_seeded, evaluate, fit, train_arch
+from nasdd.train import RECIPES, TrainRecipe, _lr_at, build_seeded, evaluate, fit, train_arch, with_learned_lr
 
 SMALL = ArchSpec.make("convnet", depth=2, width=16, normalization="instancenorm", pooling="avgpool")
 
@@ -302,3 +302,11 @@ def test_compiled_and_eager_training_agree(digits):
     assert all(r.ok for r in runs)
     assert runs[0].accuracy == pytest.approx(runs[1].accuracy, abs=0.01)
     assert runs[0].train_loss == pytest.approx(runs[1].train_loss, rel=1e-3)
+
+
+def test_a_learned_lr_replaces_the_recipes_and_none_keeps_it():
+    recipe = TrainRecipe(epochs=3)
+    assert with_learned_lr(recipe, 0.05) == TrainRecipe(epochs=3, lr=0.05)  # search and evaluate_proxy both use it
+    assert with_learned_lr(recipe, None) is recipe
+    with pytest.raises(NasddError, match="learning rate"):
+        with_learned_lr(recipe, 0.0)  # a learned lr of 0 is refused, not silently replaced by the recipe's

@@ -51,9 +51,10 @@ def _load(text: str, bundle, args: argparse.Namespace, out):  # noqa: ANN001, AN
 
     from nasdd.distill import ProxySet
     from nasdd.distill.importers import import_proxy
+    from nasdd.layout import RunLayout
 
     path = Path(text)
-    if (path / "proxy.json").is_file() or path.name in ("proxy.json", "proxy.pt"):
+    if RunLayout(path).holds_proxy() or path.name in (RunLayout.PROXY_SIDECAR, RunLayout.PROXY_DATA):
         return ProxySet.load(path, bundle)
     proxy = import_proxy(path, bundle, fmt=args.format, normalization=args.normalization, method=args.method)
     proxy.save(out / "imported" / path.stem)

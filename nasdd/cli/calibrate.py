@@ -87,11 +87,11 @@ def _table_grads(table) -> float:  # noqa: ANN001
 def command(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from nasdd.cost import parse_fraction, training_grads
     from nasdd.data import load_dataset
     from nasdd.spaces import load_space
     from nasdd.train import TrainRecipe
     from nasdd.validate import calibrate as cal
-    from nasdd.validate.budget import parse_fraction, training_grads
     from nasdd.validate.scoring import ScoreCache, score_pool
     from nasdd.validate.table import SHIPPED, TruthTable
 

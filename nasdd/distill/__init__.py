@@ -15,6 +15,7 @@ from nasdd.data import DatasetBundle
 from nasdd.distill.base import CHECKPOINT, METHODS, Distiller, register
 from nasdd.distill.proxy import ProxySet
 from nasdd.errors import NasddError
+from nasdd.layout import RunLayout
 
 _NOT_METHODS = {"base", "proxy", "cli", "evaluate", "experts", "hypergrad", "importers"}
 for _m in pkgutil.iter_modules(__path__):
@@ -49,7 +50,7 @@ def distill(
             )
         kwargs = {**cls.presets[preset], **{k: v for k, v in kwargs.items() if v is not None}}
     distiller = cls(ipc=ipc, seed=seed, **kwargs)
-    if out is not None and (Path(out) / "proxy.json").exists() and not overwrite:
+    if out is not None and RunLayout(out).holds_proxy() and not overwrite:
         raise NasddError(f"{out} already holds a proxy ({_describe(Path(out))}); use another --out, or --overwrite")
     proxy = distiller.run(bundle, out=out, resume=resume, overwrite=overwrite)
     if out is not None:
@@ -63,7 +64,7 @@ def distill(
 def _describe(folder: Path) -> str:
     """`method dm, ipc 10, dataset mnist5k` from a proxy folder's sidecar (best effort)."""
     try:
-        prov = json.loads((folder / "proxy.json").read_text()).get("provenance", {})
+        prov = json.loads(RunLayout(folder).sidecar.read_text()).get("provenance", {})
         return f"method {prov.get('method')}, ipc {prov.get('ipc')}, dataset {prov.get('dataset')}"
     except (OSError, ValueError, AttributeError):
         return "unreadable sidecar"

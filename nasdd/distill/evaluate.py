@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import torch
 
 from nasdd.arch import ArchSpec
 from nasdd.data import DatasetBundle
 from nasdd.distill.proxy import ProxySet
 from nasdd.models import DEFAULT_ARCH
-from nasdd.train import RECIPES, TrainRecipe, TrainResult, train_arch
+from nasdd.train import RECIPES, TrainRecipe, TrainResult, train_arch, with_learned_lr
 
 
 def proxy_recipe(proxy: ProxySet, recipe: TrainRecipe | None = None) -> TrainRecipe:
     """The recipe to train on `proxy`: the learned learning rate replaces the recipe's when present."""
     recipe = recipe or RECIPES["proxy"]
-    return replace(recipe, lr=proxy.lr) if proxy.lr is not None else recipe
+    return with_learned_lr(recipe, proxy.lr)
 
 
 def train_on_proxy(

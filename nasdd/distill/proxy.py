@@ -22,9 +22,9 @@ import torch
 
 from nasdd import __version__
 from nasdd.errors import NasddError
+from nasdd.layout import RunLayout
 from nasdd.utils import atomic_open, atomic_path, ensure_dir, file_sha256, load_untrusted, stable_hash, write_json
 
-DATA_FILE, SIDECAR = "proxy.pt", "proxy.json"
 FORMAT = 2  # 2: the sidecar carries a digest of its own contents
 
 
@@ -131,11 +131,11 @@ class ProxySet:
         if self.has_val:
             tensors.update(val_images=self.val_images, val_labels=self.val_labels)
         torch.save(tensors, buf)
-        with atomic_open(out / DATA_FILE, "wb") as f:
+        with atomic_open(RunLayout(out).proxy_data, "wb") as f:
             f.write(buf.getvalue())
         sidecar = {
             "format": FORMAT,
-            "sha256": file_sha256(out / DATA_FILE),
+            "sha256": file_sha256(RunLayout(out).proxy_data),
             "id": self.id,
             "images_shape": list(self.images.shape),
             "labels_shape": list(self.labels.shape),
@@ -149,7 +149,7 @@ class ProxySet:
             sidecar["val_images_shape"] = list(self.val_images.shape)
             sidecar["val_labels_shape"] = list(self.val_labels.shape)
         sidecar["digest"] = stable_hash(sidecar, 64)
-        write_json(out / SIDECAR, sidecar)
+        write_json(RunLayout(out).sidecar, sidecar)
         return out
 
     @classmethod
@@ -158,9 +158,9 @@ class ProxySet:
         folder = Path(path)
         if folder.is_file():
             folder = folder.parent
-        data, side = folder / DATA_FILE, folder / SIDECAR
+        data, side = RunLayout(folder).proxy_data, RunLayout(folder).sidecar
         if not data.exists() or not side.exists():
-            raise NasddError(f"{folder} is not a proxy folder: expected {DATA_FILE} and {SIDECAR} inside")
+            raise NasddError(f"{folder} is not a proxy folder: expected {data.name} and {side.name} inside")
         try:
             sidecar = json.loads(side.read_text())
             expected = sidecar["sha256"]

@@ -28,13 +28,13 @@ test. Optuna does the sampling, pruning, storage and parallelism:
 
 Budget: with `budget` (sample-gradients) the search stops starting trials when the next one's full
 cost no longer fits, counting every worker's finished trials, the running ones at full cost, the
-retraining of the top k (reserved from the start) and optionally the distillation (module `budget`).
+retraining of the top k (reserved from the start) and optionally the distillation (`nasdd.cost.SearchBudget`).
 
 Strategies (`strategy=`, module `strategies`): `default` is the above; `prescreen` scores candidates with a
 cheap signal, then runs synchronous successive halving on the real data, planned from the budget (modules
 `halving`: the protocol, without training; `prescreen`: its trials, checkpoints and workers).
 
-Modules: `budget` (the compute budget), `objective` (scoring one candidate), `samplers` (samplers, pruners,
+Modules: `objective` (scoring one candidate), `samplers` (samplers, pruners,
 objectives), `workers` (liveness, counting, retries), `study` (the loop: `search()`), `outputs` (progress,
 CSV, plots), `retraining` (the top candidates on the full data), `strategies`, `halving`, `prescreen`, `cli`
 (`nasdd search`). Names are imported
@@ -61,9 +61,6 @@ _EXPORTS = {
     "pruner_catalog": "samplers",
     "make_sampler": "samplers",
     "make_pruner": "samplers",
-    "Budget": "budget",
-    "parse_grads": "budget",
-    "trial_cost": "budget",
     "is_counted": "workers",
     "counted_trials": "workers",
     "fail_dead_trials": "workers",

@@ -100,7 +100,7 @@ def command(args: argparse.Namespace) -> int:
 
     from nasdd.arch import ArchSpec
     from nasdd.cli import load_data_from_args
-    from nasdd.search.budget import parse_grads
+    from nasdd.cost import parse_grads
     from nasdd.search.outputs import top_trials
     from nasdd.search.strategies import check
     from nasdd.search.study import search

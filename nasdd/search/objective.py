@@ -17,9 +17,9 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from nasdd.arch import ArchSpec
+from nasdd.cost import SearchBudget, trial_cost
 from nasdd.data import DatasetBundle
 from nasdd.errors import NasddError
-from nasdd.search.budget import Budget, trial_cost
 from nasdd.search.workers import holding
 from nasdd.spaces import SearchSpace
 from nasdd.storage import died_here, worker_id
@@ -96,7 +96,7 @@ class Objective:
     eval_every: int
     threads: int = 0  # torch threads this worker may use; 0: leave torch's setting alone
     share_threads: bool = False  # divide `threads` among the trials running on this host
-    budget: Budget | None = None  # start a trial only when its full cost fits
+    budget: SearchBudget | None = None  # start a trial only when its full cost fits
 
     @property
     def recipe_key(self) -> str:

@@ -34,10 +34,10 @@ from optuna.storages._heartbeat import get_heartbeat_thread  # what optimize() u
 from optuna.trial import FrozenTrial, TrialState
 
 from nasdd.arch import ArchSpec
+from nasdd.cost import trial_cost
 from nasdd.data import DatasetBundle
 from nasdd.errors import NasddError, unknown_name
 from nasdd.search import halving
-from nasdd.search.budget import trial_cost
 from nasdd.search.halving import Bracket, Job
 from nasdd.search.workers import _orphaned, fail_dead_trials
 from nasdd.spaces import SearchSpace

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +14,10 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from nasdd import __version__
+from nasdd.cost import SearchBudget, distill_cost, parse_grads, trial_cost
 from nasdd.data import DatasetBundle, load_dataset
 from nasdd.errors import NasddError, unknown_name
-from nasdd.search.budget import Budget, distill_cost, parse_grads, trial_cost
+from nasdd.layout import RunLayout
 from nasdd.search.objective import CandidateFailed, Objective, Surplus, TrainingData, training_data
 from nasdd.search.outputs import TrialProgress, write_outputs
 from nasdd.search.retraining import retrain
@@ -34,7 +35,7 @@ from nasdd.search.workers import (
 )
 from nasdd.spaces import SearchSpace, load_space
 from nasdd.storage import masked, open_storage, sqlite_url
-from nasdd.train import TrainRecipe
+from nasdd.train import TrainRecipe, with_learned_lr
 from nasdd.utils import ensure_dir, resolve_device, write_json
 
 
@@ -97,7 +98,7 @@ def search(
     (other workers' and this worker's `jobs`), so workers started side by side do not oversubscribe the cores.
     `budget`: total sample-gradients (an int or `648k`, `3.2M`, `1.5G`) for the trials of every worker, the
     retraining of the top `retrain_top` (reserved from the start) and, with `budget_includes_distill`, the
-    proxy's distillation (see `nasdd.search.budget`); with a budget and no `trials`, only the budget stops
+    proxy's distillation (see `nasdd.cost`); with a budget and no `trials`, only the budget stops
     the search. budget.json records the budget, what trials and retraining spent, and what is left.
     `strategy`: `default` (the above) or `prescreen` (`nasdd.search.prescreen`: `trials` candidates scored with
     the cheap signal `prescreen`, then synchronous successive halving with factor `eta` on the full training
@@ -125,7 +126,7 @@ def search(
     out = ensure_dir(out or Path("results") / study_name)
     data = training_data(proxy, bundle, device)
     base = recipe if isinstance(recipe, TrainRecipe) else TrainRecipe.parse(recipe or _default_recipe(proxy))
-    train_recipe = replace(base, lr=data.lr) if data.lr else base
+    train_recipe = with_learned_lr(base, data.lr)
     resource = train_recipe.steps if train_recipe.steps is not None else train_recipe.epochs
     every = report_every(pruner, resource=resource, steps=train_recipe.steps is not None)
     rr = retrain_recipe if isinstance(retrain_recipe, TrainRecipe) else TrainRecipe.parse(retrain_recipe)
@@ -133,9 +134,9 @@ def search(
     if total is not None:
         reserve = retrain_top * trial_cost(rr, len(bundle.x_train))
         distill = distill_cost(data.provenance) if budget_includes_distill else 0
-        spend = Budget(total, trial_cost(train_recipe, len(data.x)), reserve, distill)
+        spend = SearchBudget(total, trial_cost(train_recipe, len(data.x)), reserve, distill)
     _quiet_optuna()
-    url = storage or sqlite_url(out / "study.db")
+    url = storage or sqlite_url(RunLayout(out).study_db)
     study = _open_study(
         study_name,
         url,
@@ -192,7 +193,7 @@ def search(
         df = retrain(study, bundle, retrain_top, rr, seed=seed, device=device, out=out, show_progress=show_progress)
         retrained = int(df["sample_grads"].sum()) if len(df) else 0
     if spend is not None:
-        write_json(out / "budget.json", spend.summary(study.get_trials(deepcopy=False), retrained))
+        write_json(out / "budget.json", spend.summary(counted_trials(study), retrained))
     return study
 
 
@@ -215,7 +216,7 @@ def _prescreen(space, proxy, bundle, *, study_name: str, storage: str | None, sa
     out = ensure_dir(out or Path("results") / study_name)
     data = training_data(proxy if signal == "proxy" else "full", bundle, device)
     base = recipe if isinstance(recipe, TrainRecipe) else TrainRecipe.parse(recipe or _default_recipe(proxy))
-    proxy_recipe = replace(base, lr=data.lr) if data.lr else base
+    proxy_recipe = with_learned_lr(base, data.lr)
     rr = retrain_recipe if isinstance(retrain_recipe, TrainRecipe) else TrainRecipe.parse(retrain_recipe)
     size = space.size if space.finite else math.inf
     n = len(archs) if archs else trials if trials is not None else int(min(size, 100))
@@ -223,7 +224,7 @@ def _prescreen(space, proxy, bundle, *, study_name: str, storage: str | None, sa
         raise NasddError("--trials must be >= 1 and --eta >= 2")
     settings = Settings(signal, n, budget, rr, proxy_recipe, eta, seed, tuple(archs) if archs else None)
     _quiet_optuna()
-    url = storage or sqlite_url(out / "study.db")
+    url = storage or sqlite_url(RunLayout(out).study_db)
     study = _open_study(study_name, url, directions=["maximize"], heartbeat=heartbeat,
                         fingerprint=_fingerprint(space, bundle, data, rr, ["accuracy"]))  # fmt: skip
     write_json(out / "config.json", {"version": __version__, "study": study_name, "storage": url,

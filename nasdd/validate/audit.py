@@ -22,14 +22,15 @@ import pandas as pd
 
 from nasdd import __version__
 from nasdd.arch import ArchSpec
+from nasdd.cost import training_grads
 from nasdd.data import DatasetBundle
 from nasdd.errors import NasddError
+from nasdd.layout import RunLayout
 from nasdd.spaces import SearchSpace
 from nasdd.storage import masked, sqlite_url
 from nasdd.train import TrainRecipe
 from nasdd.utils import atomic_open, ensure_dir, stable_hash, write_json
 from nasdd.validate import stats
-from nasdd.validate.budget import training_grads
 from nasdd.validate.peers import Peer, resolve_peers
 from nasdd.validate.store import Job, ResultStore
 from nasdd.validate.table import truth_scores as table_truth
@@ -65,8 +66,8 @@ def _subset(bundle: DatasetBundle, method: str, ipc: int, out: Path | None, pres
     `preset` is used where the method has it (e.g. `cpu`: a shorter feature-network training)."""
     from nasdd.distill import METHODS, ProxySet, distill
 
-    folder = None if out is None else out / "peers" / f"{method}-ipc{ipc}"
-    if folder is not None and (folder / "proxy.json").exists():
+    folder = None if out is None else RunLayout(out).peer(method, ipc)
+    if folder is not None and RunLayout(folder).holds_proxy():
         return ProxySet.load(folder, bundle)
     preset = preset if preset in METHODS.get(method).presets else None
     return distill(bundle, method, ipc, seed=0, out=folder, preset=preset)
@@ -299,7 +300,7 @@ def validate(
         p.check_compatible(bundle)
     out = ensure_dir(out) if out is not None else None
     if storage is None and out is not None:
-        storage = sqlite_url(out / "results.db")
+        storage = sqlite_url(RunLayout(out).results_db)
     requested, truth = len(pool), None
     if truth_table is not None:
         truth_table.check(

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from nasdd.cli import add_data_args, load_data_from_args
 from nasdd.errors import NasddError
+from nasdd.layout import RunLayout
 from nasdd.validate.pool import add_pool_arguments
 from nasdd.validate.stats import DEFAULT_KS
 
@@ -74,7 +74,7 @@ def command(args: argparse.Namespace) -> int:
 
     space = load_space(args.space) if args.space else None
     out = ensure_dir(args.out)
-    storage = args.storage or sqlite_url(Path(out) / "results.db")
+    storage = args.storage or sqlite_url(RunLayout(out).results_db)
     table = TruthTable.load(args.truth_table) if args.truth_table else None
     pool = pools.pool_from_args(args, space)
     if pool is None and args.study:

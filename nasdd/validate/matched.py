@@ -2,7 +2,7 @@
 
 Ground truth comes from a truth table (`nasdd truth`); a budget is a fraction of one truth training in
 sample-gradients. Distilled proxies and the random/herding subsets train each candidate for that many
-sample-gradients (`budget_recipe`), early stopping trains on the full data for as many, zero-cost scores
+sample-gradients (`nasdd.cost.matched_recipe`), early stopping trains on the full data for as many, zero-cost scores
 cost what they cost. Per budget: Kendall tau with bootstrap CIs (`nasdd.validate.audit.validate`), the
 paired delta-tau of each distilled proxy against the best cheap peer and between distilled proxies (the
 same resampled architectures for both), and each proxy's break-even number of candidates.
@@ -22,8 +22,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from nasdd.cost import break_even, matched_recipe, parse_fraction
+from nasdd.layout import RunLayout
 from nasdd.validate import stats
-from nasdd.validate.budget import break_even, budget_recipe, parse_fraction
 from nasdd.validate.table import TruthTable
 
 SHOW = ["budget", "name", "kind", "tau", "tau_low", "tau_high", "rho", "regret@1", "grads_per_candidate"]
@@ -101,13 +102,13 @@ def score_budget(
             mine,
             space=space,
             peers=",".join(subsets + others),
-            proxy_recipe=budget_recipe(base, n, grads),
+            proxy_recipe=matched_recipe(base, n, grads),
             proxy_seeds=k,
             budgets=[grads / len(bundle.y_train)] if "early" in others else None,
             ipc=ipc,
             subset_preset=cfg.preset,
             storage=cfg.storage,
-            out=cfg.work / f"ipc{ipc}",
+            out=RunLayout(cfg.work).audit_at(ipc),
             device=cfg.device,
             n_resamples=cfg.resamples,
             truth_table=table,

@@ -286,10 +286,10 @@ def train_member(
     device = resolve_device(device)
     grads = recipe.train_grads(truth_grads, bn_images)
     x, y = training_data(bundle, recipe, grads)
-    from nasdd.validate.budget import budget_recipe
+    from nasdd.cost import matched_recipe
 
     base = TrainRecipe(epochs=0, batch_size=recipe.batch_size, lr=recipe.lr, schedule="cosine")
-    train_recipe = budget_recipe(base, len(x), grads)
+    train_recipe = matched_recipe(base, len(x), grads)
     x_val, y_val = bundle.split("val")
     curve_x, curve_y = x_val[: recipe.curve_images], y_val[: recipe.curve_images]
     total = train_recipe.total_steps(len(x))

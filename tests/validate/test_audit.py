@@ -6,10 +6,10 @@ import pytest
 
 from nasdd.arch import ArchSpec
 from nasdd.cli import main
+from nasdd.cost import training_grads
 from nasdd.distill import distill
 from nasdd.errors import NasddError
 from nasdd.validate import audit, truth, validate
-from nasdd.validate.budget import training_grads
 from nasdd.validate.pool import write_archs
 
 POOL = [

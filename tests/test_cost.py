@@ -1,6 +1,8 @@
-"""`--budget`: a total compute budget in sample-gradients, the retrain reserve, and multi-fidelity rungs in epochs."""
+"""`nasdd.cost`: the sample-gradient cost model, the search budget (`--budget`, the retrain reserve, the
+distillation, multi-fidelity rungs in epochs) and the candidate budget (matched recipes, amortisation)."""
 
 import json
+import math
 import threading
 from pathlib import Path
 
@@ -11,17 +13,28 @@ from optuna.trial import TrialState, create_trial
 
 from nasdd import search as S
 from nasdd.cli import main
+from nasdd.cost import (
+    SearchBudget,
+    amortised,
+    break_even,
+    matched_recipe,
+    parse_fraction,
+    parse_grads,
+    training_grads,
+    trial_cost,
+)
 from nasdd.distill import distill
 from nasdd.distill.proxy import ProxySet
 from nasdd.errors import NasddError
 from nasdd.storage import open_storage
 from nasdd.train import TrainRecipe
-from nasdd.validate.budget import training_grads
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "tests" / "fixtures" / "tiny_space.yaml")  # 12 ConvNets
 RECIPE = "proxy,epochs=5"
 COST = 5 * 50  # one trial: 5 epochs over the 50-image proxy
+PROXY = TrainRecipe.parse("proxy")
+TRUTH = 12 * 54_000  # one Fashion-MNIST truth training of the ranking benchmark
 
 
 def run(digits, proxy, tmp_path, **kw):
@@ -38,20 +51,20 @@ def summary(tmp_path):
 
 
 def test_grads_parse_with_k_m_g_and_bad_ones_are_refused():
-    assert S.parse_grads("648000") == S.parse_grads("648k") == S.parse_grads(648_000) == 648_000
-    assert S.parse_grads("3.2M") == 3_200_000 and S.parse_grads("1.5G") == 1_500_000_000
+    assert parse_grads("648000") == parse_grads("648k") == parse_grads(648_000) == 648_000
+    assert parse_grads("3.2M") == 3_200_000 and parse_grads("1.5G") == 1_500_000_000
     for bad in ("3x", "0", "-5k", "1.5T", "", "k"):
         with pytest.raises(NasddError, match="budget"):
-            S.parse_grads(bad)
+            parse_grads(bad)
 
 
 def test_trial_cost_is_one_training_of_the_recipe():
     recipe = TrainRecipe.parse(RECIPE)
-    assert S.trial_cost(recipe, 50) == training_grads(recipe, 50) == COST
+    assert trial_cost(recipe, 50) == training_grads(recipe, 50) == COST
 
 
 def test_running_trials_count_at_full_cost_and_finished_ones_at_their_real_cost():
-    budget = S.Budget(total=1000, trial=COST)
+    budget = SearchBudget(total=1000, trial=COST)
     dist = {"x": IntDistribution(0, 1)}
 
     def trial(state, grads=None):
@@ -62,6 +75,7 @@ def test_running_trials_count_at_full_cost_and_finished_ones_at_their_real_cost(
     held = [trial(TrialState.COMPLETE, COST), trial(TrialState.PRUNED, 50), trial(TrialState.RUNNING)]
     assert budget.trials_spent(held) == COST + 50 + COST
     assert budget.room(held) == (1000 - 2 * COST - 50) // COST == 1
+    assert budget.summary(held[:2])["spent_trials"] == COST + 50  # budget.json: the counted trials only
 
 
 def test_budget_stops_the_study_within_one_trial_never_above(digits, proxy, tmp_path):
@@ -178,3 +192,35 @@ def test_cli_accepts_a_budget_with_a_suffix(proxy, tmp_path, capsys):
     assert main([*argv, "--budget", "3x"]) == 2
     err = capsys.readouterr().err
     assert "648k" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("frac", [1 / 10, 1 / 30, 1 / 100, 1 / 300])
+@pytest.mark.parametrize("n", [10, 100, 500, 54_000])
+def test_every_matched_recipe_lands_within_five_percent(frac, n):
+    grads = frac * TRUTH
+    recipe = matched_recipe(PROXY, n, grads)
+    assert abs(training_grads(recipe, n) - grads) <= 0.05 * grads
+    assert recipe.lr == PROXY.lr and recipe.schedule == PROXY.schedule
+
+
+def test_training_grads_counts_like_the_trainer(digits):
+    from nasdd.arch import ArchSpec
+    from nasdd.train import train_arch
+
+    spec = ArchSpec.make("convnet", depth=1, width=8, activation="relu", normalization="none", pooling="avgpool")
+    recipe = matched_recipe(PROXY, 300, 1000)
+    r = train_arch(spec, digits.x_train[:300], digits.y_train[:300], recipe, num_classes=10, device="cpu")
+    assert r.sample_grads == training_grads(recipe, 300)
+
+
+def test_fractions_parse_and_bad_ones_are_refused():
+    assert parse_fraction("1/30") == pytest.approx(1 / 30) and parse_fraction("0.01") == 0.01
+    for bad in ("0", "2", "x", "1/0"):
+        with pytest.raises(NasddError, match="budget"):
+            parse_fraction(bad)
+
+
+def test_break_even_and_amortised_cost():
+    assert amortised(100, 10_000, 100) == 200
+    assert break_even(100, 10_000, 1100) == 11  # 11 candidates save 11,000 > 10,000
+    assert break_even(2000, 10_000, 1000) == math.inf
