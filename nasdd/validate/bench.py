@@ -125,8 +125,8 @@ def run(
 ) -> BenchResult:
     """Score `proxies` at each budget (cached trainings in `cfg.storage` are read back) beside the cached
     rows. `names` maps a proxy id to its row name (default `yours:method-ipcN`)."""
-    from nasdd.validate.audit import proxy_labels
     from nasdd.cost import parse_fraction
+    from nasdd.validate.audit import proxy_labels
     from nasdd.validate.matched import budget_name, by_budget, noise_ceiling, paired, score_budget, truth_means
 
     table = bench.truth()
