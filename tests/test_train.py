@@ -9,7 +9,7 @@ from nasdd.arch import ArchSpec
 from nasdd.data import load_dataset
 from nasdd.errors import NasddError
 from nasdd.models import DEFAULT_ARCH, forward_flops
-from nasdd.train import RECIPES, TrainRecipe, _lr_at, build_seeded, evaluate, fit, train_arch
+from nasdd.train import RECIPES, Monitor, TrainRecipe, _lr_at, build_seeded, evaluate, fit, train_arch
 
 SMALL = ArchSpec.make("convnet", depth=2, width=16, normalization="instancenorm", pooling="avgpool")
 
@@ -114,8 +114,7 @@ def test_eval_every_and_pruning(digits):
         TrainRecipe(epochs=3, batch_size=64),
         num_classes=10,
         eval_data=digits.split("val"),
-        eval_every=1,
-        on_eval=lambda i, acc: seen.append((i, acc)),
+        monitor=Monitor(eval_every=1, on_eval=lambda i, acc: seen.append((i, acc))),
     )
     assert [i for i, _ in seen] == [1, 2] and res.history == seen  # the final evaluation is res.accuracy
     assert res.eval_samples == 3 * len(digits.y_val)
@@ -131,8 +130,7 @@ def test_eval_every_and_pruning(digits):
             TrainRecipe(steps=4),
             num_classes=10,
             eval_data=digits.split("val"),
-            eval_every=2,
-            on_eval=prune,
+            monitor=Monitor(eval_every=2, on_eval=prune),
         )
 
 
@@ -143,7 +141,7 @@ class _Stop(Exception):
 def test_a_stopped_training_resumes_exactly(digits):
     x, y = _subset(digits, 200)
     recipe = TrainRecipe(epochs=4, batch_size=64, schedule="cosine")
-    kw = {"seed": 3, "device": "cpu", "eval_data": digits.split("val"), "eval_every": 1}
+    kw = {"seed": 3, "device": "cpu", "eval_data": digits.split("val"), "monitor": Monitor(eval_every=1)}
     straight = build_seeded(SMALL, (1, 8, 8), 10, 3)
     whole = fit(straight, x, y, recipe, **kw)
     saved = {}
@@ -154,7 +152,8 @@ def test_a_stopped_training_resumes_exactly(digits):
 
     model = build_seeded(SMALL, (1, 8, 8), 10, 3)
     with pytest.raises(_Stop):
-        fit(model, x, y, recipe, on_checkpoint=lambda s: saved.update(s), on_eval=stop_at_2, **kw)
+        watched = {**kw, "monitor": Monitor(eval_every=1, on_eval=stop_at_2, on_checkpoint=lambda s: saved.update(s))}
+        fit(model, x, y, recipe, **watched)
     weights = {k: v.clone() for k, v in model.state_dict().items()}
     again = build_seeded(SMALL, (1, 8, 8), 10, 0)
     again.load_state_dict(weights)
