@@ -104,6 +104,15 @@ def test_cost_accounting(digits):
     assert res.steps == 5 and res.sample_grads == 100 + 32 and math.isnan(res.accuracy) and res.ok
 
 
+def test_monitor_progress_labels_a_bar_and_none_shows_none(digits, capsys):
+    x, y = digits.x_train[:64], digits.y_train[:64]
+    recipe = TrainRecipe(steps=2, batch_size=32)
+    fit(build_seeded(SMALL, (1, 8, 8), 10, 0), x, y, recipe, monitor=Monitor(progress="probe"))
+    assert "probe" in capsys.readouterr().err
+    fit(build_seeded(SMALL, (1, 8, 8), 10, 0), x, y, recipe)
+    assert capsys.readouterr().err == ""
+
+
 def test_eval_every_and_pruning(digits):
     x, y = _subset(digits, 128)
     seen = []
