@@ -17,6 +17,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -154,7 +155,13 @@ def _mnist5k(root: Path, **_: object) -> RawData:
     return RawData(x, y.astype(np.int64), None, None, [str(c) for c in range(10)])
 
 
-def _torchvision(cls_name: str, root: Path, split_kw: Callable[[bool], dict]) -> tuple[object, object]:
+class _VisionSet(Protocol):
+    """What `_tv_arrays` reads of a torchvision dataset: the images, and labels in `targets` or `labels` (SVHN)."""
+
+    data: np.ndarray | torch.Tensor
+
+
+def _torchvision(cls_name: str, root: Path, split_kw: Callable[[bool], dict]) -> tuple[_VisionSet, _VisionSet]:
     """Open train and test of a torchvision dataset: local files first, download only if absent."""
     import torchvision.datasets as tvd
 
@@ -175,11 +182,11 @@ def _torchvision(cls_name: str, root: Path, split_kw: Callable[[bool], dict]) ->
     return out[0], out[1]
 
 
-def _tv_arrays(ds: object) -> tuple[np.ndarray, np.ndarray]:
+def _tv_arrays(ds: _VisionSet) -> tuple[np.ndarray, np.ndarray]:
     data = ds.data.numpy() if isinstance(ds.data, torch.Tensor) else np.asarray(ds.data)
     labels = getattr(ds, "targets", None)
     if labels is None:
-        labels = ds.labels
+        labels = getattr(ds, "labels", None)  # SVHN's name for them
     labels = labels.numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
     return _to_nchw(data), labels.astype(np.int64)
 
@@ -259,7 +266,7 @@ def load_imagefolder(path: str | Path, image_size: int = 32) -> RawData:
         for f in files:
             try:
                 with Image.open(f) as im:
-                    images.append(im.convert("RGB").resize((image_size, image_size), Image.BILINEAR))
+                    images.append(im.convert("RGB").resize((image_size, image_size), Image.Resampling.BILINEAR))
             except (UnidentifiedImageError, OSError) as exc:
                 raise NasddError(f"cannot read image {f}: {exc}") from exc
             labels.append(c)

@@ -18,7 +18,7 @@ from nasdd.utils import atomic_path
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
-    from matplotlib.text import Text
+    from matplotlib.text import Annotation
     from matplotlib.transforms import Bbox
 
 KIND_STYLE = {
@@ -223,30 +223,29 @@ OFFSETS = [(5, 3), (5, -9), (-5, 3), (-5, -9), (0, 10), (0, -16), (10, 16), (-10
 OFFSETS += [(18, 26), (-18, 26), (18, -32), (-18, -32), (30, 4), (-30, 4), (24, 38), (-24, 38), (24, -44), (-24, -44)]
 
 
-def label_points(ax: Axes, x: np.ndarray, y: np.ndarray, names: list[str], fontsize: int = 7) -> list[Text]:
+def label_points(ax: Axes, x: np.ndarray, y: np.ndarray, names: list[str], fontsize: int = 7) -> list[Annotation]:
     """Name every finite point, each label at the first offset whose box overlaps no label placed before and
     no other point's marker (else the least-overlapping one); a thin line links a moved label to its point.
     Call it once the axes' scales, limits and layout are final: boxes are measured on screen."""
     from matplotlib.transforms import Bbox
 
-    fig = ax.figure
-    renderer = fig.canvas.get_renderer()
-    r = 4 * fig.dpi / 72  # a marker's half-width in pixels
+    r = 4 * ax.figure.dpi / 72  # a marker's half-width in pixels
     marks = {}
     for xi, yi in zip(x, y, strict=True):
         if math.isfinite(xi) and math.isfinite(yi):
             px, py = ax.transData.transform((xi, yi))
             marks[(xi, yi)] = Bbox.from_extents(px - r, py - r, px + r, py + r)
-    frame = ax.get_window_extent(renderer)
-    placed, texts = [], []
+    frame = ax.get_window_extent()
+    placed: list[Bbox] = []
+    texts: list[Annotation] = []
     for xi, yi, name in sorted(zip(x, y, names, strict=True), key=lambda t: (-t[1], t[0])):
         if not (math.isfinite(xi) and math.isfinite(yi)):
             continue
-        best = None
+        best: tuple[float, Annotation, Bbox, int] | None = None
         for k, (dx, dy) in enumerate(OFFSETS):
             ha = "left" if dx >= 0 else "right"
             t = ax.annotate(name, (xi, yi), xytext=(dx, dy), textcoords="offset points", fontsize=fontsize, ha=ha)
-            box = t.get_window_extent(renderer).expanded(1.05, 1.1)
+            box = t.get_window_extent().expanded(1.05, 1.1)
             overlap = sum(_area(box, other) for other in placed)
             overlap += sum(_area(box, m) for p, m in marks.items() if p != (xi, yi))
             overlap += box.width * box.height - _area(box, frame)  # the part outside the axes is cut off
@@ -258,6 +257,7 @@ def label_points(ax: Axes, x: np.ndarray, y: np.ndarray, names: list[str], fonts
                 t.remove()
             if overlap == 0:
                 break
+        assert best is not None  # OFFSETS is not empty
         _, t, box, k = best
         if k >= 4:
             t.arrow_patch = None

@@ -28,12 +28,15 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from nasdd.arch import ArchSpec
 from nasdd.errors import NasddError
+
+if TYPE_CHECKING:
+    from optuna.trial import BaseTrial
 
 
 def _spaces_dir() -> Path:
@@ -64,15 +67,15 @@ class Param:
     def active(self, values: dict[str, Any]) -> bool:
         return all(values.get(k) in allowed for k, allowed in self.when.items())
 
-    def options(self) -> list[Any] | None:
-        """Every value of a finite parameter; None for float ranges."""
+    def options(self) -> list[Any]:
+        """Every value of a finite parameter (a float range has none: an error)."""
         if self.kind == "choices":
             return list(self.spec)
         if self.kind == "value":
             return [self.spec]
         if self.kind == "int":
             return list(range(self.spec[0], self.spec[1] + 1, self.step))
-        return None
+        raise NasddError(f"parameter {self.name} is a float range and has no finite list of options")
 
 
 @dataclass(frozen=True)
@@ -89,7 +92,7 @@ class SearchSpace:
     def _spec(self, values: dict[str, Any]) -> ArchSpec:
         return ArchSpec.make(self.family, **values)
 
-    def suggest(self, trial: Any) -> ArchSpec:
+    def suggest(self, trial: BaseTrial) -> ArchSpec:
         """Ask an Optuna trial for every active parameter."""
         values: dict[str, Any] = {}
         for p in self.params:
@@ -292,10 +295,8 @@ def load_space(name_or_path: str | Path) -> SearchSpace:
 # ------------------------------------------------------------------------------ balanced draws
 def _column(p: Param, n: int, rng: random.Random) -> list[Any]:
     """n values of one parameter, each option (or stratum) dealt about n / options times."""
-    options = p.options()
-    if p.kind == "int" and p.log:
-        options = None
-    if options is not None:
+    if p.kind != "float" and not (p.kind == "int" and p.log):
+        options = p.options()
         reps = options * (n // len(options)) + rng.sample(options, n % len(options))
         rng.shuffle(reps)
         return reps

@@ -30,11 +30,15 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
+from optuna.storages.journal import JournalFileBackend
 
 from nasdd.errors import NasddError
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Dialect, Engine
 
 ATTEMPTS = 6
 ENV = "NASDD_STORAGE"  # the storage URL when no --storage is given (keeps a password off the command line)
@@ -43,7 +47,7 @@ RETRIES = 3  # times a storage call interrupted by a dropped connection is retri
 _USERINFO = re.compile(r"(?P<head>\b[A-Za-z][\w+.-]*://[^:/@\s]*:)(?P<password>[^\s]*)@(?P<host>[^@\s]*)")
 
 
-def masked(url: Any) -> Any:
+def masked(url: str | None) -> str | None:
     """`url` as nasdd writes and prints it: the password of an SQLAlchemy URL shown as `***`
     (SQLAlchemy's own rendering); file paths, journal names and URLs without a password pass through."""
     if not isinstance(url, str) or "://" not in url or "@" not in url:
@@ -86,7 +90,7 @@ def open_storage(
         if url.startswith("journal:") or (url.endswith(".log") and "://" not in url):
             path = Path(url.removeprefix("journal:"))
             path.parent.mkdir(parents=True, exist_ok=True)
-            backend = optuna.storages.journal.JournalFileBackend(str(path))
+            backend = JournalFileBackend(str(path))
             _check_journal(path, backend)
             return optuna.storages.JournalStorage(backend)
         if "://" not in url:
@@ -186,7 +190,7 @@ for _name in (
 _beat = _RDBStorage.record_heartbeat
 
 
-def _record_heartbeat(self: _RDBStorage, trial_id: int) -> None:
+def _record_heartbeat(self: optuna.storages.RDBStorage, trial_id: int) -> None:
     """A heartbeat that fails (the server away for longer than the reconnect window) is skipped: it runs in
     Optuna's thread, where an error would print a traceback, and a trial is stale only after two missed
     beats; the worker's own next storage call reports a server that stays away."""
@@ -204,13 +208,13 @@ def _disconnected(exc: BaseException) -> bool:
     return any(isinstance(e, sqlalchemy.exc.DBAPIError) and e.connection_invalidated for e in (exc, exc.__cause__))
 
 
-def _reconnect_with_backoff(engine: Any) -> None:
+def _reconnect_with_backoff(engine: Engine) -> None:
     """New connections of `engine` are retried with exponential backoff (0.25 s doubling to 5 s) for up to
     `RECONNECT_S` seconds, so a worker waits out a database restart instead of failing."""
     from sqlalchemy import event
 
     @event.listens_for(engine, "do_connect")
-    def connect(dialect: Any, record: Any, cargs: tuple, cparams: dict) -> Any:
+    def connect(dialect: Dialect, record: object, cargs: tuple, cparams: dict) -> Any:
         deadline, wait = time.monotonic() + float(os.environ.get("NASDD_RECONNECT_S", RECONNECT_S)), 0.25
         while True:
             try:
@@ -270,7 +274,7 @@ def _journal_error(exc: BaseException, url: str | None, resume: str) -> None:
         ) from None
 
 
-def _check_journal(path: Path, backend: Any) -> None:
+def _check_journal(path: Path, backend: JournalFileBackend) -> None:
     """Repair a journal whose last line was cut off mid-write (a killed worker, a full disk): that record
     never finished, so it is dropped with one line on stderr. A damaged line elsewhere is a NasddError."""
     from optuna.storages.journal._file import get_lock_file

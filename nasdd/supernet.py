@@ -19,6 +19,10 @@ BatchNorm uses batch statistics (`track_running_stats=False`), as a member does 
 
 from __future__ import annotations
 
+import functools
+import operator
+from collections.abc import Callable, Iterable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -29,7 +33,7 @@ from nasdd.models import ConvNet, _norm
 from nasdd.spaces import SearchSpace
 
 FACTORS = ("depth", "width", "activation", "normalization", "pooling")
-_ACT = {
+_ACT: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "sigmoid": torch.sigmoid,
     "relu": F.relu,
     "leakyrelu": lambda x: F.leaky_relu(x, 0.01),
@@ -110,29 +114,29 @@ class RelaxedConvNet(nn.Module):
 
     # ---------------------------------------------------------------------------------- forward
     def forward(self, x: torch.Tensor, alphas: dict[str, torch.Tensor]) -> torch.Tensor:
-        out, h = 0.0, x
+        h, heads = x, []
         for layer, conv in enumerate(self.convs):
             z = conv(h)
-            mixed = 0.0
+            widths = []
             for a_w, w in zip(alphas["width"], self.choices["width"], strict=True):
                 zw = z[:, :w]
-                y = sum(
+                y = _mix(
                     a * self.norms[f"{layer}_{w}_{n}"](zw)
                     for a, n in zip(alphas["normalization"], self.choices["normalization"], strict=True)
                 )
-                y = sum(a * _ACT[k](y) for a, k in zip(alphas["activation"], self.choices["activation"], strict=True))
+                y = _mix(a * _ACT[k](y) for a, k in zip(alphas["activation"], self.choices["activation"], strict=True))
                 if self.pooled[layer]:
-                    y = sum(
+                    y = _mix(
                         a * (F.max_pool2d(y, 2, 2) if p == "maxpool" else F.avg_pool2d(y, 2, 2))
                         for a, p in zip(alphas["pooling"], self.choices["pooling"], strict=True)
                     )
-                mixed = mixed + a_w * F.pad(y, (0, 0, 0, 0, 0, self.wide - w))
-            h = mixed
+                widths.append(a_w * F.pad(y, (0, 0, 0, 0, 0, self.wide - w)))
+            h = _mix(widths)
             depth = layer + 1
             if depth in self.choices["depth"]:
                 a_d = alphas["depth"][self.choices["depth"].index(depth)]
-                out = out + a_d * self.heads[str(depth)](h.flatten(1))
-        return out
+                heads.append(a_d * self.heads[str(depth)](h.flatten(1)))
+        return _mix(heads)
 
     # ------------------------------------------------------------------------------- members
     @torch.no_grad()
@@ -141,14 +145,27 @@ class RelaxedConvNet(nn.Module):
         w, n = arch.get("width", _DEFAULTS["width"]), arch.get("normalization", _DEFAULTS["normalization"])
         depth = arch.get("depth", _DEFAULTS["depth"])
         for layer, block in enumerate(member.blocks):
-            conv = self.convs[layer]
+            assert isinstance(block, nn.Sequential)
+            conv, src = self.convs[layer], block[0]
+            assert isinstance(conv, nn.Conv2d) and isinstance(src, nn.Conv2d)
             conv.weight.zero_()
-            conv.bias.zero_()
-            conv.weight[:w, : block[0].in_channels].copy_(block[0].weight)
-            conv.bias[:w].copy_(block[0].bias)
+            conv.weight[:w, : src.in_channels].copy_(src.weight)
+            _bias(conv).zero_()
+            _bias(conv)[:w].copy_(_bias(src))
             self.norms[f"{layer}_{w}_{n}"].load_state_dict(block[1].state_dict(), strict=False)
         head = self.heads[str(depth)]
+        assert isinstance(head, nn.Linear)
         head.weight.zero_()
         head.weight[:, : member.feature_dim].copy_(member.classifier.weight)
         head.bias.copy_(member.classifier.bias)
         return self
+
+
+def _mix(terms: Iterable[torch.Tensor]) -> torch.Tensor:
+    """The sum of a mixture's weighted terms (left to right, as Python's `sum`)."""
+    return functools.reduce(operator.add, terms)
+
+
+def _bias(layer: nn.Conv2d) -> torch.Tensor:
+    assert layer.bias is not None  # the supernet's and ConvNet's convs have biases
+    return layer.bias

@@ -17,11 +17,13 @@ A compilation that fails falls back to eager for that architecture, with a warni
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -81,10 +83,10 @@ class TrainRecipe:
         if not text:
             return recipe
         types = {f.name: f.type for f in fields(cls)}
-        changes: dict[str, object] = {}
+        changes: dict[str, Any] = {}  # each key's value has that field's type (`_coerce`)
         for part in filter(None, (p.strip() for p in text.split(","))):
             if "=" not in part:
-                recipe = RECIPES.get(part) if part in RECIPES else _unknown_recipe(part)
+                recipe = RECIPES[part] if part in RECIPES else _unknown_recipe(part)
                 continue
             k, v = (s.strip() for s in part.split("=", 1))
             if k not in types:
@@ -97,7 +99,7 @@ def _unknown_recipe(name: str) -> TrainRecipe:
     raise NasddError(f"unknown recipe {name!r}; valid recipes: {', '.join(RECIPES)} or key=value pairs")
 
 
-def _coerce(key: str, value: str, typ: str) -> object:
+def _coerce(key: str, value: str, typ: str) -> int | float | str | None:
     if value.lower() in ("none", "null", ""):
         if "None" not in typ:
             raise NasddError(f"recipe key {key} needs a value, got {value!r}")
@@ -146,7 +148,7 @@ class TrainResult:
     status: str = "ok"
     error: str | None = None
     history: list[tuple[int, float]] = field(default_factory=list)
-    losses: list[float] = field(default_factory=list)  # per-step training loss, with `fit(record_losses=True)`
+    losses: list[float] = field(default_factory=list)  # per-step training loss, with `Monitor(record_losses=True)`
 
     @property
     def ok(self) -> bool:
@@ -214,6 +216,27 @@ def _optimizer(model: nn.Module, recipe: TrainRecipe) -> torch.optim.Optimizer:
     return torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
 
 
+@dataclass(frozen=True)
+class Monitor:
+    """What `fit` watches and reports while it trains (everything off by default).
+
+    `eval_every` > 0: accuracy on `fit`'s `eval_data` every that many epochs (or steps with `recipe.steps`),
+    kept in `TrainResult.history`; `on_eval(index, accuracy)` is called after each and may raise (e.g.
+    optuna.TrialPruned). `on_checkpoint(state)` is called at every such evaluation that falls on an epoch
+    boundary, before `on_eval`, with a copy of the training's state (weights, optimizer, data order, cost);
+    `fit(model, ..., resume=state)` continues that training exactly, so a training can be stopped and
+    extended later. `record_losses`: keep every step's mean training-batch loss in `TrainResult.losses`
+    (the training-speed scores of `nasdd.validate.scoring` sum them; one host sync per step on CUDA).
+    `progress`: the label of a progress bar over the steps, None for no bar.
+    """
+
+    eval_every: int = 0
+    on_eval: Callable[[int, float], None] | None = None
+    on_checkpoint: Callable[[dict], None] | None = None
+    record_losses: bool = False
+    progress: str | None = None
+
+
 def fit(
     model: nn.Module,
     x: torch.Tensor,
@@ -223,31 +246,21 @@ def fit(
     seed: int = 0,
     device: str | torch.device = "auto",
     eval_data: tuple[torch.Tensor, torch.Tensor] | None = None,
-    eval_every: int = 0,
-    on_eval: Callable[[int, float], None] | None = None,
-    on_checkpoint: Callable[[dict], None] | None = None,
+    monitor: Monitor = Monitor(),  # frozen: one shared default is safe
     resume: dict | None = None,
-    show_progress: bool = False,
-    desc: str = "train",
     fast: bool = True,
     compile_model: bool | None = None,
-    record_losses: bool = False,
 ) -> TrainResult:
     """Train `model` in place on (x, y) — y long class ids or a float [N, K] soft-label matrix.
 
-    With `eval_data`, accuracy is measured at the end and, if `eval_every` > 0, every that many
-    epochs (or steps with `recipe.steps`); `on_eval(index, accuracy)` may raise (e.g. optuna.TrialPruned).
+    With `eval_data`, accuracy is measured at the end and, as `monitor` asks, during training.
+    `resume`: a state `monitor.on_checkpoint` was given; the training continues from it.
     `fast=False` runs the plain loop (whole batches, eager, no_grad evaluation); `compile_model` is
     True/False, or None for `NASDD_COMPILE` (0 or 1, default 0). Both change results only by float rounding.
-    `on_checkpoint(state)` is called at every evaluation that falls on an epoch boundary, before `on_eval`,
-    with a copy of the training's state (weights, optimizer, data order, cost); `fit(model, ..., resume=state)`
-    continues that training exactly, so a training can be stopped and extended later.
-    `record_losses`: keep every step's mean training-batch loss in `TrainResult.losses` (the training-speed
-    scores of `nasdd.validate.scoring` sum them; one host sync per step on CUDA).
     """
     device = resolve_device(device)
     model.to(device)
-    shape = tuple(x.shape[1:])
+    shape = image_shape(x)
     res = TrainResult(params=param_count(model), flops_per_sample=forward_flops(model, shape))
     if len(x) == 0:
         raise NasddError("cannot train on an empty set")
@@ -263,11 +276,11 @@ def fit(
     key = model_key(model, shape) if fast and compile_wanted(compile_model) else ""
     if key and key not in COMPILE_FAILED:
         fwd = compiled(model)
-    ev = {"device": device, "batch_size": recipe.eval_batch_size, "fast": fast}
+    ev = functools.partial(evaluate, device=device, batch_size=recipe.eval_batch_size, fast=fast)
     step, start = 0, time.perf_counter()
     if resume is not None:
         step = _resume(resume, model, opt, gen, res, per_epoch)
-    bar = progress(total=total, initial=step, desc=desc, disable=not show_progress)
+    bar = progress(total=total, initial=step, desc=monitor.progress or "", disable=monitor.progress is None)
     # On CUDA the finiteness check (a host sync) runs every SYNC_EVERY steps; elsewhere every step.
     check_every = SYNC_EVERY if device.type == "cuda" else 1
     bad: torch.Tensor | None = None  # on the device: was any loss so far non-finite?
@@ -303,19 +316,20 @@ def fit(
             opt.step()
             res.sample_grads += len(idx)
             last_loss = loss
-            if record_losses:
+            if monitor.record_losses:
                 res.losses.append(float(loss))
             step += 1
             bar.update(1)
             unit = step if recipe.steps is not None else (step // per_epoch if step % per_epoch == 0 else 0)
-            if eval_data is not None and eval_every and unit and unit % eval_every == 0 and step < total:
-                acc, _ = evaluate(model, *eval_data, **ev)
+            every = monitor.eval_every
+            if eval_data is not None and every and unit and unit % every == 0 and step < total:
+                acc, _ = ev(model, *eval_data)
                 res.eval_samples += len(eval_data[0])
                 res.history.append((unit, acc))
-                if on_checkpoint is not None and step % per_epoch == 0:
-                    on_checkpoint(_checkpoint(model, opt, gen, res, step))
-                if on_eval is not None:
-                    on_eval(unit, acc)
+                if monitor.on_checkpoint is not None and step % per_epoch == 0:
+                    monitor.on_checkpoint(_checkpoint(model, opt, gen, res, step))
+                if monitor.on_eval is not None:
+                    monitor.on_eval(unit, acc)
         if res.status == "failed":
             break
     bar.close()
@@ -323,7 +337,7 @@ def fit(
     if last_loss is not None:
         res.train_loss = float(last_loss)
     if res.ok and eval_data is not None:
-        res.accuracy, res.loss = evaluate(model, *eval_data, **ev)
+        res.accuracy, res.loss = ev(model, *eval_data)
         res.eval_samples += len(eval_data[0])
         if not math.isfinite(res.loss):
             res.status, res.error = "failed", "non-finite evaluation loss"
@@ -353,6 +367,12 @@ def _resume(
     return int(state["step"])
 
 
+def image_shape(x: torch.Tensor) -> tuple[int, int, int]:
+    """(channels, height, width) of a batch of images [N, C, H, W]."""
+    c, h, w = x.shape[1:]
+    return c, h, w
+
+
 def build_seeded(spec: ArchSpec, shape: tuple[int, int, int], num_classes: int, seed: int) -> nn.Module:
     """Build a model whose initial weights depend only on `seed`."""
     with torch.random.fork_rng(devices=[]):
@@ -370,11 +390,14 @@ def train_arch(
     seed: int = 0,
     device: str | torch.device = "auto",
     eval_data: tuple[torch.Tensor, torch.Tensor] | None = None,
-    **fit_kwargs: object,
+    monitor: Monitor = Monitor(),  # frozen: one shared default is safe
+    compile_model: bool | None = None,
 ) -> TrainResult:
     """Build `spec` with weights seeded by `seed`, then `fit` it. Build errors become failed results."""
     try:
-        model = build_seeded(spec, tuple(x.shape[1:]), num_classes, seed)
+        model = build_seeded(spec, image_shape(x), num_classes, seed)
     except (RuntimeError, ValueError) as exc:
         return TrainResult(status="failed", error=f"cannot build {spec}: {exc}")
-    return fit(model, x, y, recipe, seed=seed, device=device, eval_data=eval_data, **fit_kwargs)
+    return fit(
+        model, x, y, recipe, seed=seed, device=device, eval_data=eval_data, monitor=monitor, compile_model=compile_model
+    )

@@ -15,13 +15,15 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sized
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from nasdd.errors import NasddError
 
 if TYPE_CHECKING:
+    from types import FrameType
+
     import torch
     from tqdm import tqdm
 
@@ -59,11 +61,11 @@ class LogProgress:
     rate's ETA; the same calls as tqdm's (`update`, `set_postfix_str`, iteration)."""
 
     def __init__(
-        self, iterable: Any = None, *, total: int | None = None, initial: int = 0, desc: str = "",
+        self, iterable: Iterable[Any] | None = None, *, total: int | None = None, initial: int = 0, desc: str = "",
         unit: str = "it", every: float = 20.0, gap: float = 2.0, **_: Any,
     ) -> None:  # fmt: skip
         self.iterable = iterable
-        if total is None and iterable is not None and hasattr(iterable, "__len__"):
+        if total is None and isinstance(iterable, Sized):
             total = len(iterable)
         self.total, self.n, self.first, self.desc, self.unit = total, initial, initial, desc, unit
         self.every, self.gap = every, gap
@@ -71,6 +73,8 @@ class LogProgress:
         self.last_n, self.postfix = initial, ""
 
     def __iter__(self) -> Iterator[Any]:
+        if self.iterable is None:
+            raise TypeError("this LogProgress was given no iterable")
         for item in self.iterable:
             yield item
             self.update(1)
@@ -133,7 +137,7 @@ def deferred_interrupts() -> Iterator[Callable[[], bool]]:
         return
     got: list[int] = []
 
-    def handler(signum: int, frame: Any) -> None:
+    def handler(signum: int, frame: FrameType | None) -> None:
         if got:
             raise KeyboardInterrupt
         got.append(signum)

@@ -9,7 +9,17 @@ from nasdd.arch import ArchSpec
 from nasdd.data import load_dataset
 from nasdd.errors import NasddError
 from nasdd.models import DEFAULT_ARCH, forward_flops
-from nasdd.train import RECIPES, TrainRecipe, _lr_at, build_seeded, evaluate, fit, train_arch, with_learned_lr
+from nasdd.train import (
+    RECIPES,
+    Monitor,
+    TrainRecipe,
+    _lr_at,
+    build_seeded,
+    evaluate,
+    fit,
+    train_arch,
+    with_learned_lr,
+)
 
 SMALL = ArchSpec.make("convnet", depth=2, width=16, normalization="instancenorm", pooling="avgpool")
 
@@ -104,6 +114,15 @@ def test_cost_accounting(digits):
     assert res.steps == 5 and res.sample_grads == 100 + 32 and math.isnan(res.accuracy) and res.ok
 
 
+def test_monitor_progress_labels_a_bar_and_none_shows_none(digits, capsys):
+    x, y = digits.x_train[:64], digits.y_train[:64]
+    recipe = TrainRecipe(steps=2, batch_size=32)
+    fit(build_seeded(SMALL, (1, 8, 8), 10, 0), x, y, recipe, monitor=Monitor(progress="probe"))
+    assert "probe" in capsys.readouterr().err
+    fit(build_seeded(SMALL, (1, 8, 8), 10, 0), x, y, recipe)
+    assert capsys.readouterr().err == ""
+
+
 def test_eval_every_and_pruning(digits):
     x, y = _subset(digits, 128)
     seen = []
@@ -114,8 +133,7 @@ def test_eval_every_and_pruning(digits):
         TrainRecipe(epochs=3, batch_size=64),
         num_classes=10,
         eval_data=digits.split("val"),
-        eval_every=1,
-        on_eval=lambda i, acc: seen.append((i, acc)),
+        monitor=Monitor(eval_every=1, on_eval=lambda i, acc: seen.append((i, acc))),
     )
     assert [i for i, _ in seen] == [1, 2] and res.history == seen  # the final evaluation is res.accuracy
     assert res.eval_samples == 3 * len(digits.y_val)
@@ -131,8 +149,7 @@ def test_eval_every_and_pruning(digits):
             TrainRecipe(steps=4),
             num_classes=10,
             eval_data=digits.split("val"),
-            eval_every=2,
-            on_eval=prune,
+            monitor=Monitor(eval_every=2, on_eval=prune),
         )
 
 
@@ -143,7 +160,7 @@ class _Stop(Exception):
 def test_a_stopped_training_resumes_exactly(digits):
     x, y = _subset(digits, 200)
     recipe = TrainRecipe(epochs=4, batch_size=64, schedule="cosine")
-    kw = {"seed": 3, "device": "cpu", "eval_data": digits.split("val"), "eval_every": 1}
+    kw = {"seed": 3, "device": "cpu", "eval_data": digits.split("val"), "monitor": Monitor(eval_every=1)}
     straight = build_seeded(SMALL, (1, 8, 8), 10, 3)
     whole = fit(straight, x, y, recipe, **kw)
     saved = {}
@@ -154,7 +171,8 @@ def test_a_stopped_training_resumes_exactly(digits):
 
     model = build_seeded(SMALL, (1, 8, 8), 10, 3)
     with pytest.raises(_Stop):
-        fit(model, x, y, recipe, on_checkpoint=lambda s: saved.update(s), on_eval=stop_at_2, **kw)
+        watched = {**kw, "monitor": Monitor(eval_every=1, on_eval=stop_at_2, on_checkpoint=lambda s: saved.update(s))}
+        fit(model, x, y, recipe, **watched)
     weights = {k: v.clone() for k, v in model.state_dict().items()}
     again = build_seeded(SMALL, (1, 8, 8), 10, 0)
     again.load_state_dict(weights)

@@ -99,8 +99,8 @@ def plan(budget: int, epochs: int, *, eta: int = 3, candidates: int) -> Bracket:
             else "no candidates to pre-screen"
         )
     trusted = [i for i, r in enumerate(rungs) if r * eta >= epochs]
-    options = [_widest(rungs[i:], budget, eta, candidates) for i in reversed(trusted)]
-    options = [b for b in options if b is not None]
+    widest = [_widest(rungs[i:], budget, eta, candidates) for i in reversed(trusted)]
+    options = [b for b in widest if b is not None]
     if options:
         return _fill(max(options, key=lambda b: b.sizes[0]), budget)  # max keeps the first (latest) of ties
     for r in reversed(rungs):

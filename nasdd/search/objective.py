@@ -23,7 +23,7 @@ from nasdd.errors import NasddError
 from nasdd.search.workers import holding
 from nasdd.spaces import SearchSpace
 from nasdd.storage import died_here, worker_id
-from nasdd.train import TrainRecipe, train_arch
+from nasdd.train import Monitor, TrainRecipe, train_arch
 from nasdd.utils import stable_hash
 
 
@@ -173,8 +173,7 @@ class Objective:
                 seed=self.seed,
                 device=self.device,
                 eval_data=(d.x_val, d.y_val),
-                eval_every=self.eval_every,
-                on_eval=on_eval,
+                monitor=Monitor(eval_every=self.eval_every, on_eval=on_eval),
             )
         except (RuntimeError, ValueError, MemoryError, NasddError) as exc:  # CUDA OOM is a RuntimeError
             if self.device.type == "cuda":

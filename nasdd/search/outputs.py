@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import optuna
 import pandas as pd
@@ -13,6 +14,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from nasdd.search.workers import is_counted
 from nasdd.utils import atomic_open, atomic_path, progress
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 
 class TrialProgress:
@@ -69,7 +73,7 @@ def best_text(study: optuna.Study, counted: list[FrozenTrial]) -> str:
         return "best -"
     if len(study.directions) > 1:
         return f"pareto {len(study.best_trials)}"
-    return f"best {max(t.value for t in complete):.4f}"
+    return f"best {max(t.value for t in complete if t.value is not None):.4f}"
 
 
 def top_trials(study: optuna.Study, k: int) -> list[FrozenTrial]:
@@ -109,17 +113,25 @@ def write_plots(study: optuna.Study, out: Path, names: list[str]) -> list[str]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
     from optuna.visualization import matplotlib as ovm
 
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not complete:
         return []
     multi = len(study.directions) > 1
-    first = {"target": (lambda t: t.values[0]), "target_name": "val accuracy"}
-    plots: dict[str, Any] = {"history": lambda: ovm.plot_optimization_history(study, **first)}
+
+    def first(t: FrozenTrial) -> float:
+        return t.values[0]
+
+    plots: dict[str, Callable[[], Axes]] = {
+        "history": lambda: ovm.plot_optimization_history(study, target=first, target_name="val accuracy")
+    }
     if len({t.values[0] for t in complete}) > 1 and len(complete) >= 2:
         fanova = optuna.importance.FanovaImportanceEvaluator(seed=0)  # variance-based: indifferent to direction
-        plots["importances"] = lambda: ovm.plot_param_importances(study, evaluator=fanova, **first)
+        plots["importances"] = lambda: ovm.plot_param_importances(
+            study, evaluator=fanova, target=first, target_name="val accuracy"
+        )
     if multi:
         plots["pareto"] = lambda: ovm.plot_pareto_front(study, target_names=names)
     if any(t.intermediate_values for t in complete):
@@ -131,6 +143,7 @@ def write_plots(study: optuna.Study, out: Path, names: list[str]) -> list[str]:
         except (ValueError, RuntimeError, ZeroDivisionError):  # e.g. importances of a single-valued parameter set
             continue
         fig = ax.figure
+        assert isinstance(fig, Figure)  # Optuna draws each plot on a figure of its own
         fig.tight_layout()
         with atomic_path(out / f"{name}.png") as tmp:
             fig.savefig(tmp, dpi=110)

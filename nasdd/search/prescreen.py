@@ -42,7 +42,7 @@ from nasdd.search.halving import Bracket, Job
 from nasdd.search.workers import _orphaned, fail_dead_trials
 from nasdd.spaces import SearchSpace
 from nasdd.storage import worker_id
-from nasdd.train import TrainRecipe, build_seeded, evaluate, fit, train_arch
+from nasdd.train import Monitor, TrainRecipe, build_seeded, evaluate, fit, train_arch
 from nasdd.utils import atomic_path, ensure_dir, load_untrusted, stable_hash, write_json
 
 CANDIDATE_SAMPLERS = ("random", "qmc", "grid")  # value-independent: every worker draws the same candidates
@@ -238,9 +238,9 @@ def train_rung(
     try:
         res = fit(
             model, bundle.x_train, bundle.y_train, recipe, seed=seed, device=device,
-            eval_data=(bundle.x_val, bundle.y_val), eval_every=job.epochs,
-            on_eval=lambda unit, acc: _stop(unit, acc, job.epochs),
-            on_checkpoint=lambda s: saved.update(s), resume=state,
+            eval_data=(bundle.x_val, bundle.y_val), resume=state,
+            monitor=Monitor(eval_every=job.epochs, on_eval=lambda unit, acc: _stop(unit, acc, job.epochs),
+                            on_checkpoint=lambda s: saved.update(s)),
         )  # fmt: skip
     except _Reached as r:
         with atomic_path(checkpoint_path(folder, job.arch, recipe, seed, job.epochs)) as tmp:

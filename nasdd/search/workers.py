@@ -120,7 +120,8 @@ def interrupted(study: optuna.Study) -> str:
     me = worker_id()
     trials = study.get_trials(deepcopy=False)
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
-    queued, dropped = [], []
+    queued: list[str] = []
+    dropped: list[str] = []
     for t in trials:
         mine = t.user_attrs.get("worker") == me and t.state in (TrialState.FAIL, TrialState.RUNNING)
         if mine and not is_counted(t) and "surplus" not in t.user_attrs and t.number not in retried:

@@ -23,7 +23,7 @@ import torch
 
 from nasdd.arch import ArchSpec
 from nasdd.data import DatasetBundle
-from nasdd.train import TrainRecipe, build_seeded, evaluate, fit
+from nasdd.train import Monitor, TrainRecipe, build_seeded, evaluate, fit
 from nasdd.utils import atomic_open, ensure_dir
 
 
@@ -99,9 +99,7 @@ class Curves:
                 seed=self.seed,
                 device="cpu",
                 eval_data=(b.x_val, b.y_val),
-                eval_every=1,
-                on_eval=record,
-                on_checkpoint=checkpoint,
+                monitor=Monitor(eval_every=1, on_eval=record, on_checkpoint=checkpoint),
                 resume=state,
             )
             curve["val"].append(res.accuracy)  # the last epoch's evaluation is the final one

@@ -47,7 +47,7 @@ from torch import nn
 from nasdd.arch import ArchSpec
 from nasdd.data import DatasetBundle
 from nasdd.errors import NasddError
-from nasdd.train import TrainRecipe, build_seeded, evaluate, fit
+from nasdd.train import Monitor, TrainRecipe, build_seeded, evaluate, fit
 from nasdd.utils import resolve_device, stable_hash
 
 SCORE_KINDS = ("val_acc", "val_loss", "tse", "tse_ema", "tse_late", "curve", "curve_auc")
@@ -298,8 +298,8 @@ def train_member(
     start = time.perf_counter()
     model = build_seeded(arch, tuple(x.shape[1:]), bundle.num_classes, seed)
     res = fit(
-        model, x, y, train_recipe, seed=seed, device=device, record_losses=True,
-        eval_data=(curve_x, curve_y) if recipe.curve_images else None, eval_every=every,
+        model, x, y, train_recipe, seed=seed, device=device, monitor=Monitor(eval_every=every, record_losses=True),
+        eval_data=(curve_x, curve_y) if recipe.curve_images else None,
     )  # fmt: skip
     record.update(status=res.status, error=res.error, sample_grads=res.sample_grads, losses=res.losses)
     if res.ok:

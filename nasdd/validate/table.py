@@ -244,6 +244,6 @@ def truth_scores(table: TruthTable, pool: Sequence[ArchSpec]) -> tuple[list[Arch
     return held, collect("ground_truth", "truth", held, seeds, "test", results, "accuracy")
 
 
-def _finite(v: object) -> float:
+def _finite(v: float | None) -> float:
     v = float(v) if v is not None else math.nan
     return v if math.isfinite(v) else 0.0

@@ -32,7 +32,7 @@ from nasdd.arch import ArchSpec
 from nasdd.data import DatasetBundle
 from nasdd.models import forward_flops, param_count
 from nasdd.registry import Registry
-from nasdd.train import build_seeded
+from nasdd.train import build_seeded, image_shape
 from nasdd.utils import resolve_device
 
 # a scorer takes (model, x, y) and returns (score, sample-gradient evaluations)
@@ -114,7 +114,7 @@ def params(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, i
 
 @_register("flops", "forward FLOPs per sample (bigger ranks higher)")
 def flops(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
-    return float(forward_flops(model, tuple(x.shape[1:]))), 0
+    return float(forward_flops(model, image_shape(x))), 0
 
 
 @dataclass(frozen=True)
@@ -148,7 +148,7 @@ def zero_cost(
     device = resolve_device(device)
     x, y = score_batch(bundle, batch_size, seed)
     start = time.perf_counter()
-    model = build_seeded(spec, tuple(x.shape[1:]), bundle.num_classes, seed).to(device)
+    model = build_seeded(spec, image_shape(x), bundle.num_classes, seed).to(device)
     score, grads = scorer(model, x.to(device), y.to(device))
     return ZeroCostResult(score, time.perf_counter() - start, grads)
 

@@ -8,7 +8,7 @@ from torch import nn
 
 from nasdd.arch import ArchSpec
 from nasdd.errors import NasddError
-from nasdd.train import TrainRecipe, build_seeded, fit
+from nasdd.train import Monitor, TrainRecipe, build_seeded, fit
 from nasdd.validate import scoring
 from nasdd.validate.scoring import ScoreCache, ScoringRecipe, reestimate_bn
 
@@ -52,7 +52,7 @@ def test_tse_equals_the_hand_computed_sum_on_a_tiny_run(digits):
     x, y = digits.x_train[:40], digits.y_train[:40]
     recipe = TrainRecipe(epochs=0, steps=5, batch_size=8, lr=0.05, schedule="constant")
     model = build_seeded(arch, tuple(x.shape[1:]), digits.num_classes, 0)
-    res = fit(model, x, y, recipe, seed=0, record_losses=True)
+    res = fit(model, x, y, recipe, seed=0, monitor=Monitor(record_losses=True))
     assert len(res.losses) == 5
     # replay by hand: the same seeded batches, losses summed
     torch.manual_seed(0)
