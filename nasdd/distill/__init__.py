@@ -16,7 +16,7 @@ from nasdd.distill.base import CHECKPOINT, METHODS, Distiller, register
 from nasdd.distill.proxy import ProxySet
 from nasdd.errors import NasddError
 
-_NOT_METHODS = {"base", "proxy", "cli", "evaluate", "experts", "hypergrad", "importers", "import_cli"}
+_NOT_METHODS = {"base", "options", "proxy", "cli", "evaluate", "experts", "hypergrad", "importers", "import_cli"}
 for _m in pkgutil.iter_modules(__path__):
     if _m.name not in _NOT_METHODS:
         importlib.import_module(f"{__name__}.{_m.name}")

@@ -35,6 +35,7 @@ from torch import nn
 
 from nasdd.arch import ArchSpec
 from nasdd.data import DatasetBundle
+from nasdd.distill.options import Options
 from nasdd.distill.proxy import ProxySet
 from nasdd.errors import NasddError
 from nasdd.models import DEFAULT_ARCH
@@ -79,8 +80,9 @@ class Distiller:
     Common options: ipc, seed, iterations, init (`real` | `noise`), arch (the matching network),
     match_space / match_pool (match through members of a search space instead, see the module docstring),
     lr_img (image learning rate), device, checkpoint_every; `iterations` and `lr_img` may also map
-    ipc -> value (presets do; the nearest ipc is used). Method-specific options and their defaults
-    live in the class attribute `defaults`; after `run`, they are in `self.options`.
+    ipc -> value (presets do; the nearest ipc is used). Method-specific options are the keyword arguments
+    left; they fill the method's `options_type` (a frozen `nasdd.distill.options.Options` dataclass:
+    types and defaults), checked on construction and kept as `self.opts`.
     """
 
     name: ClassVar[str] = ""
@@ -90,7 +92,7 @@ class Distiller:
     iterative: ClassVar[bool] = True
     default_iterations: ClassVar[int] = 1000
     default_lr_img: ClassVar[float] = 0.1
-    defaults: ClassVar[dict[str, Any]] = {}
+    options_type: ClassVar[type[Options]] = Options
     # named settings, e.g. {"quick": {...}, "cpu": {...}}: keyword arguments (iterations, lr_img, options)
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
 
@@ -109,17 +111,13 @@ class Distiller:
         match_pool: int | None = None,
         **options: Any,
     ) -> None:
-        unknown = set(options) - set(self.defaults)
-        if unknown:
-            valid = ", ".join(sorted(self.defaults)) or "none"
-            raise NasddError(f"method {self.name} has no option {sorted(unknown)[0]!r}; valid options: {valid}")
+        self.opts = self.options_type.make(self.name, options)
         self.ipc, self.seed, self.init, self.device = ipc, seed, init, device
         self.iterations = self.default_iterations if iterations is None else per_ipc(iterations, ipc)
         self.arch = arch or DEFAULT_ARCH
         self.lr_img = self.default_lr_img if lr_img is None else per_ipc(lr_img, ipc)
         self.checkpoint_every = checkpoint_every
         self.match_space, self.match_pool = match_space, match_pool
-        self.options = {**self.defaults, **options}
 
     # ----------------------------------------------------------------------------------------- hooks
     def select(self, bundle: DatasetBundle, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -196,7 +194,7 @@ class Distiller:
             "init": self.init,
             "arch": self.arch.to_dict(),
             "lr_img": self.lr_img,
-            **self.options,
+            **self.opts.record(),
         }
         if getattr(self, "space_", None) is not None:  # only then: fixed-arch configurations stay as they were
             config["match_space"] = self.space_.name

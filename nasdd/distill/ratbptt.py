@@ -40,7 +40,7 @@ from nasdd.augment import DSA
 from nasdd.data import DatasetBundle
 from nasdd.distill.base import Distiller, register
 from nasdd.distill.mtt import FlatNet, Plan, make_plan
-from nasdd.distill.soft_labels import LABEL_DEFAULTS, SoftLabels, with_width
+from nasdd.distill.soft_labels import LabelOptions, SoftLabels, with_width
 from nasdd.errors import NasddError
 from nasdd.models import build
 
@@ -135,6 +135,26 @@ def window_loss_unrolled(net: FlatNet, opt: InnerOptimizer, w0, images, targets,
     return F.cross_entropy(net(state[0], x_real), y_real)
 
 
+@dataclass(frozen=True)
+class RaTBPTTOptions(LabelOptions):
+    """RaT-BPTT's options (labels learn by default)."""
+
+    unroll: int = 200  # the longest inner training (the window ends it)
+    window: int = 60  # inner steps differentiated
+    inner_optim: str = "adam"  # adam | sgd
+    inner_lr: float = 0.001
+    inner_momentum: float = 0.9  # sgd only
+    inner_wd: float = 0.0
+    batch_syn: int = 0  # synthetic images per inner step (0 = all)
+    batch_real: int = 5000  # real images in the meta-loss (capped at the training set)
+    clip_ema: float = 0.9  # EMA coefficient of the image-gradient norm; clip at twice it (0 = no clipping)
+    width: int | None = None  # matching ConvNet width (None: the arch's)
+    normalization: str | None = None  # matching ConvNet normalisation (None: the arch's)
+    dsa: str | None = "none"  # DSA strategy applied to synthetic and real batches
+    learn_labels: bool = True
+    lr_label: float = 0.001
+
+
 @register
 class RaTBPTT(SoftLabels, Distiller):
     """Meta-learned images (and labels) through a long inner unroll differentiated in a random window."""
@@ -150,23 +170,7 @@ class RaTBPTT(SoftLabels, Distiller):
     )
     default_iterations = 2000
     default_lr_img = 0.001
-    defaults: dict[str, Any] = {
-        "unroll": 200,  # the longest inner training (the window ends it)
-        "window": 60,  # inner steps differentiated
-        "inner_optim": "adam",  # adam | sgd
-        "inner_lr": 0.001,
-        "inner_momentum": 0.9,  # sgd only
-        "inner_wd": 0.0,
-        "batch_syn": 0,  # synthetic images per inner step (0 = all)
-        "batch_real": 5000,  # real images in the meta-loss (capped at the training set)
-        "clip_ema": 0.9,  # EMA coefficient of the image-gradient norm; clip at twice it (0 = no clipping)
-        "width": None,  # matching ConvNet width (None: the arch's)
-        "normalization": None,  # matching ConvNet normalisation (None: the arch's)
-        "dsa": "none",  # DSA strategy applied to synthetic and real batches
-        **LABEL_DEFAULTS,
-        "learn_labels": True,
-        "lr_label": 0.001,
-    }
+    options_type = RaTBPTTOptions
     presets = {
         "quick": {
             "iterations": 40,
@@ -197,51 +201,51 @@ class RaTBPTT(SoftLabels, Distiller):
 
     def _validate(self, bundle: DatasetBundle) -> None:
         super()._validate(bundle)
-        o = self.options
-        if not (isinstance(o["unroll"], int) and o["unroll"] >= 1):
-            raise NasddError(f"ratbptt option unroll must be a positive integer, got {o['unroll']!r}")
-        if not (isinstance(o["window"], int) and 1 <= o["window"] <= o["unroll"]):
-            raise NasddError(f"ratbptt option window must be an integer in [1, unroll], got {o['window']!r}")
-        if o["inner_optim"] not in ("sgd", "adam"):
-            raise NasddError(f"ratbptt option inner_optim {o['inner_optim']!r} is unknown; valid: sgd, adam")
+        o = self.opts
+        if not (isinstance(o.unroll, int) and o.unroll >= 1):
+            raise NasddError(f"ratbptt option unroll must be a positive integer, got {o.unroll!r}")
+        if not (isinstance(o.window, int) and 1 <= o.window <= o.unroll):
+            raise NasddError(f"ratbptt option window must be an integer in [1, unroll], got {o.window!r}")
+        if o.inner_optim not in ("sgd", "adam"):
+            raise NasddError(f"ratbptt option inner_optim {o.inner_optim!r} is unknown; valid: sgd, adam")
         checks = {"inner_lr": (0, None), "lr_label": (0, None), "inner_wd": (None, None),
                   "inner_momentum": (None, 1), "clip_ema": (None, 1)}  # fmt: skip
         for key, (above, below) in checks.items():
-            v = o[key]
+            v = getattr(o, key)
             ok = isinstance(v, int | float) and (v > above if above is not None else v >= 0)
             if not (ok and (below is None or v < below)):
                 bounds = "> 0" if above is not None else ">= 0" if below is None else "in [0, 1)"
                 raise NasddError(f"ratbptt option {key} must be a number {bounds}, got {v!r}")
         for key, least in (("batch_real", 1), ("batch_syn", 0)):
-            if not (isinstance(o[key], int) and o[key] >= least):
-                raise NasddError(f"ratbptt option {key} must be an integer >= {least}, got {o[key]!r}")
-        with_width(self.arch, o["width"], o["normalization"])  # refuses bad width / normalization options
+            if not (isinstance(getattr(o, key), int) and getattr(o, key) >= least):
+                raise NasddError(f"ratbptt option {key} must be an integer >= {least}, got {getattr(o, key)!r}")
+        with_width(self.arch, o.width, o.normalization)  # refuses bad width / normalization options
 
     def setup(self, bundle: DatasetBundle) -> None:
-        o = self.options
+        o = self.opts
         self.init_targets()
         self.x_real, self.y_real = bundle.x_train.to(self.dev), bundle.y_train.to(self.dev)
-        self.dsa = None if o["dsa"] in (None, "", "none") else DSA(o["dsa"])
-        wd = float(o["inner_wd"])
-        self.inner = with_width(self.arch, o["width"], o["normalization"])  # or members of --match-space
-        self.inner_opt = InnerOptimizer(o["inner_optim"], float(o["inner_lr"]), float(o["inner_momentum"]), wd)
+        self.dsa = None if o.dsa in (None, "", "none") else DSA(o.dsa)
+        wd = float(o.inner_wd)
+        self.inner = with_width(self.arch, o.width, o.normalization)  # or members of --match-space
+        self.inner_opt = InnerOptimizer(o.inner_optim, float(o.inner_lr), float(o.inner_momentum), wd)
         self.opt = torch.optim.Adam([{"params": [self.images], "lr": self.lr_img}, *self.label_groups()])
         self.grad_ema: float | None = None
 
     def step(self, it: int) -> float:
-        o, n = self.options, len(self.images)
+        o, n = self.opts, len(self.images)
         arch = self.inner_archs(it)[0]
         module = build(arch, self.bundle.channels, self.bundle.image_size, self.bundle.num_classes)
         module = module.to(self.dev)  # a fresh random initialisation (the base seeds every iteration)
         w0 = torch.cat([p.detach().flatten() for p in module.parameters()])
-        n_pre = int(torch.randint(o["unroll"] - o["window"] + 1, ()))
-        plan = make_plan(n, n_pre + o["window"], min(o["batch_syn"] or n, n), self.dsa, self.dev)
-        idx = torch.randint(len(self.x_real), (min(o["batch_real"], len(self.x_real)),), device=self.dev)
+        n_pre = int(torch.randint(o.unroll - o.window + 1, ()))
+        plan = make_plan(n, n_pre + o.window, min(o.batch_syn or n, n), self.dsa, self.dev)
+        idx = torch.randint(len(self.x_real), (min(o.batch_real, len(self.x_real)),), device=self.dev)
         x_real = self.x_real[idx]
         if self.dsa is not None:
             x_real = self.dsa(x_real, int(torch.randint(2**31, ())))
-        probs = self.target_probs() if o["learn_labels"] else self.targets
-        leaf = probs.detach().requires_grad_(bool(o["learn_labels"]))
+        probs = self.target_probs() if o.learn_labels else self.targets
+        leaf = probs.detach().requires_grad_(bool(o.learn_labels))
         loss, g_img, g_lab = window_grad(FlatNet(module), self.inner_opt, w0, self.images, leaf, plan, n_pre, x_real,
                                          self.y_real[idx])  # fmt: skip
         self.opt.zero_grad(set_to_none=True)
@@ -255,7 +259,7 @@ class RaTBPTT(SoftLabels, Distiller):
 
     def _clip(self, g: torch.Tensor) -> torch.Tensor:
         """Clip `g` to twice the moving average of the gradient norm (the paper's code)."""
-        coef = self.options["clip_ema"]
+        coef = self.opts.clip_ema
         if not coef:
             return g
         norm = float(g.norm())
