@@ -79,7 +79,44 @@ def test_every_method_has_the_class_attributes(name):
     assert cls.family in ("coreset", "distribution matching", "parameter matching", "performance matching")
     assert cls.paper and "quick" in cls.presets and "cpu" in cls.presets
     common = {"iterations", "lr_img", "init", "arch", "checkpoint_every", "match_space", "match_pool"}
-    assert all(set(p) <= set(cls.defaults) | common for p in cls.presets.values())
+    assert all(set(p) <= set(cls.options_type.kinds()) | common for p in cls.presets.values())
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_every_preset_is_data_of_valid_options(name):
+    """A preset's method options are valid values of the method's option fields (type-checked), and a
+    preset builds a Distiller whose options hold them."""
+    cls = METHODS.get(name)
+    for preset in cls.presets.values():
+        options = {k: v for k, v in preset.items() if k in cls.options_type.kinds()}
+        assert cls.options_type.make(name, options) == cls(ipc=1, **preset).opts
+        assert cls(ipc=1, **preset).opts.record().items() >= options.items()
+
+
+@pytest.mark.parametrize(
+    "method,option,value,says",
+    [
+        ("dm", "batch_real", "16", "method dm option batch_real must be int, got '16'"),
+        ("dm", "batch_real", 1.5, "method dm option batch_real must be int, got 1.5"),
+        ("dm", "momentum", True, "method dm option momentum must be float, got True"),
+        ("mtt", "zca", 1, "method mtt option zca must be bool, got 1"),
+        ("ratbptt", "width", "wide", r"method ratbptt option width must be int \| None, got 'wide'"),
+        ("cafe", "layer_weights", ["a"], r"method cafe option layer_weights must be list\[float\] \| None"),
+    ],
+)
+def test_an_option_of_the_wrong_type_is_refused_in_one_line(method, option, value, says):
+    with pytest.raises(NasddError, match=says) as err:
+        METHODS.get(method)(ipc=1, **{option: value})
+    assert "\n" not in str(err.value)
+
+
+def test_options_are_frozen_and_reference_paths_are_unrecorded():
+    d = DistributionMatching(ipc=1, batch_real=8, reference=True, compile_model=False)
+    assert (d.opts.batch_real, d.opts.reference, d.opts.compile_model) == (8, True, False)
+    with pytest.raises(AttributeError):
+        d.opts.batch_real = 4  # type: ignore[misc]
+    assert "reference" not in d.config() and "compile_model" not in d.config()
+    assert d.config() == DistributionMatching(ipc=1, batch_real=8).config()
 
 
 def test_iterations_and_lr_img_per_ipc():

@@ -133,8 +133,7 @@ def test_autograd_path_matches_reference(digits, monkeypatch, method, arch):
     cls = METHODS.get(method)
     runs = []
     for reference in (True, False):
-        d = cls(ipc=5, seed=1, iterations=2, outer_loop=2, inner_loop=1, batch_real=20, arch=arch)
-        d.reference = reference
+        d = cls(ipc=5, seed=1, iterations=2, outer_loop=2, inner_loop=1, batch_real=20, arch=arch, reference=reference)
         proxy = d.run(digits)
         torch.manual_seed(5)
         d._freeze_bn()
@@ -157,8 +156,8 @@ def test_compiled_real_pass_matches_eager(digits, monkeypatch, method):
     cls = METHODS.get(method)
     runs = []
     for compile_model in (False, True):
-        d = cls(ipc=2, seed=1, iterations=2, outer_loop=2, inner_loop=1, batch_real=10, arch=SMALL)
-        d.compile_model = compile_model
+        kw = {"outer_loop": 2, "inner_loop": 1, "batch_real": 10, "arch": SMALL, "compile_model": compile_model}
+        d = cls(ipc=2, seed=1, iterations=2, **kw)
         proxy = d.run(digits)
         torch.manual_seed(5)
         grads = d.class_grads_autograd(d.real_batch(10), create_graph=False)

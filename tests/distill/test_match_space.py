@@ -135,7 +135,7 @@ def test_rankdm_objective_is_the_softmax_weighted_sum_of_member_gradients(digits
     xr, yr = d.sampler()
     nets = [d.network(a).requires_grad_(False) for a in d.matching_archs(0, 4)]
     r = torch.stack([d.distance(n, xr, yr, seed=1) for n in nets])
-    t = float(d.options["temperature"])
+    t = float(d.opts.temperature)
     (g_rank,) = torch.autograd.grad(t * torch.logsumexp(r / t, 0), d.images, retain_graph=True)
     w = torch.softmax(r.detach() / t, 0)
     (g_weighted,) = torch.autograd.grad((w * r).sum(), d.images)

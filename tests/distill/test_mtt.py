@@ -69,7 +69,7 @@ def test_valid_reproducible_proxy_with_learned_lr(digits, buffer_root, tmp_path)
     assert proxy.images.shape == (20, *digits.x_train.shape[1:])
     assert torch.bincount(proxy.labels, minlength=10).tolist() == [2] * 10
     assert torch.isfinite(proxy.images).all()
-    assert proxy.lr is not None and proxy.lr > 0 and proxy.lr != METHODS.get("mtt").defaults["lr_teacher"]
+    assert proxy.lr is not None and proxy.lr > 0 and proxy.lr != METHODS.get("mtt").options_type.lr_teacher
     assert proxy.provenance["cost"]["sample_grads"] == 4 * 3 * 10 * 20  # iterations x 3 x steps x batch
     assert proxy.provenance["experts"]["cost"]["sample_grads"] > 0  # expert cost is reported separately
     again = _mtt(digits, buffer_root, ipc=2, iterations=4)
@@ -137,8 +137,7 @@ def test_step_matches_the_unrolled_reference(digits, buffer_root, soft):
     kw = {**cls.presets["quick"], "iterations": 3, "learn_labels": soft}
     proxies = []
     for reference in (True, False):
-        d = cls(ipc=2, seed=4, device="cpu", buffer_root=buffer_root, **kw)
-        d.reference = reference
+        d = cls(ipc=2, seed=4, device="cpu", buffer_root=buffer_root, reference=reference, **kw)
         proxies.append(d.run(digits))
     a, b = proxies
     assert torch.allclose(a.images, b.images, rtol=1e-4, atol=1e-4)
