@@ -10,7 +10,7 @@ recipe (computed once per ipc and recipe, and reused from `random.csv` when it h
 With `--work DIR` each proxy is saved to `DIR/proxies/<method>-ipc<k>` (the layout of `nasdd.pipeline.make_proxies`,
 so `scripts/bench_validate.py --work DIR` audits these very proxies) and reused when it is already there (its
 peak memory is then unknown: NaN). MTT's expert training is reported apart (`expert_*` columns).
-With `--speed` nothing is evaluated: for each method, one distiller is set up and its outer iterations are
+With `--speed` nothing is evaluated: for each method, one distiller per path is set up and its outer iterations are
 timed `--rounds` times on the previous path (`reference=True`: dc/dsa's torch.func matching, the original DM
 code's loop over classes, MTT's back-propagation through the whole unroll) and on the current one,
 interleaved, from the same images and seeds; the median seconds per iteration of both paths, their ratio
@@ -123,7 +123,9 @@ def bench_one(method: str, bundle, ipc: int, recipe: TrainRecipe, recipe_text: s
     preset = args.preset if args.preset in cls.presets else None
     iterations = args.iterations if cls.iterative else None
     common = ("lr_img", "match_space", "match_pool")  # base options of every iterative method
-    options = {k: v for k, v in args.options.items() if k in cls.defaults or (k in common and cls.iterative)}
+    options = {
+        k: v for k, v in args.options.items() if k in cls.options_type.kinds() or (k in common and cls.iterative)
+    }
     label = (preset or "default") + (f"+it{iterations}" if iterations is not None else "")
     label += "".join(f"+{k}={v}" for k, v in options.items())
     dev = resolve_device(args.device)
@@ -176,21 +178,26 @@ def loadavg() -> str:
 def bench_speed(method: str, bundle, ipc: int, args) -> list[dict]:
     """Seconds per outer iteration of the previous (`reference`) and the current path, interleaved; with
     `--compile`, also the current path compiled (dc/dsa/dm: `compile_model=True`), after one untimed warm-up
-    iteration that compiles (its seconds in `warmup_s`); the other paths then run explicitly eager."""
+    iteration that compiles (its seconds in `warmup_s`); the other paths then run explicitly eager. Each path
+    is one distiller with the path's options (`reference`, `compile_model`), set up alike from the same seed."""
     cls = METHODS.get(method)
+    kinds = cls.options_type.kinds()
     preset = args.preset if args.preset in cls.presets else None
-    options = {k: v for k, v in args.options.items() if k in cls.defaults or k == "lr_img"}
+    options = {k: v for k, v in args.options.items() if k in kinds or k == "lr_img"}
     label = (preset or "default") + "".join(f"+{k}={v}" for k, v in options.items())
     kwargs = {**cls.presets.get(preset, {}), **options, "iterations": 0}
-    d = cls(ipc=ipc, seed=args.seed, device=args.device, **kwargs)
-    d.run(bundle)  # validation and setup (MTT: experts), no iteration
-    paths = ["reference", "current"] + (["compiled"] if args.compile and hasattr(d, "compile_model") else [])
-    start = d.images.detach().clone()
+    paths = ["reference", "current"] + (["compiled"] if args.compile and "compile_model" in kinds else [])
+    ds = {}
+    for path in paths:
+        switches = {"reference": path == "reference"} if "reference" in kinds else {}
+        if len(paths) > 2:
+            switches["compile_model"] = path == "compiled"
+        ds[path] = cls(ipc=ipc, seed=args.seed, device=args.device, **kwargs, **switches)
+        ds[path].run(bundle)  # validation and setup (MTT: experts), no iteration
+    start = ds["current"].images.detach().clone()
 
     def one(path: str, r: int) -> float:
-        d.reference = path == "reference"
-        if len(paths) > 2:
-            d.compile_model = path == "compiled"
+        d = ds[path]
         with torch.no_grad():
             d.images.copy_(start)
         torch.manual_seed(args.seed * 1_000_003 + r)  # the same draws on every path
