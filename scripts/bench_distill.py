@@ -35,7 +35,7 @@ import pandas as pd
 import torch
 
 from nasdd.data import load_dataset  # noqa: E402
-from nasdd.distill import METHODS, ProxySet, distill  # noqa: E402
+from nasdd.distill import METHODS, ProxySet, Saving, distill  # noqa: E402
 from nasdd.distill.cli import parse_options  # noqa: E402
 from nasdd.distill.evaluate import evaluate_proxy  # noqa: E402
 from nasdd.errors import NasddError  # noqa: E402
@@ -134,7 +134,7 @@ def bench_one(method: str, bundle, ipc: int, recipe: TrainRecipe, recipe_text: s
     reuse = saved is not None and (saved / "proxy.json").exists()
     with PeakMemory(dev) as mem:
         proxy = ProxySet.load(saved, bundle) if reuse else distill(
-            bundle, method, ipc, args.seed, out=saved, resume=saved is not None, preset=preset,
+            bundle, method, ipc, args.seed, preset=preset, saving=Saving(out=saved, resume=saved is not None),
             device=args.device, iterations=iterations, **options,
         )  # fmt: skip
     cost = proxy.provenance["cost"]

@@ -11,7 +11,7 @@ from typing import Any
 
 from nasdd.arch import ArchSpec
 from nasdd.cli import add_data_args, command_line, load_data_from_args
-from nasdd.distill import CHECKPOINT, METHODS, distill
+from nasdd.distill import CHECKPOINT, METHODS, Saving, distill
 from nasdd.distill.evaluate import evaluate_proxy
 from nasdd.distill.options import Options
 from nasdd.errors import NasddError
@@ -117,10 +117,8 @@ def _distill(args: argparse.Namespace, bundle, arch: ArchSpec | None, options: d
         args.method,
         args.ipc,
         args.seed,
-        out=args.out,
-        resume=True,
-        overwrite=args.overwrite,
         preset=args.preset,
+        saving=Saving(args.out, True, args.overwrite, args.checkpoint_every, args.keep_checkpoint),
         iterations=args.iterations,
         init=args.init,
         arch=arch,
@@ -128,7 +126,5 @@ def _distill(args: argparse.Namespace, bundle, arch: ArchSpec | None, options: d
         match_pool=args.match_pool,
         lr_img=args.lr_img,
         device=args.device,
-        checkpoint_every=args.checkpoint_every,
-        keep_checkpoint=args.keep_checkpoint,
         **options,
     )

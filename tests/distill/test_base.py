@@ -3,13 +3,13 @@ import math
 import pytest
 import torch
 
-from nasdd.distill import METHODS, distill
+from nasdd.distill import METHODS, Saving, distill
 from nasdd.distill.base import CHECKPOINT
 from nasdd.distill.dm import DistributionMatching
 from nasdd.distill.gm import GradientMatching
 from nasdd.errors import NasddError
 
-QUICK = {"iterations": 6, "batch_real": 16, "checkpoint_every": 2}
+QUICK = {"iterations": 6, "batch_real": 16}
 
 
 class Interrupted(DistributionMatching):
@@ -31,26 +31,26 @@ class Diverges(DistributionMatching):
 def test_resume_after_interruption_equals_an_uninterrupted_run(digits, tmp_path):
     whole = distill(digits, "dm", 2, seed=4, **QUICK)
     with pytest.raises(KeyboardInterrupt):
-        Interrupted(ipc=2, seed=4, **QUICK).run(digits, out=tmp_path)
+        Interrupted(ipc=2, seed=4, **QUICK).run(digits, saving=Saving(out=tmp_path, checkpoint_every=2))
     assert torch.load(tmp_path / CHECKPOINT, weights_only=True)["iteration"] == 4
-    resumed = distill(digits, "dm", 2, seed=4, out=tmp_path, resume=True, **QUICK)
+    resumed = distill(digits, "dm", 2, seed=4, saving=Saving(out=tmp_path, resume=True, checkpoint_every=2), **QUICK)
     assert torch.equal(resumed.images, whole.images)
     assert resumed.provenance["cost"]["sample_grads"] == whole.provenance["cost"]["sample_grads"]
     assert (tmp_path / "proxy.pt").exists() and (tmp_path / "grid.png").exists()
 
 
 def test_resume_refuses_another_configuration(digits, tmp_path):
-    distill(digits, "dm", 1, seed=0, out=tmp_path, keep_checkpoint=True, **QUICK)
+    distill(digits, "dm", 1, seed=0, saving=Saving(out=tmp_path, keep_checkpoint=True, checkpoint_every=2), **QUICK)
     with pytest.raises(NasddError, match="already holds a proxy"):  # a finished proxy is never replaced silently
-        distill(digits, "dm", 1, seed=1, out=tmp_path, resume=True, **QUICK)
+        distill(digits, "dm", 1, seed=1, saving=Saving(out=tmp_path, resume=True, checkpoint_every=2), **QUICK)
     (tmp_path / "proxy.json").unlink()
     with pytest.raises(NasddError, match="another configuration"):
-        distill(digits, "dm", 1, seed=1, out=tmp_path, resume=True, **QUICK)
+        distill(digits, "dm", 1, seed=1, saving=Saving(out=tmp_path, resume=True, checkpoint_every=2), **QUICK)
 
 
 def test_nan_stops_with_a_message_and_keeps_the_last_good_images(digits, tmp_path):
     with pytest.raises(NasddError, match=r"dm diverged at iteration 3 .*last good images are kept"):
-        Diverges(ipc=1, seed=2, **QUICK).run(digits, out=tmp_path)
+        Diverges(ipc=1, seed=2, **QUICK).run(digits, saving=Saving(out=tmp_path, checkpoint_every=2))
     state = torch.load(tmp_path / CHECKPOINT, weights_only=True)
     good = distill(digits, "dm", 1, seed=2, **{**QUICK, "iterations": 3})
     assert state["iteration"] == 3 and torch.equal(state["images"], good.images)
@@ -78,7 +78,7 @@ def test_every_method_has_the_class_attributes(name):
     cls = METHODS.get(name)
     assert cls.family in ("coreset", "distribution matching", "parameter matching", "performance matching")
     assert cls.paper and "quick" in cls.presets and "cpu" in cls.presets
-    common = {"iterations", "lr_img", "init", "arch", "checkpoint_every", "match_space", "match_pool"}
+    common = {"iterations", "lr_img", "init", "arch", "match_space", "match_pool"}
     assert all(set(p) <= set(cls.options_type.kinds()) | common for p in cls.presets.values())
 
 

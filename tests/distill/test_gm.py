@@ -3,7 +3,7 @@ import torch
 
 from nasdd.arch import ArchSpec
 from nasdd.augment import DSA
-from nasdd.distill import METHODS, distill
+from nasdd.distill import METHODS, Saving, distill
 from nasdd.distill.evaluate import evaluate_proxy
 from nasdd.distill.gm import GradientMatching, layer_distance, paper_loops, siamese_augment
 from nasdd.errors import NasddError
@@ -98,8 +98,9 @@ def test_batchnorm_statistics_frozen_from_real_data(digits):
 
 def test_resume_is_exact(digits, tmp_path):
     full = distill(digits, "dsa", 2, seed=1, preset="quick", iterations=4)
-    distill(digits, "dsa", 2, seed=1, preset="quick", iterations=2, out=tmp_path, keep_checkpoint=True)
-    resumed = distill(digits, "dsa", 2, seed=1, preset="quick", iterations=4, out=tmp_path, resume=True, overwrite=True)
+    distill(digits, "dsa", 2, seed=1, preset="quick", iterations=2, saving=Saving(out=tmp_path, keep_checkpoint=True))
+    saving = Saving(out=tmp_path, resume=True, overwrite=True)
+    resumed = distill(digits, "dsa", 2, seed=1, preset="quick", iterations=4, saving=saving)
     assert torch.allclose(full.images, resumed.images, atol=1e-6)
 
 

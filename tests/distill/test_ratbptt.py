@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from nasdd.arch import ArchSpec
-from nasdd.distill import METHODS, catalog, distill
+from nasdd.distill import METHODS, Saving, catalog, distill
 from nasdd.distill.mtt import FlatNet, make_plan
 from nasdd.distill.ratbptt import InnerOptimizer, RaTBPTT, window_grad, window_loss_unrolled
 from nasdd.errors import NasddError
@@ -120,9 +120,9 @@ def test_resume_after_an_interruption_is_exact(digits, tmp_path, monkeypatch):
 
     monkeypatch.setattr(RaTBPTT, "step", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        distill(digits, "ratbptt", 1, seed=0, out=tmp_path, checkpoint_every=1, **kw)
+        distill(digits, "ratbptt", 1, seed=0, saving=Saving(out=tmp_path, checkpoint_every=1), **kw)
     monkeypatch.setattr(RaTBPTT, "step", step)
-    resumed = distill(digits, "ratbptt", 1, seed=0, out=tmp_path, resume=True, **kw)
+    resumed = distill(digits, "ratbptt", 1, seed=0, saving=Saving(out=tmp_path, resume=True), **kw)
     assert torch.equal(whole.images, resumed.images) and torch.equal(whole.labels, resumed.labels)
     assert whole.provenance["cost"]["sample_grads"] == resumed.provenance["cost"]["sample_grads"]
 
