@@ -98,13 +98,13 @@ def run_inner(net: FlatNet, opt: InnerOptimizer, w0, images, targets, plan: Plan
 
 def window_grad(
     net: FlatNet, opt: InnerOptimizer, w0, images: torch.Tensor, targets: torch.Tensor, plan: Plan, n_pre: int,
-    x_real: torch.Tensor, y_real: torch.Tensor,
+    real: tuple[torch.Tensor, torch.Tensor],
 ) -> tuple[float, torch.Tensor, torch.Tensor | None]:  # fmt: skip
-    """(meta-loss, ∂L/∂images, ∂L/∂targets when targets require grad): exact through the window
-    (steps n_pre..end of `plan`), one step's graph in memory at a time."""
+    """(meta-loss on the `real` batch (images, labels), ∂L/∂images, ∂L/∂targets when targets require grad):
+    exact through the window (steps n_pre..end of `plan`), one step's graph in memory at a time."""
     states = run_inner(net, opt, w0, images, targets, plan, n_pre)
     w_end = states[-1][0].clone().requires_grad_(True)
-    loss = F.cross_entropy(net(w_end, x_real), y_real)
+    loss = F.cross_entropy(net(w_end, real[0]), real[1])
     lam = [torch.autograd.grad(loss, w_end)[0], *(torch.zeros_like(t) for t in states[-1][1:])]
     learn_y = targets.requires_grad
     g_img = torch.zeros_like(images)
@@ -125,14 +125,14 @@ def window_grad(
 
 
 def window_loss_unrolled(net: FlatNet, opt: InnerOptimizer, w0, images, targets, plan: Plan, n_pre: int,
-                         x_real, y_real) -> torch.Tensor:  # fmt: skip
+                         real: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:  # fmt: skip
     """The same meta-loss with plain autograd through the window (memory grows with its length)."""
     state = run_inner(net, opt, w0, images, targets, plan, n_pre, stop=n_pre)[-1]
     state = (state[0].clone().requires_grad_(True), *state[1:])
     for i in range(n_pre, len(plan.batches)):
         x, y = plan.inputs(images, targets, i)
         state = opt.update(state, _grad(net, state[0], x, y, True), i + 1)
-    return F.cross_entropy(net(state[0], x_real), y_real)
+    return F.cross_entropy(net(state[0], real[0]), real[1])
 
 
 @dataclass(frozen=True)
@@ -246,8 +246,8 @@ class RaTBPTT(SoftLabels, Distiller):
             x_real = self.dsa(x_real, int(torch.randint(2**31, ())))
         probs = self.target_probs() if o.learn_labels else self.targets
         leaf = probs.detach().requires_grad_(bool(o.learn_labels))
-        loss, g_img, g_lab = window_grad(FlatNet(module), self.inner_opt, w0, self.images, leaf, plan, n_pre, x_real,
-                                         self.y_real[idx])  # fmt: skip
+        real = (x_real, self.y_real[idx])
+        loss, g_img, g_lab = window_grad(FlatNet(module), self.inner_opt, w0, self.images, leaf, plan, n_pre, real)
         self.opt.zero_grad(set_to_none=True)
         self.images.grad = self._clip(g_img)
         if g_lab is not None:
