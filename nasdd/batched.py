@@ -101,12 +101,12 @@ def fit_seeds(
             break
     seconds = (time.perf_counter() - start) / len(seeds)
     state = {**params, **buffers}
-    for s, (model, res) in enumerate(zip(models, results, strict=True)):
+    for s, (model, res, failed) in enumerate(zip(models, results, failed_at, strict=True)):
         model.load_state_dict({k: v[s].detach() for k, v in state.items()})
-        res.steps = step if failed_at[s] is None else failed_at[s] - 1  # up to its first non-finite loss
+        res.steps = step if failed is None else failed - 1  # up to its first non-finite loss
         res.sample_grads = sum(min(bs, n - (i % per_epoch) * bs) for i in range(res.steps))
         res.train_loss, res.seconds = float(losses[s]), seconds
-        _finish(res, model, failed_at[s], eval_data, recipe, device)
+        _finish(res, model, failed, eval_data, recipe, device)
     return results
 
 

@@ -108,6 +108,7 @@ class Distiller:
     default_iterations: ClassVar[int] = 1000
     default_lr_img: ClassVar[float] = 0.1
     options_type: ClassVar[type[Options]] = Options
+    opts: Options  # an instance of `options_type` (subclasses narrow the annotation)
     # named settings, e.g. {"quick": {...}, "cpu": {...}}: keyword arguments (iterations, lr_img, options)
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
 

@@ -72,6 +72,7 @@ class CAFE(Distiller):
     default_iterations = 2000
     default_lr_img = 0.1
     options_type = CAFEOptions
+    opts: CAFEOptions
     presets = {
         "quick": {
             "iterations": 6,

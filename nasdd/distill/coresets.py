@@ -53,6 +53,7 @@ class _FeatureCoreset(Distiller):
 
     iterative = False
     options_type = FeatureOptions
+    opts: FeatureOptions
     presets = {"quick": {"feature_epochs": 2}, "cpu": {"feature_epochs": 3}}
 
     def embed(self, bundle: DatasetBundle) -> torch.Tensor:

@@ -71,6 +71,7 @@ class DatasetDistillation(SoftLabels, Distiller):
     default_iterations = 400
     default_lr_img = 0.01
     options_type = DDOptions
+    opts: DDOptions
     presets = {
         "quick": {"iterations": 60, "unroll_steps": 5, "batch_real": 128},
         "cpu": {"iterations": 200, "batch_real": 128},

@@ -97,6 +97,7 @@ class DistributionMatching(Distiller):
     default_iterations = 20000
     default_lr_img = 1.0
     options_type = DMOptions
+    opts: DMOptions
     presets = {
         "quick": {"iterations": 60, "batch_real": 16},
         "cpu": {"iterations": 400, "batch_real": 64},

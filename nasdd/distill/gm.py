@@ -143,6 +143,7 @@ class GradientMatching(Distiller):
     default_iterations = 1000
     default_lr_img = 0.1
     options_type = GMOptions
+    opts: GMOptions
     presets = {
         # tests on digits (8x8): a depth-2 matching net, since depth 3 instance-normalises 2x2 maps there
         # and the matched images degrade; smaller image steps for the 8x8 pixels
@@ -322,6 +323,7 @@ class SiameseGradientMatching(GradientMatching):
     paper = "Zhao & Bilen, Dataset Condensation with Differentiable Siamese Augmentation, ICML 2021"
     note = GradientMatching.note + "; DSA strategy color_crop_cutout_flip_scale_rotate for every dataset"
     options_type = DSAOptions
+    opts: DSAOptions
     presets = GradientMatching.presets
 
     def setup(self, bundle: DatasetBundle) -> None:

@@ -108,6 +108,7 @@ class HCDC(Distiller):
     default_iterations = 200
     default_lr_img = 0.05  # chosen between 0.01 and 0.05 on the mnist5k audit (results/bench_fashion_mnist/hcdc)
     options_type = HCDCOptions
+    opts: HCDCOptions
     presets = {
         "quick": {
             "iterations": 3,

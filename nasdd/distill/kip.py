@@ -102,6 +102,7 @@ class KernelDistiller(SoftLabels, Distiller):
 
     family = "performance matching"
     default_lr_img = 0.01
+    opts: KRROptions
 
     def setup(self, bundle: DatasetBundle) -> None:
         o = self.opts
@@ -168,6 +169,7 @@ class RandomFeatureKRR(KernelDistiller):
     )
     default_iterations = 1000
     options_type = RandomFeatureOptions
+    opts: RandomFeatureOptions
     presets = {
         "quick": {"iterations": 100, "batch_real": 128},
         "cpu": {"iterations": 300, "batch_real": 128, "models": 2, "lr_img": 0.03, "learn_labels": True},
@@ -200,6 +202,7 @@ class KernelInducingPoints(KernelDistiller):
     )
     default_iterations = 1000
     options_type = KIPOptions
+    opts: KIPOptions
     presets = {"quick": {"iterations": 100, "batch_real": 128}, "cpu": {"iterations": 3000, "batch_real": 128}}
 
     def kernels(self, x_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -235,6 +238,7 @@ class FRePo(KernelDistiller):
     )
     default_iterations = 1000
     options_type = FRePoOptions
+    opts: FRePoOptions
     presets = {"quick": {"iterations": 100, "batch_real": 128}, "cpu": {"iterations": 500, "batch_real": 128}}
 
     def setup(self, bundle: DatasetBundle) -> None:

@@ -186,6 +186,7 @@ class MTT(Distiller):
     default_iterations = 1000
     default_lr_img = 100.0
     options_type = MTTOptions
+    opts: MTTOptions
     presets = {
         "quick": {
             "iterations": 20,

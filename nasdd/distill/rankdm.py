@@ -72,6 +72,7 @@ class RankDM(DistributionMatching):
     default_iterations = 20000
     default_lr_img = 10.0  # the normalised distances are ~1/|μ|² of DM's: on digits 10 and 100 beat 1.0 (85 vs 72 %)
     options_type = RankDMOptions
+    opts: RankDMOptions
     presets = {
         "quick": {"iterations": 60, "batch_real": 16, "match_space": "convnet_cpu", "match_pool": 8},
         "cpu": {"iterations": 400, "batch_real": 64, "match_space": "convnet_cpu", "match_pool": 16},

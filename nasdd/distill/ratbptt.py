@@ -171,6 +171,7 @@ class RaTBPTT(SoftLabels, Distiller):
     default_iterations = 2000
     default_lr_img = 0.001
     options_type = RaTBPTTOptions
+    opts: RaTBPTTOptions
     presets = {
         "quick": {
             "iterations": 40,

@@ -52,6 +52,8 @@ def with_width(arch: ArchSpec, width: int | None, normalization: str | None = No
 class SoftLabels:
     """Mixin for a Distiller: one-hot targets, optionally learned; the proxy stores their softmax."""
 
+    opts: LabelOptions
+
     def init_targets(self) -> None:
         """Create `self.targets` (float [N, K], one-hot); learnable labels replace `self.labels` by it."""
         temperature = self.opts.label_temperature
