@@ -123,9 +123,8 @@ def bench_one(method: str, bundle, ipc: int, recipe: TrainRecipe, recipe_text: s
     preset = args.preset if args.preset in cls.presets else None
     iterations = args.iterations if cls.iterative else None
     common = ("lr_img", "match_space", "match_pool")  # base options of every iterative method
-    options = {
-        k: v for k, v in args.options.items() if k in cls.options_type.kinds() or (k in common and cls.iterative)
-    }
+    parsed = parse_options(args.option, cls.options_type)  # each value as this method's field type
+    options = {k: v for k, v in parsed.items() if k in cls.options_type.kinds() or (k in common and cls.iterative)}
     label = (preset or "default") + (f"+it{iterations}" if iterations is not None else "")
     label += "".join(f"+{k}={v}" for k, v in options.items())
     dev = resolve_device(args.device)
@@ -183,7 +182,7 @@ def bench_speed(method: str, bundle, ipc: int, args) -> list[dict]:
     cls = METHODS.get(method)
     kinds = cls.options_type.kinds()
     preset = args.preset if args.preset in cls.presets else None
-    options = {k: v for k, v in args.options.items() if k in kinds or k == "lr_img"}
+    options = {k: v for k, v in parse_options(args.option, cls.options_type).items() if k in kinds or k == "lr_img"}
     label = (preset or "default") + "".join(f"+{k}={v}" for k, v in options.items())
     kwargs = {**cls.presets.get(preset, {}), **options, "iterations": 0}
     paths = ["reference", "current"] + (["compiled"] if args.compile and "compile_model" in kinds else [])
@@ -310,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         for m in methods:
             METHODS.get(m)
         ipcs = [int(i) for i in args.ipc.split(",")]
-        args.options = parse_options(args.option)
+        parse_options(args.option)  # a malformed KEY=VALUE is refused before any work
         recipe = TrainRecipe.parse(args.eval_recipe, RECIPES["proxy"])
         bundle = load_dataset(args.dataset, max_per_class=args.max_per_class)
     except (NasddError, ValueError) as exc:
