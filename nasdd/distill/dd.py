@@ -36,8 +36,8 @@ from torch.func import functional_call
 
 from nasdd.data import DatasetBundle
 from nasdd.distill.base import Distiller, register
+from nasdd.distill.options import at_least, positive
 from nasdd.distill.soft_labels import LabelOptions, SoftLabels, with_width
-from nasdd.errors import NasddError
 from nasdd.models import build
 
 
@@ -54,6 +54,13 @@ class DDOptions(LabelOptions):
     width: int | None = 32
     normalization: str | None = "none"
     export_lr: bool = False
+
+    def check(self) -> None:
+        super().check()
+        at_least(self, 1, "unroll_steps")
+        if not 0 <= self.truncate <= self.unroll_steps:
+            raise ValueError(f"truncate must be an integer in [0, unroll_steps], got {self.truncate!r}")
+        positive(self, "init_step_lr")
 
 
 @register
@@ -79,12 +86,6 @@ class DatasetDistillation(SoftLabels, Distiller):
 
     def setup(self, bundle: DatasetBundle) -> None:
         o = self.opts
-        if not (isinstance(o.unroll_steps, int) and o.unroll_steps >= 1):
-            raise NasddError(f"option unroll_steps must be a positive integer, got {o.unroll_steps!r}")
-        if not (isinstance(o.truncate, int) and 0 <= o.truncate <= o.unroll_steps):
-            raise NasddError(f"option truncate must be an integer in [0, unroll_steps], got {o.truncate!r}")
-        if not o.init_step_lr > 0:
-            raise NasddError(f"option init_step_lr must be positive, got {o.init_step_lr!r}")
         self.inner = with_width(self.arch, o.width, o.normalization)
         self.init_targets()
         self.log_lrs = torch.full((o.unroll_steps,), float(o.init_step_lr), device=self.dev).log()

@@ -48,8 +48,7 @@ from nasdd.augment import DEFAULT_STRATEGY, DSA
 from nasdd.data import DatasetBundle
 from nasdd.distill.base import Distiller, register
 from nasdd.distill.chunks import OneShape, chunk_size, with_compiled
-from nasdd.distill.options import Options, unrecorded
-from nasdd.errors import NasddError
+from nasdd.distill.options import Options, at_least, positive, unrecorded
 from nasdd.train import TrainRecipe, fit
 
 # the paper's (outer_loop, inner_loop) per images-per-class
@@ -121,6 +120,13 @@ class GMOptions(Options):
     reference: bool = unrecorded(False)
     compile_model: bool | None = unrecorded(None)
 
+    def check(self) -> None:
+        at_least(self, 0, "outer_loop", "inner_loop")
+        at_least(self, 1, "batch_real", "batch_train", "bn_per_class")
+        positive(self, "lr_net")
+        if not 0 <= self.momentum_img < 1:
+            raise ValueError(f"momentum_img must be in [0, 1), got {self.momentum_img!r}")
+
 
 @dataclass(frozen=True)
 class DSAOptions(GMOptions):
@@ -153,17 +159,6 @@ class GradientMatching(Distiller):
         "cpu": {"iterations": {1: 50, 10: 12}, "batch_real": 64, "inner_loop": 2},
     }
     augment_strategy: str | None = None  # DSA strategy for `dsa`
-
-    def _validate(self, bundle: DatasetBundle) -> None:
-        super()._validate(bundle)
-        o = self.opts
-        least_of = {"outer_loop": 0, "inner_loop": 0, "batch_real": 1, "batch_train": 1, "bn_per_class": 1}
-        for key, least in least_of.items():
-            if (v := getattr(o, key)) < least:
-                must = "an integer >= 0" if least == 0 else "a positive integer"
-                raise NasddError(f"{self.name} option {key} must be {must}, got {v!r}")
-        if not o.lr_net > 0 or not 0 <= o.momentum_img < 1:
-            raise NasddError(f"{self.name} needs lr_net > 0 and 0 <= momentum_img < 1")
 
     # ------------------------------------------------------------------------------------------ setup
     def setup(self, bundle: DatasetBundle) -> None:

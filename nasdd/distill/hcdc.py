@@ -57,7 +57,7 @@ from torch.nn.utils import parameters_to_vector
 from nasdd.data import DatasetBundle
 from nasdd.distill.base import Distiller, register
 from nasdd.distill.hypergrad import InnerProblem, hypergradient, neumann_ihvp
-from nasdd.distill.options import Options
+from nasdd.distill.options import Options, at_least
 from nasdd.distill.proxy import ProxySet
 from nasdd.errors import NasddError
 from nasdd.supernet import FACTORS, RelaxedConvNet, space_choices
@@ -92,6 +92,12 @@ class HCDCOptions(Options):
     batch_syn: int = 64
     mix: float = 0.3
     temperature: float = 1.0
+
+    def check(self) -> None:
+        at_least(self, 0, "inner_steps", "neumann_steps")
+        at_least(self, 1, "batch_train", "batch_val", "batch_syn", "reinit_every")
+        if not 0.0 <= self.mix < 1.0:
+            raise ValueError(f"mix must be in [0, 1), got {self.mix!r}")
 
 
 @register
@@ -142,11 +148,6 @@ class HCDC(Distiller):
     # ------------------------------------------------------------------------------------ setup
     def setup(self, bundle: DatasetBundle) -> None:
         o = self.opts
-        for k in ("inner_steps", "neumann_steps", "batch_train", "batch_val", "batch_syn", "reinit_every"):
-            if (v := getattr(o, k)) < (0 if k in ("inner_steps", "neumann_steps") else 1):
-                raise NasddError(f"hcdc option {k} must be a positive integer, got {v!r}")
-        if not 0.0 <= float(o.mix) < 1.0:
-            raise NasddError(f"hcdc option mix must be in [0, 1), got {o.mix!r}")
         self.train_proxy_ = self._training_set(bundle)
         self.x_train = self.train_proxy_.images.to(self.dev)
         self.y_train = self.train_proxy_.labels.to(self.dev)

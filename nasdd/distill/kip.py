@@ -48,8 +48,8 @@ from torch.func import functional_call, jacrev, vmap
 from nasdd.arch import ArchSpec
 from nasdd.data import DatasetBundle
 from nasdd.distill.base import Distiller, register
+from nasdd.distill.options import at_least
 from nasdd.distill.soft_labels import LabelOptions, SoftLabels, with_width
-from nasdd.errors import NasddError
 from nasdd.models import build
 
 
@@ -64,12 +64,21 @@ class KRROptions(LabelOptions):
     width: int | None = 64
     normalization: str | None = None
 
+    def check(self) -> None:
+        super().check()
+        if self.loss not in ("mse", "ce"):
+            raise ValueError(f"loss {self.loss!r} is unknown; valid losses: mse, ce")
+
 
 @dataclass(frozen=True)
 class RandomFeatureOptions(KRROptions):
     """krr: and the number of random networks per iteration."""
 
     models: int = 4
+
+    def check(self) -> None:
+        super().check()
+        at_least(self, 1, "models")
 
 
 @dataclass(frozen=True)
@@ -90,6 +99,10 @@ class FRePoOptions(KRROptions):
     train_steps: int = 1
     max_online_steps: int = 100
 
+    def check(self) -> None:
+        super().check()
+        at_least(self, 1, "pool_size")
+
 
 def krr_predict(k_ss: torch.Tensor, k_ts: torch.Tensor, y_s: torch.Tensor, reg: float) -> torch.Tensor:
     """Kernel ridge regression prediction K_ts (K_ss + reg * mean(diag K_ss) I)^-1 Y_s."""
@@ -106,11 +119,6 @@ class KernelDistiller(SoftLabels, Distiller):
 
     def setup(self, bundle: DatasetBundle) -> None:
         o = self.opts
-        if o.loss not in ("mse", "ce"):
-            raise NasddError(f"unknown loss {o.loss!r}; valid losses: mse, ce")
-        models = getattr(o, "models", 1)
-        if not (isinstance(models, int) and models >= 1):
-            raise NasddError(f"option models must be a positive integer, got {models!r}")
         self.inner = with_width(self.arch, o.width, o.normalization)
         self.init_targets()
         self.x_real, self.y_real = bundle.x_train.to(self.dev), bundle.y_train.to(self.dev)
@@ -244,8 +252,6 @@ class FRePo(KernelDistiller):
     def setup(self, bundle: DatasetBundle) -> None:
         super().setup(bundle)
         o = self.opts
-        if not (isinstance(o.pool_size, int) and o.pool_size >= 1):
-            raise NasddError(f"option pool_size must be a positive integer, got {o.pool_size!r}")
         self.slot_archs = self.inner_archs(-1, o.pool_size)  # with a match space: members as drawn
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)

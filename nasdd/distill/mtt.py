@@ -37,7 +37,7 @@ from nasdd.augment import DSA
 from nasdd.data import DatasetBundle
 from nasdd.distill.base import Distiller, register
 from nasdd.distill.experts import EXPERT_RECIPE, ExpertBuffer, train_experts, whiten, zca_matrix
-from nasdd.distill.options import Options, unrecorded
+from nasdd.distill.options import Options, at_least, positive, unrecorded
 from nasdd.distill.proxy import ProxySet
 from nasdd.errors import NasddError
 from nasdd.train import TrainRecipe
@@ -166,6 +166,11 @@ class MTTOptions(Options):
     expert_recipe: str | None = ""  # key=value overrides of the plain-SGD expert recipe
     reference: bool = unrecorded(False)
 
+    def check(self) -> None:
+        at_least(self, 1, "num_experts", "expert_epochs", "syn_steps")
+        at_least(self, 0, "max_start_epoch", "batch_syn")
+        positive(self, "lr_teacher", "lr_lr", "lr_labels")
+
 
 @register
 class MTT(Distiller):
@@ -211,21 +216,6 @@ class MTT(Distiller):
             "lr_img": 100.0,  # 1000 measured worse on mnist5k ipc 10 (91.14 against 92.18)
         },
     }
-
-    # ----------------------------------------------------------------------------------- options
-    def _validate(self, bundle: DatasetBundle) -> None:
-        super()._validate(bundle)
-        o = self.opts
-        for key in ("num_experts", "expert_epochs", "syn_steps"):
-            if not isinstance(getattr(o, key), int) or getattr(o, key) < 1:
-                raise NasddError(f"mtt option {key} must be a positive integer, got {getattr(o, key)!r}")
-        if not isinstance(o.max_start_epoch, int) or o.max_start_epoch < 0:
-            raise NasddError(f"mtt option max_start_epoch must be an integer >= 0, got {o.max_start_epoch!r}")
-        if not isinstance(o.batch_syn, int) or o.batch_syn < 0:
-            raise NasddError(f"mtt option batch_syn must be an integer >= 0, got {o.batch_syn!r}")
-        for key in ("lr_teacher", "lr_lr", "lr_labels"):
-            if not (isinstance(getattr(o, key), int | float) and getattr(o, key) > 0):
-                raise NasddError(f"mtt option {key} must be a positive number, got {getattr(o, key)!r}")
 
     # ------------------------------------------------------------------------------------- setup
     def setup(self, bundle: DatasetBundle) -> None:

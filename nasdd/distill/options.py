@@ -1,12 +1,12 @@
 """Typed method options: every Distiller's method-specific settings are one frozen dataclass (`Options`
 subclass) beside the method, with types and defaults; `Options.make` validates them in one place.
 
-An unknown option is refused in one line that lists the valid ones; a value of the wrong type in one line
-that names the method, the option and its type. Range checks that need the run (e.g. a window no longer
-than the unroll) stay in the method's `_validate`/`setup`. `parse` turns `--option KEY=VALUE` strings into
-the field's type. Fields marked `unrecorded()` (the reference code paths, compilation) change how a run
-computes, not what it computes: they are left out of `record()`, the dict a proxy's provenance and a
-checkpoint's configuration keep, so proxies and checkpoints compare as before.
+An unknown option is refused in one line that lists the valid ones; a value of the wrong type or out of its
+range (each class's `check`) in one line that names the method and the option. Checks that need the data
+or the network (e.g. one layer weight per block) stay in the method's `setup`. `parse` turns `--option
+KEY=VALUE` strings into the field's type. Fields marked `unrecorded()` (the reference code paths,
+compilation) change how a run computes, not what it computes: they are left out of `record()`, the dict a
+proxy's provenance and a checkpoint's configuration keep, so proxies and checkpoints compare as before.
 """
 
 from __future__ import annotations
@@ -25,6 +25,21 @@ from nasdd.errors import NasddError
 def unrecorded(default: Any) -> Any:
     """A field that switches a code path without changing the result: not recorded in provenance."""
     return field(default=default, metadata={"record": False})
+
+
+def at_least(opts: Options, least: int, *names: str) -> None:
+    """For `Options.check`: each named integer option is >= `least` (ValueError naming the first that is not)."""
+    for name in names:
+        if (v := getattr(opts, name)) < least:
+            must = "a positive integer" if least == 1 else f"an integer >= {least}"
+            raise ValueError(f"{name} must be {must}, got {v!r}")
+
+
+def positive(opts: Options, *names: str) -> None:
+    """For `Options.check`: each named number option is > 0 (ValueError naming the first that is not)."""
+    for name in names:
+        if not (v := getattr(opts, name)) > 0:
+            raise ValueError(f"{name} must be a positive number, got {v!r}")
 
 
 def _fits(value: Any, kind: Any) -> bool:
@@ -71,7 +86,15 @@ class Options:
         for key, value in values.items():
             if not _fits(value, kinds[key]):
                 raise NasddError(f"method {method} option {key} must be {_name(kinds[key])}, got {value!r}")
-        return cls(**values)
+        opts = cls(**values)
+        try:
+            opts.check()
+        except ValueError as exc:
+            raise NasddError(f"method {method} option {exc}") from None
+        return opts
+
+    def check(self) -> None:
+        """Raise ValueError('<option> must be ..., got ...') for a value out of its range (subclasses)."""
 
     @classmethod
     def parse(cls, key: str, text: str) -> Any:

@@ -43,6 +43,7 @@ import torch
 from nasdd.data import DatasetBundle
 from nasdd.distill.base import register
 from nasdd.distill.dm import DistributionMatching, DMOptions, class_means, reinit_
+from nasdd.distill.options import at_least, positive
 from nasdd.errors import NasddError
 from nasdd.spaces import space_names
 
@@ -53,6 +54,10 @@ class RankDMOptions(DMOptions):
 
     archs_per_iteration: int = 4
     temperature: float = 0.1
+
+    def check(self) -> None:
+        at_least(self, 1, "archs_per_iteration")
+        positive(self, "temperature")
 
 
 @register
@@ -81,13 +86,8 @@ class RankDM(DistributionMatching):
     def setup(self, bundle: DatasetBundle) -> None:
         if self.space_ is None:
             raise NasddError(f"rankdm matches a pool of architectures: give --match-space ({', '.join(space_names())})")
-        o = self.opts
-        if not (isinstance(o.archs_per_iteration, int) and o.archs_per_iteration >= 1):
-            raise NasddError(f"option archs_per_iteration must be a positive integer, got {o.archs_per_iteration!r}")
-        if not (isinstance(o.temperature, int | float) and o.temperature > 0):
-            raise NasddError(f"option temperature must be a positive number, got {o.temperature!r}")
         super().setup(bundle)
-        self.archs = min(int(o.archs_per_iteration), len(self.pool_))
+        self.archs = min(self.opts.archs_per_iteration, len(self.pool_))
 
     def distance(self, net: torch.nn.Module, xr: torch.Tensor, yr: torch.Tensor, seed: int) -> torch.Tensor:
         """r_a: DM's class-mean embedding distance of `net`, relative to the real class means' norm."""

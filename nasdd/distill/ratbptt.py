@@ -41,7 +41,6 @@ from nasdd.data import DatasetBundle
 from nasdd.distill.base import Distiller, register
 from nasdd.distill.mtt import FlatNet, Plan, make_plan
 from nasdd.distill.soft_labels import LabelOptions, SoftLabels, with_width
-from nasdd.errors import NasddError
 from nasdd.models import build
 
 TINY = 1e-30  # inside Adam's square root: keeps its derivative finite where v = 0 (value change < 1e-15)
@@ -154,6 +153,25 @@ class RaTBPTTOptions(LabelOptions):
     learn_labels: bool = True
     lr_label: float = 0.001
 
+    def check(self) -> None:
+        super().check()
+        if self.unroll < 1:
+            raise ValueError(f"unroll must be a positive integer, got {self.unroll!r}")
+        if not 1 <= self.window <= self.unroll:
+            raise ValueError(f"window must be an integer in [1, unroll], got {self.window!r}")
+        if self.inner_optim not in ("sgd", "adam"):
+            raise ValueError(f"inner_optim {self.inner_optim!r} is unknown; valid: sgd, adam")
+        checks = {"inner_lr": (0, None), "lr_label": (0, None), "inner_wd": (None, None),
+                  "inner_momentum": (None, 1), "clip_ema": (None, 1)}  # fmt: skip
+        for key, (above, below) in checks.items():
+            v = getattr(self, key)
+            if not ((v > above if above is not None else v >= 0) and (below is None or v < below)):
+                bounds = "> 0" if above is not None else ">= 0" if below is None else "in [0, 1)"
+                raise ValueError(f"{key} must be a number {bounds}, got {v!r}")
+        for key, least in (("batch_real", 1), ("batch_syn", 0)):
+            if getattr(self, key) < least:
+                raise ValueError(f"{key} must be an integer >= {least}, got {getattr(self, key)!r}")
+
 
 @register
 class RaTBPTT(SoftLabels, Distiller):
@@ -202,25 +220,7 @@ class RaTBPTT(SoftLabels, Distiller):
 
     def _validate(self, bundle: DatasetBundle) -> None:
         super()._validate(bundle)
-        o = self.opts
-        if not (isinstance(o.unroll, int) and o.unroll >= 1):
-            raise NasddError(f"ratbptt option unroll must be a positive integer, got {o.unroll!r}")
-        if not (isinstance(o.window, int) and 1 <= o.window <= o.unroll):
-            raise NasddError(f"ratbptt option window must be an integer in [1, unroll], got {o.window!r}")
-        if o.inner_optim not in ("sgd", "adam"):
-            raise NasddError(f"ratbptt option inner_optim {o.inner_optim!r} is unknown; valid: sgd, adam")
-        checks = {"inner_lr": (0, None), "lr_label": (0, None), "inner_wd": (None, None),
-                  "inner_momentum": (None, 1), "clip_ema": (None, 1)}  # fmt: skip
-        for key, (above, below) in checks.items():
-            v = getattr(o, key)
-            ok = isinstance(v, int | float) and (v > above if above is not None else v >= 0)
-            if not (ok and (below is None or v < below)):
-                bounds = "> 0" if above is not None else ">= 0" if below is None else "in [0, 1)"
-                raise NasddError(f"ratbptt option {key} must be a number {bounds}, got {v!r}")
-        for key, least in (("batch_real", 1), ("batch_syn", 0)):
-            if not (isinstance(getattr(o, key), int) and getattr(o, key) >= least):
-                raise NasddError(f"ratbptt option {key} must be an integer >= {least}, got {getattr(o, key)!r}")
-        with_width(self.arch, o.width, o.normalization)  # refuses bad width / normalization options
+        with_width(self.arch, self.opts.width, self.opts.normalization)  # refuses bad width / normalization
 
     def setup(self, bundle: DatasetBundle) -> None:
         o = self.opts

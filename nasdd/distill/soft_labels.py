@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from nasdd.arch import ArchSpec
-from nasdd.distill.options import Options
+from nasdd.distill.options import Options, positive
 from nasdd.distill.proxy import ProxySet
 from nasdd.errors import NasddError
 from nasdd.models import NORMS
@@ -30,6 +30,9 @@ class LabelOptions(Options):
     learn_labels: bool = False
     label_temperature: float = 0.1
     lr_label: float = 0.01
+
+    def check(self) -> None:
+        positive(self, "label_temperature")
 
 
 def with_width(arch: ArchSpec, width: int | None, normalization: str | None = None) -> ArchSpec:
@@ -56,9 +59,6 @@ class SoftLabels:
 
     def init_targets(self) -> None:
         """Create `self.targets` (float [N, K], one-hot); learnable labels replace `self.labels` by it."""
-        temperature = self.opts.label_temperature
-        if not (isinstance(temperature, int | float) and temperature > 0):
-            raise NasddError(f"option label_temperature must be a positive number, got {temperature!r}")
         onehot = F.one_hot(self.labels, self.bundle.num_classes).float()
         self.targets = onehot.requires_grad_(bool(self.opts.learn_labels))
         if self.opts.learn_labels:

@@ -102,9 +102,14 @@ def test_every_preset_is_data_of_valid_options(name):
         ("mtt", "zca", 1, "method mtt option zca must be bool, got 1"),
         ("ratbptt", "width", "wide", r"method ratbptt option width must be int \| None, got 'wide'"),
         ("cafe", "layer_weights", ["a"], r"method cafe option layer_weights must be list\[float\] \| None"),
+        ("mtt", "syn_steps", 0, "method mtt option syn_steps must be a positive integer, got 0"),
+        ("dc", "momentum_img", 1.0, r"method dc option momentum_img must be in \[0, 1\), got 1.0"),
+        ("krr", "loss", "hinge", "method krr option loss 'hinge' is unknown; valid losses: mse, ce"),
+        ("hcdc", "inner_steps", -1, "method hcdc option inner_steps must be an integer >= 0, got -1"),
     ],
 )
-def test_an_option_of_the_wrong_type_is_refused_in_one_line(method, option, value, says):
+def test_an_option_of_the_wrong_type_or_value_is_refused_in_one_line(method, option, value, says):
+    """Checked when the Distiller is built (`Options.make`), before any data is touched."""
     with pytest.raises(NasddError, match=says) as err:
         METHODS.get(method)(ipc=1, **{option: value})
     assert "\n" not in str(err.value)
