@@ -101,10 +101,12 @@ def fit_seeds(
             break
     seconds = (time.perf_counter() - start) / len(seeds)
     state = {**params, **buffers}
-    for s, (model, res) in enumerate(zip(models, results, strict=True)):
+    for s, (model, res, failed) in enumerate(zip(models, results, failed_at, strict=True)):
         model.load_state_dict({k: v[s].detach() for k, v in state.items()})
-        _finish(res, model, failed_at[s], step, bs, n, float(losses[s]), eval_data, recipe, device)
-        res.seconds = seconds
+        res.steps = step if failed is None else failed - 1  # up to its first non-finite loss
+        res.sample_grads = sum(min(bs, n - (i % per_epoch) * bs) for i in range(res.steps))
+        res.train_loss, res.seconds = float(losses[s]), seconds
+        _finish(res, model, failed, eval_data, recipe, device)
     return results
 
 
@@ -112,19 +114,11 @@ def _finish(
     res: TrainResult,
     model: torch.nn.Module,
     failed_at: int | None,
-    steps: int,
-    bs: int,
-    n: int,
-    train_loss: float,
     eval_data: tuple[torch.Tensor, torch.Tensor] | None,
     recipe: TrainRecipe,
     device: torch.device,
 ) -> None:
-    """Fill one seed's result as `fit` would: steps and sample-gradients up to its first non-finite loss."""
-    res.steps = steps if failed_at is None else failed_at - 1
-    per_epoch = math.ceil(n / bs)
-    res.sample_grads = sum(min(bs, n - (i % per_epoch) * bs) for i in range(res.steps))
-    res.train_loss = train_loss
+    """Fill one seed's status and evaluation as `fit` would (failed at its first non-finite loss, if any)."""
     if failed_at is not None:
         res.status, res.error = "failed", f"non-finite training loss by step {failed_at - 1}"
         return

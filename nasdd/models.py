@@ -47,10 +47,11 @@ def _norm(kind: str, c: int, hw: int) -> nn.Module:
 
 
 class ConvNet(nn.Module):
-    """The ConvNet of Zhao et al. (ICLR 2021): `depth` blocks of conv3x3-norm-act-pool, then a linear layer.
+    """The ConvNet of Zhao et al. (ICLR 2021): one block of conv3x3-norm-act-pool per entry of `widths` (its
+    width; the default is depth 3, width 128), then a linear layer.
 
     Deviation: a pooling layer is skipped once the feature map is 1 pixel wide, so deep members still
-    build on 8x8 inputs (the DC code would fail there). `widths` overrides the width of each block.
+    build on 8x8 inputs (the DC code would fail there).
     """
 
     def __init__(
@@ -58,15 +59,12 @@ class ConvNet(nn.Module):
         channels: int,
         num_classes: int,
         image_size: int,
-        depth: int = 3,
-        width: int = 128,
+        widths: tuple[int, ...] = (128, 128, 128),
         activation: str = "relu",
         normalization: str = "instancenorm",
         pooling: str = "avgpool",
-        widths: tuple[int, ...] | None = None,
     ) -> None:
         super().__init__()
-        widths = tuple(widths) if widths else (width,) * depth
         blocks, c, hw = [], channels, image_size
         for w in widths:
             layers: list[nn.Module] = [nn.Conv2d(c, w, 3, padding=1), _norm(normalization, w, hw)]
@@ -204,11 +202,10 @@ def _build_convnet(spec: ArchSpec, channels: int, image_size: int, num_classes: 
         channels,
         num_classes,
         image_size,
-        depth=depth,
+        widths,
         activation=spec.get("activation", "relu"),
         normalization=spec.get("normalization", "instancenorm"),
         pooling=spec.get("pooling", "avgpool"),
-        widths=widths,
     )
 
 

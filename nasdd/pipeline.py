@@ -18,7 +18,7 @@ from pathlib import Path
 from nasdd.arch import ArchSpec
 from nasdd.cli import add_data_args, load_data_from_args
 from nasdd.data import DatasetBundle
-from nasdd.distill import METHODS, ProxySet, distill
+from nasdd.distill import METHODS, ProxySet, Saving, distill
 from nasdd.errors import NasddError
 from nasdd.layout import RunLayout
 from nasdd.spaces import load_space
@@ -78,7 +78,8 @@ def make_proxies(
         if not RunLayout(folder).holds_proxy():
             cls = METHODS.get(method)
             name = distill_preset if distill_preset in cls.presets else None
-            distill(bundle, method, ipc, seed, out=folder, resume=True, preset=name, arch=arch, device=device)
+            saving = Saving(out=folder, resume=True)
+            distill(bundle, method, ipc, seed, preset=name, arch=arch, device=device, saving=saving)
         done.append((method, folder))
     return done
 

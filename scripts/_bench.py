@@ -68,9 +68,9 @@ def record(out: str | Path, argv: Sequence[str] | None = None, readme: Path = RE
 def random_proxy(work: Path, dataset: str, ipc: int) -> Path:
     """A seeded `random` proxy of `dataset` under `work`, made once and reused (the workers benchmarks' proxy)."""
     from nasdd.data import load_dataset
-    from nasdd.distill import distill
+    from nasdd.distill import Saving, distill
 
     proxy = work / f"proxy-{dataset}-random-ipc{ipc}"
     if not (proxy / "proxy.json").exists():
-        distill(load_dataset(dataset), "random", ipc=ipc, seed=0, out=proxy)
+        distill(load_dataset(dataset), "random", ipc=ipc, seed=0, saving=Saving(out=proxy))
     return proxy

@@ -10,7 +10,7 @@ recipe (computed once per ipc and recipe, and reused from `random.csv` when it h
 With `--work DIR` each proxy is saved to `DIR/proxies/<method>-ipc<k>` (the layout of `nasdd.pipeline.make_proxies`,
 so `scripts/bench_validate.py --work DIR` audits these very proxies) and reused when it is already there (its
 peak memory is then unknown: NaN). MTT's expert training is reported apart (`expert_*` columns).
-With `--speed` nothing is evaluated: for each method, one distiller is set up and its outer iterations are
+With `--speed` nothing is evaluated: for each method, one distiller per path is set up and its outer iterations are
 timed `--rounds` times on the previous path (`reference=True`: dc/dsa's torch.func matching, the original DM
 code's loop over classes, MTT's back-propagation through the whole unroll) and on the current one,
 interleaved, from the same images and seeds; the median seconds per iteration of both paths, their ratio
@@ -35,7 +35,7 @@ import pandas as pd
 import torch
 
 from nasdd.data import load_dataset  # noqa: E402
-from nasdd.distill import METHODS, ProxySet, distill  # noqa: E402
+from nasdd.distill import METHODS, ProxySet, Saving, distill  # noqa: E402
 from nasdd.distill.cli import parse_options  # noqa: E402
 from nasdd.distill.evaluate import evaluate_proxy  # noqa: E402
 from nasdd.errors import NasddError  # noqa: E402
@@ -123,7 +123,8 @@ def bench_one(method: str, bundle, ipc: int, recipe: TrainRecipe, recipe_text: s
     preset = args.preset if args.preset in cls.presets else None
     iterations = args.iterations if cls.iterative else None
     common = ("lr_img", "match_space", "match_pool")  # base options of every iterative method
-    options = {k: v for k, v in args.options.items() if k in cls.defaults or (k in common and cls.iterative)}
+    parsed = parse_options(args.option, cls.options_type)  # each value as this method's field type
+    options = {k: v for k, v in parsed.items() if k in cls.options_type.kinds() or (k in common and cls.iterative)}
     label = (preset or "default") + (f"+it{iterations}" if iterations is not None else "")
     label += "".join(f"+{k}={v}" for k, v in options.items())
     dev = resolve_device(args.device)
@@ -132,7 +133,7 @@ def bench_one(method: str, bundle, ipc: int, recipe: TrainRecipe, recipe_text: s
     reuse = saved is not None and (saved / "proxy.json").exists()
     with PeakMemory(dev) as mem:
         proxy = ProxySet.load(saved, bundle) if reuse else distill(
-            bundle, method, ipc, args.seed, out=saved, resume=saved is not None, preset=preset,
+            bundle, method, ipc, args.seed, preset=preset, saving=Saving(out=saved, resume=saved is not None),
             device=args.device, iterations=iterations, **options,
         )  # fmt: skip
     cost = proxy.provenance["cost"]
@@ -176,21 +177,26 @@ def loadavg() -> str:
 def bench_speed(method: str, bundle, ipc: int, args) -> list[dict]:
     """Seconds per outer iteration of the previous (`reference`) and the current path, interleaved; with
     `--compile`, also the current path compiled (dc/dsa/dm: `compile_model=True`), after one untimed warm-up
-    iteration that compiles (its seconds in `warmup_s`); the other paths then run explicitly eager."""
+    iteration that compiles (its seconds in `warmup_s`); the other paths then run explicitly eager. Each path
+    is one distiller with the path's options (`reference`, `compile_model`), set up alike from the same seed."""
     cls = METHODS.get(method)
+    kinds = cls.options_type.kinds()
     preset = args.preset if args.preset in cls.presets else None
-    options = {k: v for k, v in args.options.items() if k in cls.defaults or k == "lr_img"}
+    options = {k: v for k, v in parse_options(args.option, cls.options_type).items() if k in kinds or k == "lr_img"}
     label = (preset or "default") + "".join(f"+{k}={v}" for k, v in options.items())
     kwargs = {**cls.presets.get(preset, {}), **options, "iterations": 0}
-    d = cls(ipc=ipc, seed=args.seed, device=args.device, **kwargs)
-    d.run(bundle)  # validation and setup (MTT: experts), no iteration
-    paths = ["reference", "current"] + (["compiled"] if args.compile and hasattr(d, "compile_model") else [])
-    start = d.images.detach().clone()
+    paths = ["reference", "current"] + (["compiled"] if args.compile and "compile_model" in kinds else [])
+    ds = {}
+    for path in paths:
+        switches = {"reference": path == "reference"} if "reference" in kinds else {}
+        if len(paths) > 2:
+            switches["compile_model"] = path == "compiled"
+        ds[path] = cls(ipc=ipc, seed=args.seed, device=args.device, **kwargs, **switches)
+        ds[path].run(bundle)  # validation and setup (MTT: experts), no iteration
+    start = ds["current"].images.detach().clone()
 
     def one(path: str, r: int) -> float:
-        d.reference = path == "reference"
-        if len(paths) > 2:
-            d.compile_model = path == "compiled"
+        d = ds[path]
         with torch.no_grad():
             d.images.copy_(start)
         torch.manual_seed(args.seed * 1_000_003 + r)  # the same draws on every path
@@ -303,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         for m in methods:
             METHODS.get(m)
         ipcs = [int(i) for i in args.ipc.split(",")]
-        args.options = parse_options(args.option)
+        parse_options(args.option)  # a malformed KEY=VALUE is refused before any work
         recipe = TrainRecipe.parse(args.eval_recipe, RECIPES["proxy"])
         bundle = load_dataset(args.dataset, max_per_class=args.max_per_class)
     except (NasddError, ValueError) as exc:

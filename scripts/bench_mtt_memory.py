@@ -40,9 +40,9 @@ def child(args: argparse.Namespace) -> dict:
     dev = resolve_device(args.device)
     torch.manual_seed(0)
     traj = d.trajs[0]
-    w0, target = traj[0], traj[d.options["expert_epochs"]]
+    w0, target = traj[0], traj[d.opts.expert_epochs]
     n = len(d.images)
-    plan = make_plan(n, args.child_steps, min(d.options["batch_syn"] or n, n), d.dsa, dev)
+    plan = make_plan(n, args.child_steps, min(d.opts.batch_syn or n, n), d.dsa, dev)
     gc.collect()
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
@@ -70,7 +70,7 @@ def child(args: argparse.Namespace) -> dict:
         "mode": args.child_mode,
         "syn_steps": args.child_steps,
         "ipc": args.ipc,
-        "batch_syn": min(d.options["batch_syn"] or n, n),
+        "batch_syn": min(d.opts.batch_syn or n, n),
         "arch": d.arch.short(),
         "params": sum(d.net.numels),
         "device": dev.type,

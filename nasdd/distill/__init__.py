@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from nasdd.data import DatasetBundle
-from nasdd.distill.base import CHECKPOINT, METHODS, Distiller, register
+from nasdd.distill.base import CHECKPOINT, METHODS, Distiller, Saving, register
 from nasdd.distill.proxy import ProxySet
 from nasdd.errors import NasddError
 from nasdd.layout import RunLayout
 
-_NOT_METHODS = {"base", "proxy", "cli", "evaluate", "experts", "hypergrad", "importers"}
+_NOT_METHODS = {"base", "options", "proxy", "cli", "evaluate", "experts", "hypergrad", "importers"}
 for _m in pkgutil.iter_modules(__path__):
     if _m.name not in _NOT_METHODS:
         importlib.import_module(f"{__name__}.{_m.name}")
@@ -29,18 +29,17 @@ def distill(
     ipc: int,
     seed: int = 0,
     *,
-    out: str | Path | None = None,
-    resume: bool = False,
     preset: str | None = None,
-    keep_checkpoint: bool = False,
-    overwrite: bool = False,
+    saving: Saving | None = None,
     **kwargs: Any,
 ) -> ProxySet:
-    """Distil `bundle` with `method` into `ipc` images per class; with `out`, save the proxy and its grid
-    (and remove the checkpoint once they are saved, unless `keep_checkpoint`). A proxy already in `out`
-    is refused unless `overwrite`; `resume` continues `out`'s checkpoint (see `nasdd.distill.base`).
+    """Distil `bundle` with `method` into `ipc` images per class; with `saving.out`, save the proxy and its
+    grid (and remove the checkpoint once they are saved, unless `saving.keep_checkpoint`). A proxy already
+    in `out` is refused unless `saving.overwrite`; `saving.resume` continues `out`'s checkpoint (see
+    `nasdd.distill.base.Saving`).
 
-    `preset` names one of the method's presets (e.g. `quick`, `cpu`); explicit keyword arguments win.
+    `preset` names one of the method's presets (e.g. `quick`, `cpu`); explicit keyword arguments (the
+    Distiller's: iterations, lr_img, arch, ..., and the method's options) win.
     """
     cls = METHODS.get(method)
     if preset is not None:
@@ -50,13 +49,15 @@ def distill(
             )
         kwargs = {**cls.presets[preset], **{k: v for k, v in kwargs.items() if v is not None}}
     distiller = cls(ipc=ipc, seed=seed, **kwargs)
-    if out is not None and RunLayout(out).holds_proxy() and not overwrite:
+    saving = saving or Saving()
+    out = saving.out
+    if out is not None and RunLayout(out).holds_proxy() and not saving.overwrite:
         raise NasddError(f"{out} already holds a proxy ({_describe(Path(out))}); use another --out, or --overwrite")
-    proxy = distiller.run(bundle, out=out, resume=resume, overwrite=overwrite)
+    proxy = distiller.run(bundle, saving)
     if out is not None:
         proxy.save(out)
         proxy.save_grid(Path(out) / "grid.png")
-        if not keep_checkpoint:
+        if not saving.keep_checkpoint:
             (Path(out) / CHECKPOINT).unlink(missing_ok=True)
     return proxy
 
@@ -79,4 +80,4 @@ def catalog() -> list[tuple[str, str]]:
     return rows
 
 
-__all__ = ["METHODS", "Distiller", "ProxySet", "catalog", "distill", "register"]
+__all__ = ["METHODS", "Distiller", "ProxySet", "Saving", "catalog", "distill", "register"]

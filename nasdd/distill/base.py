@@ -27,6 +27,7 @@ import math
 import random
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -35,6 +36,7 @@ from torch import nn
 
 from nasdd.arch import ArchSpec
 from nasdd.data import DatasetBundle
+from nasdd.distill.options import Options
 from nasdd.distill.proxy import ProxySet
 from nasdd.errors import NasddError
 from nasdd.models import DEFAULT_ARCH
@@ -46,6 +48,20 @@ from nasdd.utils import atomic_open, deferred_interrupts, load_untrusted, progre
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = 1  # the `format` a checkpoint records; a newer one is refused
 DEFAULT_MATCH_POOL = 16
+
+
+@dataclass(frozen=True)
+class Saving:
+    """Where a distillation saves and what it does with what is there (see the module docstring): the folder
+    `out` (None: nothing is saved), `resume` its checkpoint of this configuration, `overwrite` a proxy or a
+    checkpoint of another one, a checkpoint every `checkpoint_every` iterations (0: only at the end and
+    when stopped), kept after the proxy is saved with `keep_checkpoint` (`nasdd.distill.distill`)."""
+
+    out: str | Path | None = None
+    resume: bool = False
+    overwrite: bool = False
+    checkpoint_every: int = 100
+    keep_checkpoint: bool = False
 
 
 def sample_real(bundle: DatasetBundle, ipc: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,9 +94,10 @@ class Distiller:
 
     Common options: ipc, seed, iterations, init (`real` | `noise`), arch (the matching network),
     match_space / match_pool (match through members of a search space instead, see the module docstring),
-    lr_img (image learning rate), device, checkpoint_every; `iterations` and `lr_img` may also map
-    ipc -> value (presets do; the nearest ipc is used). Method-specific options and their defaults
-    live in the class attribute `defaults`; after `run`, they are in `self.options`.
+    lr_img (image learning rate), device; `iterations` and `lr_img` may also map
+    ipc -> value (presets do; the nearest ipc is used). Method-specific options are the keyword arguments
+    left; they fill the method's `options_type` (a frozen `nasdd.distill.options.Options` dataclass:
+    types and defaults), checked on construction and kept as `self.opts`.
     """
 
     name: ClassVar[str] = ""
@@ -90,7 +107,8 @@ class Distiller:
     iterative: ClassVar[bool] = True
     default_iterations: ClassVar[int] = 1000
     default_lr_img: ClassVar[float] = 0.1
-    defaults: ClassVar[dict[str, Any]] = {}
+    options_type: ClassVar[type[Options]] = Options
+    opts: Options  # an instance of `options_type` (subclasses narrow the annotation)
     # named settings, e.g. {"quick": {...}, "cpu": {...}}: keyword arguments (iterations, lr_img, options)
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
 
@@ -104,22 +122,16 @@ class Distiller:
         arch: ArchSpec | None = None,
         lr_img: float | dict[int, float] | None = None,
         device: str | torch.device = "auto",
-        checkpoint_every: int = 100,
         match_space: str | Path | SearchSpace | None = None,
         match_pool: int | None = None,
         **options: Any,
     ) -> None:
-        unknown = set(options) - set(self.defaults)
-        if unknown:
-            valid = ", ".join(sorted(self.defaults)) or "none"
-            raise NasddError(f"method {self.name} has no option {sorted(unknown)[0]!r}; valid options: {valid}")
+        self.opts = self.options_type.make(self.name, options)
         self.ipc, self.seed, self.init, self.device = ipc, seed, init, device
         self.iterations = self.default_iterations if iterations is None else per_ipc(iterations, ipc)
         self.arch = arch or DEFAULT_ARCH
         self.lr_img = self.default_lr_img if lr_img is None else per_ipc(lr_img, ipc)
-        self.checkpoint_every = checkpoint_every
         self.match_space, self.match_pool = match_space, match_pool
-        self.options = {**self.defaults, **options}
 
     # ----------------------------------------------------------------------------------------- hooks
     def select(self, bundle: DatasetBundle, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -196,7 +208,7 @@ class Distiller:
             "init": self.init,
             "arch": self.arch.to_dict(),
             "lr_img": self.lr_img,
-            **self.options,
+            **self.opts.record(),
         }
         if getattr(self, "space_", None) is not None:  # only then: fixed-arch configurations stay as they were
             config["match_space"] = self.space_.name
@@ -223,10 +235,10 @@ class Distiller:
         if not (math.isfinite(self.lr_img) and self.lr_img > 0):
             raise NasddError(f"lr_img must be a positive finite number, got {self.lr_img}")
 
-    def run(
-        self, bundle: DatasetBundle, *, out: str | Path | None = None, resume: bool = False, overwrite: bool = False
-    ) -> ProxySet:
-        """Distil `bundle` into a ProxySet (checkpoints go to `out` when given; see the module docstring)."""
+    def run(self, bundle: DatasetBundle, saving: Saving | None = None) -> ProxySet:
+        """Distil `bundle` into a ProxySet (checkpoints go to `saving.out` when given; see the module docstring)."""
+        saving = saving or Saving()
+        out, every = saving.out, saving.checkpoint_every
         self._validate(bundle)
         self.bundle, self.dev = bundle, resolve_device(self.device)
         self._draw_match_pool()
@@ -246,7 +258,7 @@ class Distiller:
         self.labels = y.to(self.dev)
         self.syn_lr: torch.Tensor | None = None
         self.setup(bundle)
-        first = self._maybe_resume(out, resume, overwrite)
+        first = self._maybe_resume(out, saving.resume, saving.overwrite)
         bar = progress(total=self.iterations, initial=first, desc=f"distill {self.name}", unit="iteration")
         with deferred_interrupts() as interrupted:
             for it in range(first, self.iterations):
@@ -259,7 +271,7 @@ class Distiller:
                 bar.set_postfix(loss=f"{loss:.4g}")
                 if interrupted():
                     self._stop(out, it + 1, time.perf_counter() - start)
-                if out is not None and self.checkpoint_every and (it + 1) % self.checkpoint_every == 0:
+                if out is not None and every and (it + 1) % every == 0:
                     self._checkpoint(out, it + 1, time.perf_counter() - start)
         bar.close()
         self.seconds += time.perf_counter() - start

@@ -24,6 +24,7 @@ inner training as the trainer counts it.
 from __future__ import annotations
 
 import collections
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -34,8 +35,30 @@ from nasdd.data import DatasetBundle
 from nasdd.distill.base import Distiller, register
 from nasdd.distill.chunks import chunked
 from nasdd.distill.dm import RealSampler, class_means, reinit_
+from nasdd.distill.options import Options, unrecorded
 from nasdd.errors import NasddError
 from nasdd.train import TrainRecipe, fit
+
+
+@dataclass(frozen=True)
+class CAFEOptions(Options):
+    """CAFE's options; `reference`: every pass in one batch, as before the chunks (tests and the speed
+    benchmark)."""
+
+    batch_real: int = 256
+    query_per_class: int = 32
+    momentum: float = 0.5
+    lr_net: float = 0.01
+    beta: float = 0.01
+    temperature: float = 1.0
+    layer_weights: list[float] | None = None  # one weight per conv block; None = 1.0 each
+    lambda_1: float = 0.04
+    lambda_2: float = 0.03
+    window: int = 10
+    max_outer: int = 50
+    max_inner: int = 50
+    dsa_strategy: str = "none"
+    reference: bool = unrecorded(False)
 
 
 @register
@@ -48,21 +71,8 @@ class CAFE(Distiller):
     note = "outer/inner loops capped; cpu preset: 10 rounds, 64 real + 16 query/class, window 3, <=10 outer, <=5 inner"
     default_iterations = 2000
     default_lr_img = 0.1
-    defaults = {
-        "batch_real": 256,
-        "query_per_class": 32,
-        "momentum": 0.5,
-        "lr_net": 0.01,
-        "beta": 0.01,
-        "temperature": 1.0,
-        "layer_weights": None,  # one weight per conv block; None = 1.0 each
-        "lambda_1": 0.04,
-        "lambda_2": 0.03,
-        "window": 10,
-        "max_outer": 50,
-        "max_inner": 50,
-        "dsa_strategy": "none",
-    }
+    options_type = CAFEOptions
+    opts: CAFEOptions
     presets = {
         "quick": {
             "iterations": 6,
@@ -81,21 +91,20 @@ class CAFE(Distiller):
             "max_inner": 5,
         },
     }
-    reference = False  # True: every pass in one batch, as before the chunks (tests and the speed benchmark)
 
     def setup(self, bundle: DatasetBundle) -> None:
         for arch in self.pool_:
             if not hasattr(self.network(arch), "layer_outputs"):
                 raise NasddError(f"cafe needs a network with layer outputs (a ConvNet); got {arch}")
-        o = self.options
-        strategy = o["dsa_strategy"]
+        o = self.opts
+        strategy = o.dsa_strategy
         self.dsa = None if strategy in (None, "none", "") else DSA(strategy)
-        self.sampler = RealSampler(bundle, int(o["batch_real"]), self.dev)
-        self.query = RealSampler(bundle, int(o["query_per_class"]), self.dev)
-        self.opt = torch.optim.SGD([self.images], lr=self.lr_img, momentum=float(o["momentum"]))
+        self.sampler = RealSampler(bundle, int(o.batch_real), self.dev)
+        self.query = RealSampler(bundle, int(o.query_per_class), self.dev)
+        self.opt = torch.optim.SGD([self.images], lr=self.lr_img, momentum=float(o.momentum))
         self.k = bundle.num_classes
         depths = sorted({len(self.network(a).blocks) for a in self.pool_})
-        if o["layer_weights"] is not None and depths != [len(o["layer_weights"])]:
+        if o.layer_weights is not None and depths != [len(o.layer_weights)]:
             mixed = "; the match pool mixes depths, leave it unset" if len(depths) > 1 else ""
             need = " or ".join(map(str, depths))
             raise NasddError(f"cafe option layer_weights needs {need} values (one per conv block){mixed}")
@@ -105,12 +114,12 @@ class CAFE(Distiller):
         """Match through iteration `it`'s network (the fixed `arch` or a member of the match space), with
         one layer weight per conv block of that network."""
         self.net = self.network(self.matching_arch(it))
-        w = self.options["layer_weights"]
+        w = self.opts.layer_weights
         self.weights = [1.0] * len(self.net.blocks) if w is None else [float(v) for v in w]
 
     def _pass(self, fn, x: torch.Tensor):
         """`fn(x)` through the network: in cache-sized chunks on CPU, in one batch with `reference`."""
-        return fn(x) if self.reference else chunked(fn, self.net, x)
+        return fn(x) if self.opts.reference else chunked(fn, self.net, x)
 
     def _augment(self, x: torch.Tensor, seed: int) -> torch.Tensor:
         return x if self.dsa is None else self.dsa(x, seed)
@@ -127,8 +136,8 @@ class CAFE(Distiller):
             diff = class_means(r.flatten(1), yr, self.k) - class_means(s.flatten(1), self.labels, self.k)
             loss = loss + w * (diff**2).sum()
         centres = class_means(syn[-1].flatten(1), self.labels, self.k)
-        logits = real[-1].flatten(1) @ centres.t() / float(self.options["temperature"])
-        loss = loss + float(self.options["beta"]) * F.cross_entropy(logits, yr, reduction="sum")
+        logits = real[-1].flatten(1) @ centres.t() / float(self.opts.temperature)
+        loss = loss + float(self.opts.beta) * F.cross_entropy(logits, yr, reduction="sum")
         (grad,) = torch.autograd.grad(loss, self.images)
         self.images.grad = grad
         self.opt.step()
@@ -148,37 +157,37 @@ class CAFE(Distiller):
 
     def inner_loop(self, start_acc: float) -> None:
         """Train the network on the synthetic set until its query accuracy rises by more than lambda_2."""
-        o = self.options
+        o = self.opts
         recipe = TrainRecipe(
             epochs=1,
             batch_size=256,
-            lr=float(o["lr_net"]),
+            lr=float(o.lr_net),
             momentum=0.0,
             weight_decay=0.0,
             schedule="constant",
             augment=None if self.dsa is None else f"dsa:{'_'.join(self.dsa.ops)}",
         )
         x, y = self.images.detach(), self.labels
-        for _ in range(int(o["max_inner"])):
+        for _ in range(int(o.max_inner)):
             seed = int(torch.randint(2**31 - 1, (1,)))
             self.count(fit(self.net, x, y, recipe, seed=seed, device=self.dev).sample_grads)
-            if self.query_accuracy() - start_acc > float(o["lambda_2"]):
+            if self.query_accuracy() - start_acc > float(o.lambda_2):
                 break
 
     def step(self, it: int) -> float:
-        o = self.options
+        o = self.opts
         for g in self.opt.param_groups:  # the authors' schedule: lr halved at 60, 80 and 90% of the rounds
             g["lr"] = self.lr_img * 0.5 ** sum(it >= f * self.iterations for f in (0.6, 0.8, 0.9))
         self.use_net(it)
         reinit_(self.net)
         self.net.train()
-        watch: collections.deque[float] = collections.deque(maxlen=int(o["window"]))
+        watch: collections.deque[float] = collections.deque(maxlen=int(o.window))
         losses = []
-        for _ in range(int(o["max_outer"])):
+        for _ in range(int(o.max_outer)):
             losses.append(self.image_update())
             acc = self.query_accuracy()
             watch.append(acc)
-            if len(watch) == watch.maxlen and max(watch) - min(watch) < float(o["lambda_1"]):
+            if len(watch) == watch.maxlen and max(watch) - min(watch) < float(o.lambda_1):
                 break
             self.inner_loop(acc)
         return sum(losses) / len(losses)

@@ -7,13 +7,13 @@ import json
 import statistics
 import sys
 from pathlib import Path
-
-import yaml
+from typing import Any
 
 from nasdd.arch import ArchSpec
 from nasdd.cli import add_data_args, command_line, load_data_from_args
-from nasdd.distill import CHECKPOINT, METHODS, distill
+from nasdd.distill import CHECKPOINT, METHODS, Saving, distill
 from nasdd.distill.evaluate import evaluate_proxy
+from nasdd.distill.options import Options
 from nasdd.errors import NasddError
 from nasdd.train import RECIPES, TrainRecipe
 
@@ -59,14 +59,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-recipe", default="proxy", help=f"--evaluate recipe: a preset ({recipes}) and/or key=value")
 
 
-def parse_options(pairs: list[str]) -> dict:
-    """`key=value` strings -> dict, values parsed as YAML scalars (numbers, booleans, strings)."""
+def parse_options(pairs: list[str], options_type: type[Options] = Options) -> dict[str, Any]:
+    """`key=value` strings -> dict, each value parsed to the type of `options_type`'s field (YAML scalars
+    for keys it lacks: numbers, booleans, strings; `Options.make` refuses unknown keys later)."""
     out = {}
     for pair in pairs:
         if "=" not in pair:
             raise NasddError(f"--option expects KEY=VALUE, got {pair!r}")
         k, v = pair.split("=", 1)
-        out[k.strip().replace("-", "_")] = yaml.safe_load(v)
+        key = k.strip().replace("-", "_")
+        out[key] = options_type.parse(key, v)
     return out
 
 
@@ -80,7 +82,7 @@ def command(args: argparse.Namespace) -> int:
         arch = ArchSpec.from_json(args.arch) if args.arch else None
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise NasddError(f"--arch is not valid ArchSpec JSON: {exc}") from exc
-    options = parse_options(args.option)
+    options = parse_options(args.option, METHODS.get(args.method).options_type)
     bundle = load_data_from_args(args)
     try:
         proxy = _distill(args, bundle, arch, options)
@@ -115,10 +117,8 @@ def _distill(args: argparse.Namespace, bundle, arch: ArchSpec | None, options: d
         args.method,
         args.ipc,
         args.seed,
-        out=args.out,
-        resume=True,
-        overwrite=args.overwrite,
         preset=args.preset,
+        saving=Saving(args.out, True, args.overwrite, args.checkpoint_every, args.keep_checkpoint),
         iterations=args.iterations,
         init=args.init,
         arch=arch,
@@ -126,7 +126,5 @@ def _distill(args: argparse.Namespace, bundle, arch: ArchSpec | None, options: d
         match_pool=args.match_pool,
         lr_img=args.lr_img,
         device=args.device,
-        checkpoint_every=args.checkpoint_every,
-        keep_checkpoint=args.keep_checkpoint,
         **options,
     )

@@ -8,11 +8,13 @@ on the whole training set extracts the features; Euclidean distance).
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import torch
 
 from nasdd.data import DatasetBundle
 from nasdd.distill.base import Distiller, register, sample_real
+from nasdd.distill.options import Options
 from nasdd.train import TrainRecipe, build_seeded, fit
 from nasdd.utils import stable_hash
 
@@ -33,6 +35,15 @@ class RandomSubset(Distiller):
         return sample_real(bundle, self.ipc, gen)
 
 
+@dataclass(frozen=True)
+class FeatureOptions(Options):
+    """Herding's and k-center's options: the feature network's training (epochs, lr, batch size)."""
+
+    feature_epochs: int = 10
+    feature_lr: float = 0.01
+    feature_batch: int = 64
+
+
 class _FeatureCoreset(Distiller):
     """Shared part of herding and k-center: embed the training set with a network trained on it.
 
@@ -41,13 +52,14 @@ class _FeatureCoreset(Distiller):
     """
 
     iterative = False
-    defaults = {"feature_epochs": 10, "feature_lr": 0.01, "feature_batch": 64}
+    options_type = FeatureOptions
+    opts: FeatureOptions
     presets = {"quick": {"feature_epochs": 2}, "cpu": {"feature_epochs": 3}}
 
     def embed(self, bundle: DatasetBundle) -> torch.Tensor:
         """[N, D] features of every training image (cached per process: herding and k-center share them;
         their cost, sample-gradients and seconds, is recorded as if computed)."""
-        key = stable_hash([bundle.key, self.arch.to_dict(), self.seed, self.options, str(self.dev)])
+        key = stable_hash([bundle.key, self.arch.to_dict(), self.seed, self.opts.record(), str(self.dev)])
         if key not in _FEATURES:
             _FEATURES.clear()
             before, start = self.sample_grads, time.perf_counter()
@@ -62,12 +74,12 @@ class _FeatureCoreset(Distiller):
     def _embed(self, bundle: DatasetBundle) -> torch.Tensor:
         shape = (bundle.channels, bundle.image_size, bundle.image_size)
         net = build_seeded(self.arch, shape, bundle.num_classes, self.seed).to(self.dev)
-        epochs = int(self.options["feature_epochs"])
+        epochs = int(self.opts.feature_epochs)
         if epochs > 0:
             recipe = TrainRecipe(
                 epochs=epochs,
-                batch_size=int(self.options["feature_batch"]),
-                lr=float(self.options["feature_lr"]),
+                batch_size=int(self.opts.feature_batch),
+                lr=float(self.opts.feature_lr),
                 schedule="cosine",
             )
             self.count(fit(net, bundle.x_train, bundle.y_train, recipe, seed=self.seed, device=self.dev).sample_grads)

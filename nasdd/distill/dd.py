@@ -27,6 +27,7 @@ instead of 10 steps x 3 epochs of per-step batches.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -35,9 +36,31 @@ from torch.func import functional_call
 
 from nasdd.data import DatasetBundle
 from nasdd.distill.base import Distiller, register
-from nasdd.distill.soft_labels import LABEL_DEFAULTS, SoftLabels, with_width
-from nasdd.errors import NasddError
+from nasdd.distill.options import at_least, positive
+from nasdd.distill.soft_labels import LabelOptions, SoftLabels, with_width
 from nasdd.models import build
+
+
+@dataclass(frozen=True)
+class DDOptions(LabelOptions):
+    """DD's options: inner steps K (`truncate`: differentiate only the last ones, 0 = all), their initial
+    and learning rates, real batch, the narrowed matching ConvNet, whether the proxy keeps the learned lr."""
+
+    unroll_steps: int = 10
+    truncate: int = 0
+    init_step_lr: float = 0.1
+    lr_step_lr: float = 0.05
+    batch_real: int = 256
+    width: int | None = 32
+    normalization: str | None = "none"
+    export_lr: bool = False
+
+    def check(self) -> None:
+        super().check()
+        at_least(self, 1, "unroll_steps")
+        if not 0 <= self.truncate <= self.unroll_steps:
+            raise ValueError(f"truncate must be an integer in [0, unroll_steps], got {self.truncate!r}")
+        positive(self, "init_step_lr")
 
 
 @register
@@ -54,42 +77,27 @@ class DatasetDistillation(SoftLabels, Distiller):
     )
     default_iterations = 400
     default_lr_img = 0.01
-    defaults: dict[str, Any] = {
-        "unroll_steps": 10,
-        "truncate": 0,
-        "init_step_lr": 0.1,
-        "lr_step_lr": 0.05,
-        "batch_real": 256,
-        "width": 32,
-        "normalization": "none",
-        "export_lr": False,
-        **LABEL_DEFAULTS,
-    }
+    options_type = DDOptions
+    opts: DDOptions
     presets = {
         "quick": {"iterations": 60, "unroll_steps": 5, "batch_real": 128},
         "cpu": {"iterations": 200, "batch_real": 128},
     }
 
     def setup(self, bundle: DatasetBundle) -> None:
-        o = self.options
-        if not (isinstance(o["unroll_steps"], int) and o["unroll_steps"] >= 1):
-            raise NasddError(f"option unroll_steps must be a positive integer, got {o['unroll_steps']!r}")
-        if not (isinstance(o["truncate"], int) and 0 <= o["truncate"] <= o["unroll_steps"]):
-            raise NasddError(f"option truncate must be an integer in [0, unroll_steps], got {o['truncate']!r}")
-        if not o["init_step_lr"] > 0:
-            raise NasddError(f"option init_step_lr must be positive, got {o['init_step_lr']!r}")
-        self.inner = with_width(self.arch, o["width"], o["normalization"])
+        o = self.opts
+        self.inner = with_width(self.arch, o.width, o.normalization)
         self.init_targets()
-        self.log_lrs = torch.full((o["unroll_steps"],), float(o["init_step_lr"]), device=self.dev).log()
+        self.log_lrs = torch.full((o.unroll_steps,), float(o.init_step_lr), device=self.dev).log()
         self.log_lrs.requires_grad_(True)
         self.x_real, self.y_real = bundle.x_train.to(self.dev), bundle.y_train.to(self.dev)
-        groups = [{"params": [self.images], "lr": self.lr_img}, {"params": [self.log_lrs], "lr": o["lr_step_lr"]}]
+        groups = [{"params": [self.images], "lr": self.lr_img}, {"params": [self.log_lrs], "lr": o.lr_step_lr}]
         self.opt = torch.optim.Adam(groups + self.label_groups())
 
     def step(self, it: int) -> float:
-        o, n = self.options, len(self.images)
-        k_steps = o["unroll_steps"]
-        kept = o["truncate"] or k_steps
+        o, n = self.opts, len(self.images)
+        k_steps = o.unroll_steps
+        kept = o.truncate or k_steps
         arch = self.inner_archs(it)[0]
         net = build(arch, self.bundle.channels, self.bundle.image_size, self.bundle.num_classes).to(self.dev)
         params = {k: p.detach().requires_grad_(True) for k, p in net.named_parameters()}
@@ -108,16 +116,16 @@ class DatasetDistillation(SoftLabels, Distiller):
                     name: (p - step_lr * g).detach().requires_grad_(True)
                     for (name, p), g in zip(params.items(), grads, strict=True)
                 }
-        idx = torch.randint(len(self.x_real), (o["batch_real"],), device=self.dev)
+        idx = torch.randint(len(self.x_real), (o.batch_real,), device=self.dev)
         loss = F.cross_entropy(functional_call(net, params, (self.x_real[idx],)), self.y_real[idx])
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
-        self.count(n * (k_steps + 2 * kept) + o["batch_real"])
+        self.count(n * (k_steps + 2 * kept) + o.batch_real)
         return float(loss.detach())
 
     def learned_lr(self) -> float | None:
-        return float(self.log_lrs.detach().exp().mean()) if self.options["export_lr"] else None
+        return float(self.log_lrs.detach().exp().mean()) if self.opts.export_lr else None
 
     def to_proxy(self):
         proxy = super().to_proxy()

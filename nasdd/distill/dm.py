@@ -17,6 +17,7 @@ Cost: real images are forward-only (counted one sample-gradient each), synthetic
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -27,6 +28,7 @@ from nasdd.augment import DEFAULT_STRATEGY, DSA
 from nasdd.data import DatasetBundle
 from nasdd.distill.base import Distiller, register
 from nasdd.distill.chunks import OneShape, chunked, with_compiled
+from nasdd.distill.options import Options, unrecorded
 
 
 def class_means(f: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -71,6 +73,19 @@ def matching_net(distiller: Distiller, it: int) -> nn.Module:
     return net.train()
 
 
+@dataclass(frozen=True)
+class DMOptions(Options):
+    """DM's options: real images per class and iteration, the image optimiser's momentum, the DSA strategy;
+    `reference`: the original DM code's per-class loop (tests and the speed benchmark); `compile_model`:
+    the real images' pass compiled (None: NASDD_COMPILE)."""
+
+    batch_real: int = 256
+    momentum: float = 0.5
+    dsa_strategy: str = DEFAULT_STRATEGY
+    reference: bool = unrecorded(False)
+    compile_model: bool | None = unrecorded(None)
+
+
 @register
 class DistributionMatching(Distiller):
     """DM: match per-class mean embeddings of real and synthetic images under random networks."""
@@ -81,19 +96,18 @@ class DistributionMatching(Distiller):
     note = "one DSA draw per iteration for all classes; cpu preset: 64 real images per class, 400 iterations"
     default_iterations = 20000
     default_lr_img = 1.0
-    defaults = {"batch_real": 256, "momentum": 0.5, "dsa_strategy": DEFAULT_STRATEGY}
+    options_type = DMOptions
+    opts: DMOptions
     presets = {
         "quick": {"iterations": 60, "batch_real": 16},
         "cpu": {"iterations": 400, "batch_real": 64},
     }
-    reference = False  # True: the original DM code's per-class loop (tests and the speed benchmark)
-    compile_model: bool | None = None  # True: the real images' pass compiled; None: NASDD_COMPILE
 
     def setup(self, bundle: DatasetBundle) -> None:
         self.net = matching_net(self, 0)
-        self.dsa = DSA(self.options["dsa_strategy"])
-        self.sampler = RealSampler(bundle, int(self.options["batch_real"]), self.dev)
-        self.opt = torch.optim.SGD([self.images], lr=self.lr_img, momentum=float(self.options["momentum"]))
+        self.dsa = DSA(self.opts.dsa_strategy)
+        self.sampler = RealSampler(bundle, int(self.opts.batch_real), self.dev)
+        self.opt = torch.optim.SGD([self.images], lr=self.lr_img, momentum=float(self.opts.momentum))
         self.k = bundle.num_classes
         self.compiled_: dict[tuple[int, str], OneShape] = {}
 
@@ -102,13 +116,13 @@ class DistributionMatching(Distiller):
         reinit_(self.net)
         xr, yr = self.sampler()
         seed = int(torch.randint(2**31 - 1, (1,)))
-        if self.reference:
+        if self.opts.reference:
             loss = self._reference_loss(xr, yr, seed)
         else:
             with torch.no_grad():
                 xa = self.dsa(xr, seed)
                 run = partial(chunked, net=self.net, x=xa)
-                feats = with_compiled(run, self.net.features, self.net, self.compiled_, self.compile_model)
+                feats = with_compiled(run, self.net.features, self.net, self.compiled_, self.opts.compile_model)
                 real = class_means(feats, yr, self.k)
             syn = class_means(chunked(self.net.features, self.net, self.dsa(self.images, seed)), self.labels, self.k)
             loss = ((real - syn) ** 2).sum()

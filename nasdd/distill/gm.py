@@ -34,6 +34,7 @@ statistics pass, and the trainer's count for the network training.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -47,7 +48,7 @@ from nasdd.augment import DEFAULT_STRATEGY, DSA
 from nasdd.data import DatasetBundle
 from nasdd.distill.base import Distiller, register
 from nasdd.distill.chunks import OneShape, chunk_size, with_compiled
-from nasdd.errors import NasddError
+from nasdd.distill.options import Options, at_least, positive, unrecorded
 from nasdd.train import TrainRecipe, fit
 
 # the paper's (outer_loop, inner_loop) per images-per-class
@@ -104,6 +105,36 @@ def reinitialize(net: nn.Module) -> None:
             m.reset_parameters()
 
 
+@dataclass(frozen=True)
+class GMOptions(Options):
+    """DC's options; `reference`: the previous torch.func matching path (tests and the speed benchmark);
+    `compile_model`: the real-gradient pass and inner training compiled (None: NASDD_COMPILE)."""
+
+    outer_loop: int = 0  # 0: the paper's value for the ipc
+    inner_loop: int = 0  # 0: the paper's value for the ipc
+    batch_real: int = 256
+    batch_train: int = 256
+    lr_net: float = 0.01
+    momentum_img: float = 0.5
+    bn_per_class: int = 16
+    reference: bool = unrecorded(False)
+    compile_model: bool | None = unrecorded(None)
+
+    def check(self) -> None:
+        at_least(self, 0, "outer_loop", "inner_loop")
+        at_least(self, 1, "batch_real", "batch_train", "bn_per_class")
+        positive(self, "lr_net")
+        if not 0 <= self.momentum_img < 1:
+            raise ValueError(f"momentum_img must be in [0, 1), got {self.momentum_img!r}")
+
+
+@dataclass(frozen=True)
+class DSAOptions(GMOptions):
+    """DSA: DC's options and the augmentation strategy."""
+
+    dsa_strategy: str = DEFAULT_STRATEGY
+
+
 @register
 class GradientMatching(Distiller):
     """DC: per-class gradient matching on freshly initialised networks trained on the synthetic set."""
@@ -117,15 +148,8 @@ class GradientMatching(Distiller):
     )
     default_iterations = 1000
     default_lr_img = 0.1
-    defaults: dict[str, Any] = {
-        "outer_loop": 0,  # 0: the paper's value for the ipc
-        "inner_loop": 0,  # 0: the paper's value for the ipc
-        "batch_real": 256,
-        "batch_train": 256,
-        "lr_net": 0.01,
-        "momentum_img": 0.5,
-        "bn_per_class": 16,
-    }
+    options_type = GMOptions
+    opts: GMOptions
     presets = {
         # tests on digits (8x8): a depth-2 matching net, since depth 3 instance-normalises 2x2 maps there
         # and the matched images degrade; smaller image steps for the 8x8 pixels
@@ -135,26 +159,12 @@ class GradientMatching(Distiller):
         "cpu": {"iterations": {1: 50, 10: 12}, "batch_real": 64, "inner_loop": 2},
     }
     augment_strategy: str | None = None  # DSA strategy for `dsa`
-    reference = False  # True: the previous torch.func matching path (tests and the speed benchmark)
-    compile_model: bool | None = None  # real-gradient pass and inner training compiled; None: NASDD_COMPILE
-
-    def _validate(self, bundle: DatasetBundle) -> None:
-        super()._validate(bundle)
-        o = self.options
-        for key in ("outer_loop", "inner_loop"):
-            if not isinstance(o[key], int) or o[key] < 0:
-                raise NasddError(f"{self.name} option {key} must be an integer >= 0, got {o[key]!r}")
-        for key in ("batch_real", "batch_train", "bn_per_class"):
-            if not isinstance(o[key], int) or o[key] < 1:
-                raise NasddError(f"{self.name} option {key} must be a positive integer, got {o[key]!r}")
-        if not o["lr_net"] > 0 or not 0 <= o["momentum_img"] < 1:
-            raise NasddError(f"{self.name} needs lr_net > 0 and 0 <= momentum_img < 1")
 
     # ------------------------------------------------------------------------------------------ setup
     def setup(self, bundle: DatasetBundle) -> None:
-        o, dev = self.options, self.dev
+        o, dev = self.opts, self.dev
         outer, inner = paper_loops(self.ipc)
-        self.outer_loop, self.inner_loop = o["outer_loop"] or outer, o["inner_loop"] or inner
+        self.outer_loop, self.inner_loop = o.outer_loop or outer, o.inner_loop or inner
         self.k = bundle.num_classes
         self.compiled_: dict[tuple[int, str], OneShape] = {}
         self.use_net(0)
@@ -167,13 +177,13 @@ class GradientMatching(Distiller):
         self.table = table.to(dev)
         self.valid = torch.arange(table.shape[1], device=dev)[None] < self.class_sizes[:, None]
         self.x_train = bundle.x_train.to(dev)
-        self.batch_real = min(o["batch_real"], min(len(i) for i in idx))
-        self.opt = torch.optim.SGD([self.images], lr=self.lr_img, momentum=o["momentum_img"])
+        self.batch_real = min(o.batch_real, min(len(i) for i in idx))
+        self.opt = torch.optim.SGD([self.images], lr=self.lr_img, momentum=o.momentum_img)
         self.dsa = DSA(self.augment_strategy) if self.augment_strategy else None
         self.recipe = TrainRecipe(
             epochs=self.inner_loop,
-            batch_size=o["batch_train"],
-            lr=o["lr_net"],
+            batch_size=o.batch_train,
+            lr=o.lr_net,
             momentum=0.0,
             weight_decay=0.0,
             schedule="constant",
@@ -207,7 +217,7 @@ class GradientMatching(Distiller):
         """Set BatchNorm running statistics to those of a real batch and freeze them (eval mode)."""
         if not self.bns:
             return
-        x = self.real_batch(min(self.options["bn_per_class"], self.batch_real)).flatten(0, 1)
+        x = self.real_batch(min(self.opts.bn_per_class, self.batch_real)).flatten(0, 1)
         momenta = [m.momentum for m in self.bns]
         for m in self.bns:
             m.reset_running_stats()
@@ -230,7 +240,7 @@ class GradientMatching(Distiller):
             real, syn = siamese_augment(self.dsa, real, syn, seeds)
             real = real.detach()  # its augmentation shares a graph with syn; keep the real gradients constant
         self.count(k * b + 2 * k * ipc)
-        if self.reference:
+        if self.opts.reference:
             return self._reference_distance(real, syn)
         g_real = self.class_grads_autograd(real, create_graph=False)
         return gradient_distance(g_real, self.class_grads_autograd(syn, create_graph=True))
@@ -242,7 +252,7 @@ class GradientMatching(Distiller):
         if create_graph:
             return self._class_grads(self.net, x, create_graph)
         run = partial(self._class_grads, x=x, create_graph=False)
-        return with_compiled(run, self.net, self.net, self.compiled_, self.compile_model)
+        return with_compiled(run, self.net, self.net, self.compiled_, self.opts.compile_model)
 
     def _class_grads(
         self, fwd: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, create_graph: bool
@@ -280,7 +290,7 @@ class GradientMatching(Distiller):
         seed = int(torch.randint(2**31 - 1, (1,)))
         res = fit(
             self.net, self.images.detach(), self.labels, self.recipe, seed=seed, device=self.dev,
-            compile_model=self.compile_model,
+            compile_model=self.opts.compile_model,
         )
         self.count(res.sample_grads)
 
@@ -307,10 +317,11 @@ class SiameseGradientMatching(GradientMatching):
     name = "dsa"
     paper = "Zhao & Bilen, Dataset Condensation with Differentiable Siamese Augmentation, ICML 2021"
     note = GradientMatching.note + "; DSA strategy color_crop_cutout_flip_scale_rotate for every dataset"
-    defaults = {**GradientMatching.defaults, "dsa_strategy": DEFAULT_STRATEGY}
+    options_type = DSAOptions
+    opts: DSAOptions
     presets = GradientMatching.presets
 
     def setup(self, bundle: DatasetBundle) -> None:
-        self.augment_strategy = self.options["dsa_strategy"]
+        self.augment_strategy = self.opts.dsa_strategy
         DSA(self.augment_strategy)  # validates the strategy
         super().setup(bundle)

@@ -46,6 +46,7 @@ gradients `batch_val + batch_syn`; the image update `2 * batch_syn`; plus the tr
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -56,6 +57,7 @@ from torch.nn.utils import parameters_to_vector
 from nasdd.data import DatasetBundle
 from nasdd.distill.base import Distiller, register
 from nasdd.distill.hypergrad import InnerProblem, hypergradient, neumann_ihvp
+from nasdd.distill.options import Options, at_least
 from nasdd.distill.proxy import ProxySet
 from nasdd.errors import NasddError
 from nasdd.supernet import FACTORS, RelaxedConvNet, space_choices
@@ -72,6 +74,32 @@ def factor_distance(h_real: torch.Tensor, h_syn: torch.Tensor, sizes: list[int])
     return out
 
 
+@dataclass(frozen=True)
+class HCDCOptions(Options):
+    """HCDC's options: the method (and preset) that builds the training set, the synthetic validation set's
+    ipc (None: `ipc`), the inner training and the Neumann hypergradient, batch sizes, the relaxation."""
+
+    train_method: str = "random"
+    train_preset: str | None = None
+    val_ipc: int | None = None
+    inner_steps: int = 20
+    inner_lr: float = 0.01
+    reinit_every: int = 10
+    neumann_steps: int = 5
+    neumann_alpha: float = 0.01
+    batch_train: int = 64
+    batch_val: int = 128
+    batch_syn: int = 64
+    mix: float = 0.3
+    temperature: float = 1.0
+
+    def check(self) -> None:
+        at_least(self, 0, "inner_steps", "neumann_steps")
+        at_least(self, 1, "batch_train", "batch_val", "batch_syn", "reinit_every")
+        if not 0.0 <= self.mix < 1.0:
+            raise ValueError(f"mix must be in [0, 1), got {self.mix!r}")
+
+
 @register
 class HCDC(Distiller):
     """HCDC: a synthetic validation set whose hypergradients match the real validation data's."""
@@ -85,21 +113,8 @@ class HCDC(Distiller):
     )
     default_iterations = 200
     default_lr_img = 0.05  # chosen between 0.01 and 0.05 on the mnist5k audit (results/bench_fashion_mnist/hcdc)
-    defaults = {
-        "train_method": "random",
-        "train_preset": None,
-        "val_ipc": None,
-        "inner_steps": 20,
-        "inner_lr": 0.01,
-        "reinit_every": 10,
-        "neumann_steps": 5,
-        "neumann_alpha": 0.01,
-        "batch_train": 64,
-        "batch_val": 128,
-        "batch_syn": 64,
-        "mix": 0.3,
-        "temperature": 1.0,
-    }
+    options_type = HCDCOptions
+    opts: HCDCOptions
     presets = {
         "quick": {
             "iterations": 3,
@@ -132,12 +147,7 @@ class HCDC(Distiller):
 
     # ------------------------------------------------------------------------------------ setup
     def setup(self, bundle: DatasetBundle) -> None:
-        o = self.options
-        for k in ("inner_steps", "neumann_steps", "batch_train", "batch_val", "batch_syn", "reinit_every"):
-            if not (isinstance(o[k], int) and o[k] >= (0 if k in ("inner_steps", "neumann_steps") else 1)):
-                raise NasddError(f"hcdc option {k} must be a positive integer, got {o[k]!r}")
-        if not 0.0 <= float(o["mix"]) < 1.0:
-            raise NasddError(f"hcdc option mix must be in [0, 1), got {o['mix']!r}")
+        o = self.opts
         self.train_proxy_ = self._training_set(bundle)
         self.x_train = self.train_proxy_.images.to(self.dev)
         self.y_train = self.train_proxy_.labels.to(self.dev)
@@ -150,16 +160,16 @@ class HCDC(Distiller):
         self.supernet = RelaxedConvNet(choices, bundle.channels, bundle.num_classes, bundle.image_size).to(self.dev)
         self.sizes = self.supernet.sizes
         self.shapes = [(n, p.shape) for n, p in self.supernet.named_parameters()]
-        self.inner_opt = torch.optim.SGD(self.supernet.parameters(), lr=float(o["inner_lr"]), momentum=0.9)
+        self.inner_opt = torch.optim.SGD(self.supernet.parameters(), lr=float(o.inner_lr), momentum=0.9)
         self.opt = torch.optim.Adam([self.images], lr=self.lr_img)
 
     def _training_set(self, bundle: DatasetBundle) -> ProxySet:
         from nasdd.distill import METHODS, distill
 
-        method = self.options["train_method"]
+        method = self.opts.train_method
         if METHODS.get(method) is HCDC:
             raise NasddError("hcdc's train_method must be another method (e.g. random, herding, dm)")
-        preset = self.options["train_preset"]
+        preset = self.opts.train_preset
         proxy = distill(bundle, method, self.ipc, seed=self.seed, preset=preset, device=self.device)
         if proxy.zca is not None or proxy.soft:
             raise NasddError(f"hcdc needs a training set with hard labels and no ZCA; {method} makes another kind")
@@ -168,7 +178,7 @@ class HCDC(Distiller):
 
     def _initial_val(self, bundle: DatasetBundle) -> tuple[torch.Tensor, torch.Tensor]:
         """`val_ipc` (default `ipc`) real validation images of every class, seeded."""
-        k = self.options["val_ipc"] or self.ipc
+        k = self.opts.val_ipc or self.ipc
         gen = torch.Generator().manual_seed(self.seed + 1)
         xs, ys = [], []
         for c in range(bundle.num_classes):
@@ -186,7 +196,7 @@ class HCDC(Distiller):
             n = shape.numel()
             params[name] = w[i : i + n].view(shape)
             i += n
-        alphas = self.supernet.relaxation(lam, float(self.options["temperature"]))
+        alphas = self.supernet.relaxation(lam, float(self.opts.temperature))
         return F.cross_entropy(functional_call(self.supernet, params, (x, alphas)), y)
 
     def _batch(self, x: torch.Tensor, y: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -194,15 +204,15 @@ class HCDC(Distiller):
         return x[pick], y[pick]
 
     def _inner_train(self, it: int, lam: torch.Tensor) -> None:
-        o = self.options
-        if it % o["reinit_every"] == 0:
+        o = self.opts
+        if it % o.reinit_every == 0:
             for m in self.supernet.modules():
                 if m is not self.supernet and hasattr(m, "reset_parameters"):
                     m.reset_parameters()
             self.inner_opt.state.clear()
-        alphas = self.supernet.relaxation(lam, float(o["temperature"]))
-        for _ in range(o["inner_steps"]):
-            x, y = self._batch(self.x_train, self.y_train, o["batch_train"])
+        alphas = self.supernet.relaxation(lam, float(o.temperature))
+        for _ in range(o.inner_steps):
+            x, y = self._batch(self.x_train, self.y_train, o.batch_train)
             loss = F.cross_entropy(self.supernet(x, alphas), y)
             self.inner_opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -214,17 +224,17 @@ class HCDC(Distiller):
         return torch.autograd.grad(self._loss(w, lam, x, y), (w, lam), create_graph=graph)
 
     def step(self, it: int) -> float:
-        o = self.options
+        o = self.opts
         arch = self.matching_arch(it)
-        lam = self.supernet.logits(arch, float(o["mix"])).to(self.dev)
+        lam = self.supernet.logits(arch, float(o.mix)).to(self.dev)
         self._inner_train(it, lam)
         w = parameters_to_vector(self.supernet.parameters()).detach()
-        xt, yt = self._batch(self.x_train, self.y_train, o["batch_train"])
+        xt, yt = self._batch(self.x_train, self.y_train, o.batch_train)
         inner = InnerProblem(lambda w_, l_: self._loss(w_, l_, xt, yt), w, lam)
-        alpha, k = float(o["neumann_alpha"]), int(o["neumann_steps"])
-        xv, yv = self._batch(self.x_val, self.y_val, o["batch_val"])
+        alpha, k = float(o.neumann_alpha), int(o.neumann_steps)
+        xv, yv = self._batch(self.x_val, self.y_val, o.batch_val)
         h_real = hypergradient(inner, *(g.detach() for g in self._val_grads(w, lam, xv, yv)), alpha, k)
-        pick = torch.randperm(len(self.images), device=self.dev)[: o["batch_syn"]]
+        pick = torch.randperm(len(self.images), device=self.dev)[: o.batch_syn]
         xs, ys = self.images[pick], self.labels[pick]
         h_syn = hypergradient(inner, *(g.detach() for g in self._val_grads(w, lam, xs.detach(), ys)), alpha, k)
         h_syn.requires_grad_(True)

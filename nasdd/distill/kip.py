@@ -37,6 +37,7 @@ Sample-gradient count: every real or synthetic image passed through a network co
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -47,11 +48,60 @@ from torch.func import functional_call, jacrev, vmap
 from nasdd.arch import ArchSpec
 from nasdd.data import DatasetBundle
 from nasdd.distill.base import Distiller, register
-from nasdd.distill.soft_labels import LABEL_DEFAULTS, SoftLabels, with_width
-from nasdd.errors import NasddError
+from nasdd.distill.options import at_least
+from nasdd.distill.soft_labels import LabelOptions, SoftLabels, with_width
 from nasdd.models import build
 
-KRR_DEFAULTS: dict[str, Any] = {"batch_real": 256, "reg": 1e-4, "loss": "mse", **LABEL_DEFAULTS}
+
+@dataclass(frozen=True)
+class KRROptions(LabelOptions):
+    """Options of the kernel methods (frepo's): real batch, ridge, loss (mse | ce), the narrowed ConvNet
+    (width, normalisation; None: the arch's)."""
+
+    batch_real: int = 256
+    reg: float = 1e-4
+    loss: str = "mse"
+    width: int | None = 64
+    normalization: str | None = None
+
+    def check(self) -> None:
+        super().check()
+        if self.loss not in ("mse", "ce"):
+            raise ValueError(f"loss {self.loss!r} is unknown; valid losses: mse, ce")
+
+
+@dataclass(frozen=True)
+class RandomFeatureOptions(KRROptions):
+    """krr: and the number of random networks per iteration."""
+
+    models: int = 4
+
+    def check(self) -> None:
+        super().check()
+        at_least(self, 1, "models")
+
+
+@dataclass(frozen=True)
+class KIPOptions(RandomFeatureOptions):
+    """kip: two narrow networks without normalisation."""
+
+    models: int = 2
+    width: int | None = 16
+    normalization: str | None = "none"
+
+
+@dataclass(frozen=True)
+class FRePoOptions(KRROptions):
+    """frepo: a pool of `pool_size` networks trained `train_steps` per iteration, reset after
+    `max_online_steps`."""
+
+    pool_size: int = 4
+    train_steps: int = 1
+    max_online_steps: int = 100
+
+    def check(self) -> None:
+        super().check()
+        at_least(self, 1, "pool_size")
 
 
 def krr_predict(k_ss: torch.Tensor, k_ts: torch.Tensor, y_s: torch.Tensor, reg: float) -> torch.Tensor:
@@ -65,15 +115,11 @@ class KernelDistiller(SoftLabels, Distiller):
 
     family = "performance matching"
     default_lr_img = 0.01
+    opts: KRROptions
 
     def setup(self, bundle: DatasetBundle) -> None:
-        o = self.options
-        if o["loss"] not in ("mse", "ce"):
-            raise NasddError(f"unknown loss {o['loss']!r}; valid losses: mse, ce")
-        models = o.get("models", 1)
-        if not (isinstance(models, int) and models >= 1):
-            raise NasddError(f"option models must be a positive integer, got {models!r}")
-        self.inner = with_width(self.arch, o["width"], o["normalization"])
+        o = self.opts
+        self.inner = with_width(self.arch, o.width, o.normalization)
         self.init_targets()
         self.x_real, self.y_real = bundle.x_train.to(self.dev), bundle.y_train.to(self.dev)
         self.opt = torch.optim.Adam([{"params": [self.images], "lr": self.lr_img}, *self.label_groups()])
@@ -88,18 +134,18 @@ class KernelDistiller(SoftLabels, Distiller):
         raise NotImplementedError
 
     def step(self, it: int) -> float:
-        o = self.options
-        idx = torch.randint(len(self.x_real), (o["batch_real"],), device=self.dev)
+        o = self.opts
+        idx = torch.randint(len(self.x_real), (o.batch_real,), device=self.dev)
         x_t, y_t = self.x_real[idx], self.y_real[idx]
-        self.it_, self.archs = it, self.inner_archs(it, o.get("models", 1))
+        self.it_, self.archs = it, self.inner_archs(it, getattr(o, "models", 1))
         k_ss, k_ts = self.kernels(x_t)
-        pred = krr_predict(k_ss, k_ts, self.targets, o["reg"])
-        if o["loss"] == "mse":
+        pred = krr_predict(k_ss, k_ts, self.targets, o.reg)
+        if o.loss == "mse":
             loss = 0.5 * (pred - F.one_hot(y_t, self.bundle.num_classes).float()).pow(2).sum(1).mean()
         else:
-            loss = F.cross_entropy(pred / o["label_temperature"], y_t)
+            loss = F.cross_entropy(pred / o.label_temperature, y_t)
         self.opt.zero_grad(set_to_none=True)
-        loss.backward(inputs=[self.images, *([self.targets] if o["learn_labels"] else [])])
+        loss.backward(inputs=[self.images, *([self.targets] if o.learn_labels else [])])
         self.opt.step()
         self.after_step()
         return float(loss.detach())
@@ -130,7 +176,8 @@ class RandomFeatureKRR(KernelDistiller):
         "learned labels stored as softmax(Y/T)"
     )
     default_iterations = 1000
-    defaults = {**KRR_DEFAULTS, "models": 4, "width": 64, "normalization": None}
+    options_type = RandomFeatureOptions
+    opts: RandomFeatureOptions
     presets = {
         "quick": {"iterations": 100, "batch_real": 128},
         "cpu": {"iterations": 300, "batch_real": 128, "models": 2, "lr_img": 0.03, "learn_labels": True},
@@ -145,7 +192,7 @@ class RandomFeatureKRR(KernelDistiller):
             fs.append(net.features(self.images) * scale)
             with torch.no_grad():
                 ft.append(net.features(x_t) * scale)
-        self.count(self.options["models"] * (2 * len(self.images) + len(x_t)))
+        self.count(self.opts.models * (2 * len(self.images) + len(x_t)))
         return _feature_kernels(torch.cat(fs, 1), torch.cat(ft, 1))
 
 
@@ -162,7 +209,8 @@ class KernelInducingPoints(KernelDistiller):
         "MSE to one-hot by default; learned labels stored as softmax(Y/T)"
     )
     default_iterations = 1000
-    defaults = {**KRR_DEFAULTS, "models": 2, "width": 16, "normalization": "none"}
+    options_type = KIPOptions
+    opts: KIPOptions
     presets = {"quick": {"iterations": 100, "batch_real": 128}, "cpu": {"iterations": 3000, "batch_real": 128}}
 
     def kernels(self, x_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -181,7 +229,7 @@ class KernelInducingPoints(KernelDistiller):
                 jt = torch.cat([j.flatten(1) for j in jac(params, x_t).values()], 1)
             k_ss = k_ss + js @ js.T / n_params
             k_ts = k_ts + jt @ js.T / n_params
-        self.count(self.options["models"] * (3 * len(self.images) + 2 * len(x_t)))
+        self.count(self.opts.models * (3 * len(self.images) + 2 * len(x_t)))
         return k_ss, k_ts
 
 
@@ -197,26 +245,18 @@ class FRePo(KernelDistiller):
         "`max_online_steps`; MSE to one-hot by default"
     )
     default_iterations = 1000
-    defaults = {
-        **KRR_DEFAULTS,
-        "width": 64,
-        "normalization": None,
-        "pool_size": 4,
-        "train_steps": 1,
-        "max_online_steps": 100,
-    }
+    options_type = FRePoOptions
+    opts: FRePoOptions
     presets = {"quick": {"iterations": 100, "batch_real": 128}, "cpu": {"iterations": 500, "batch_real": 128}}
 
     def setup(self, bundle: DatasetBundle) -> None:
         super().setup(bundle)
-        o = self.options
-        if not (isinstance(o["pool_size"], int) and o["pool_size"] >= 1):
-            raise NasddError(f"option pool_size must be a positive integer, got {o['pool_size']!r}")
-        self.slot_archs = self.inner_archs(-1, o["pool_size"])  # with a match space: members as drawn
+        o = self.opts
+        self.slot_archs = self.inner_archs(-1, o.pool_size)  # with a match space: members as drawn
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             self.pool = [self._fresh(a) for a in self.slot_archs]
-        self.ages = [0] * o["pool_size"]
+        self.ages = [0] * o.pool_size
 
     def _fresh(self, arch: ArchSpec) -> tuple[nn.Module, torch.optim.Optimizer]:
         net = self.new_net(self.bundle.num_classes, arch)
@@ -232,17 +272,17 @@ class FRePo(KernelDistiller):
         return _feature_kernels(fs, ft)
 
     def after_step(self) -> None:
-        i, o = self.current, self.options
+        i, o = self.current, self.opts
         net, opt = self.pool[i]
         x, y = self.images.detach(), self.target_probs().detach()
-        for _ in range(o["train_steps"]):
+        for _ in range(o.train_steps):
             loss = F.cross_entropy(net(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        self.count(o["train_steps"] * len(x))
-        self.ages[i] += o["train_steps"]
-        if self.ages[i] >= o["max_online_steps"]:
+        self.count(o.train_steps * len(x))
+        self.ages[i] += o.train_steps
+        if self.ages[i] >= o.max_online_steps:
             self.slot_archs[i] = self.inner_archs(self.it_)[0]
             self.pool[i], self.ages[i] = self._fresh(self.slot_archs[i]), 0
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -36,6 +37,7 @@ from nasdd.augment import DSA
 from nasdd.data import DatasetBundle
 from nasdd.distill.base import Distiller, register
 from nasdd.distill.experts import EXPERT_RECIPE, ExpertBuffer, train_experts, whiten, zca_matrix
+from nasdd.distill.options import Options, at_least, positive, unrecorded
 from nasdd.distill.proxy import ProxySet
 from nasdd.errors import NasddError
 from nasdd.train import TrainRecipe
@@ -143,6 +145,33 @@ def match_loss_unrolled(net: FlatNet, w0, target, images, labels, lr: torch.Tens
     return (w - target).pow(2).sum() / (w0 - target).pow(2).sum()
 
 
+@dataclass(frozen=True)
+class MTTOptions(Options):
+    """MTT's options; `reference`: back-propagate through the whole unroll (memory ∝ syn_steps; speed
+    benchmark)."""
+
+    num_experts: int = 5
+    expert_epochs: int = 2  # M: expert epochs the student must cover
+    max_start_epoch: int = 10
+    syn_steps: int = 20  # N: student steps per iteration
+    batch_syn: int = 0  # minibatch of synthetic images per student step (0 = all)
+    lr_teacher: float = 0.01  # the experts' SGD lr and the initial student step size
+    lr_lr: float = 1e-6  # the paper uses 1e-7..1e-5; the lr gradient is large when experts move little
+    momentum: float = 0.5  # of the image / lr / label optimisers, as in the paper
+    zca: bool = False
+    learn_labels: bool = False
+    lr_labels: float = 1.0
+    dsa: str | None = "color_crop_cutout_scale_rotate"  # DSA strategy; "none" disables it
+    buffer_root: str | Path | None = None  # expert buffers under BUFFER_ROOT/experts (None: ~/.cache/nasdd)
+    expert_recipe: str | None = ""  # key=value overrides of the plain-SGD expert recipe
+    reference: bool = unrecorded(False)
+
+    def check(self) -> None:
+        at_least(self, 1, "num_experts", "expert_epochs", "syn_steps")
+        at_least(self, 0, "max_start_epoch", "batch_syn")
+        positive(self, "lr_teacher", "lr_lr", "lr_labels")
+
+
 @register
 class MTT(Distiller):
     """Matching training trajectories; experts come from (and are cached in) an expert buffer.
@@ -161,23 +190,8 @@ class MTT(Distiller):
     )
     default_iterations = 1000
     default_lr_img = 100.0
-    reference = False  # True: back-propagate through the whole unroll (memory ∝ syn_steps; speed benchmark)
-    defaults: dict[str, Any] = {
-        "num_experts": 5,
-        "expert_epochs": 2,  # M: expert epochs the student must cover
-        "max_start_epoch": 10,
-        "syn_steps": 20,  # N: student steps per iteration
-        "batch_syn": 0,  # minibatch of synthetic images per student step (0 = all)
-        "lr_teacher": 0.01,  # the experts' SGD lr and the initial student step size
-        "lr_lr": 1e-6,  # the paper uses 1e-7..1e-5; the lr gradient is large when experts move little
-        "momentum": 0.5,  # of the image / lr / label optimisers, as in the paper
-        "zca": False,
-        "learn_labels": False,
-        "lr_labels": 1.0,
-        "dsa": "color_crop_cutout_scale_rotate",  # DSA strategy; "none" disables it
-        "buffer_root": None,  # expert buffers under BUFFER_ROOT/experts (None: nasdd's cache, ~/.cache/nasdd)
-        "expert_recipe": "",  # key=value overrides of the plain-SGD expert recipe
-    }
+    options_type = MTTOptions
+    opts: MTTOptions
     presets = {
         "quick": {
             "iterations": 20,
@@ -203,36 +217,21 @@ class MTT(Distiller):
         },
     }
 
-    # ----------------------------------------------------------------------------------- options
-    def _validate(self, bundle: DatasetBundle) -> None:
-        super()._validate(bundle)
-        o = self.options
-        for key in ("num_experts", "expert_epochs", "syn_steps"):
-            if not isinstance(o[key], int) or o[key] < 1:
-                raise NasddError(f"mtt option {key} must be a positive integer, got {o[key]!r}")
-        if not isinstance(o["max_start_epoch"], int) or o["max_start_epoch"] < 0:
-            raise NasddError(f"mtt option max_start_epoch must be an integer >= 0, got {o['max_start_epoch']!r}")
-        if not isinstance(o["batch_syn"], int) or o["batch_syn"] < 0:
-            raise NasddError(f"mtt option batch_syn must be an integer >= 0, got {o['batch_syn']!r}")
-        for key in ("lr_teacher", "lr_lr", "lr_labels"):
-            if not (isinstance(o[key], int | float) and o[key] > 0):
-                raise NasddError(f"mtt option {key} must be a positive number, got {o[key]!r}")
-
     # ------------------------------------------------------------------------------------- setup
     def setup(self, bundle: DatasetBundle) -> None:
-        o = self.options
+        o = self.opts
         start = time.perf_counter()
-        recipe = TrainRecipe.parse(o["expert_recipe"] or None, replace(EXPERT_RECIPE, lr=float(o["lr_teacher"])))
+        recipe = TrainRecipe.parse(o.expert_recipe or None, replace(EXPERT_RECIPE, lr=float(o.lr_teacher)))
         # one buffer per matching architecture (the fixed arch, or every member of the match pool)
         self.buffers: dict[ArchSpec, ExpertBuffer] = {
             arch: train_experts(
                 bundle,
                 arch=arch,
-                num_experts=o["num_experts"],
-                epochs=o["max_start_epoch"] + o["expert_epochs"],
+                num_experts=o.num_experts,
+                epochs=o.max_start_epoch + o.expert_epochs,
                 recipe=recipe,
-                root=o["buffer_root"],
-                zca=o["zca"],
+                root=o.buffer_root,
+                zca=o.zca,
                 device=self.dev,
             )
             for arch in self.pool_
@@ -240,7 +239,7 @@ class MTT(Distiller):
         self.buffer = self.buffers[self.pool_[0]]
         self.expert_wall = time.perf_counter() - start  # not distillation cost: subtracted in to_proxy
         self.trajs_by_arch = {a: [t.to(self.dev) for t in b.trajectories] for a, b in self.buffers.items()}
-        self.zca = zca_matrix(bundle.x_train) if o["zca"] else None
+        self.zca = zca_matrix(bundle.x_train) if o.zca else None
         if self.zca is not None and self.init == "real":
             with torch.no_grad():
                 self.images.copy_(whiten(self.images, self.zca))
@@ -249,27 +248,27 @@ class MTT(Distiller):
             if sum(net.numels) != self.trajs_by_arch[a][0].shape[1]:
                 raise NasddError(f"expert buffer {self.buffers[a].folder} does not hold parameters of {a}")
         self.net, self.trajs = self.nets[self.pool_[0]], self.trajs_by_arch[self.pool_[0]]
-        self.dsa = None if o["dsa"] in (None, "", "none") else DSA(o["dsa"], per_sample=True)
-        self.syn_lr = torch.tensor(float(o["lr_teacher"]), device=self.dev, requires_grad=True)
-        self.opt_img = torch.optim.SGD([self.images], lr=self.lr_img, momentum=o["momentum"])
-        self.opt_lr = torch.optim.SGD([self.syn_lr], lr=o["lr_lr"], momentum=o["momentum"])
+        self.dsa = None if o.dsa in (None, "", "none") else DSA(o.dsa, per_sample=True)
+        self.syn_lr = torch.tensor(float(o.lr_teacher), device=self.dev, requires_grad=True)
+        self.opt_img = torch.optim.SGD([self.images], lr=self.lr_img, momentum=o.momentum)
+        self.opt_lr = torch.optim.SGD([self.syn_lr], lr=o.lr_lr, momentum=o.momentum)
         self.opt_lab = None
-        if o["learn_labels"]:
+        if o.learn_labels:
             self.labels = F.one_hot(self.labels, bundle.num_classes).float().requires_grad_(True)
-            self.opt_lab = torch.optim.SGD([self.labels], lr=o["lr_labels"], momentum=o["momentum"])
+            self.opt_lab = torch.optim.SGD([self.labels], lr=o.lr_labels, momentum=o.momentum)
 
     # -------------------------------------------------------------------------------------- step
     def step(self, it: int) -> float:
-        o = self.options
+        o = self.opts
         arch = self.matching_arch(it)  # the fixed arch, or this iteration's member of the match space
         self.net, self.trajs = self.nets[arch], self.trajs_by_arch[arch]
         traj = self.trajs[int(torch.randint(len(self.trajs), ()))]
-        t = int(torch.randint(o["max_start_epoch"] + 1, ()))
-        w0, target = traj[t], traj[t + o["expert_epochs"]]
+        t = int(torch.randint(o.max_start_epoch + 1, ()))
+        w0, target = traj[t], traj[t + o.expert_epochs]
         n = len(self.images)
-        batch = o["batch_syn"] or n
-        plan = make_plan(n, o["syn_steps"], min(batch, n), self.dsa, self.dev)
-        if self.reference:
+        batch = o.batch_syn or n
+        plan = make_plan(n, o.syn_steps, min(batch, n), self.dsa, self.dev)
+        if self.opts.reference:
             loss, g_img, g_lr, g_lab = self._reference_grad(w0, target, plan)
         else:
             loss, g_img, g_lr, g_lab = match_grad(self.net, w0, target, self.images, self.labels, self.syn_lr, plan)

@@ -36,14 +36,28 @@ CVaR; the per-architecture distance is normalised (DM's is not); no knowledge di
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
 from nasdd.data import DatasetBundle
 from nasdd.distill.base import register
-from nasdd.distill.dm import DistributionMatching, class_means, reinit_
+from nasdd.distill.dm import DistributionMatching, DMOptions, class_means, reinit_
+from nasdd.distill.options import at_least, positive
 from nasdd.errors import NasddError
 from nasdd.spaces import space_names
+
+
+@dataclass(frozen=True)
+class RankDMOptions(DMOptions):
+    """DM's options, and the members drawn per iteration and the smooth maximum's temperature T."""
+
+    archs_per_iteration: int = 4
+    temperature: float = 0.1
+
+    def check(self) -> None:
+        at_least(self, 1, "archs_per_iteration")
+        positive(self, "temperature")
 
 
 @register
@@ -62,7 +76,8 @@ class RankDM(DistributionMatching):
     )
     default_iterations = 20000
     default_lr_img = 10.0  # the normalised distances are ~1/|μ|² of DM's: on digits 10 and 100 beat 1.0 (85 vs 72 %)
-    defaults = {**DistributionMatching.defaults, "archs_per_iteration": 4, "temperature": 0.1}
+    options_type = RankDMOptions
+    opts: RankDMOptions
     presets = {
         "quick": {"iterations": 60, "batch_real": 16, "match_space": "convnet_cpu", "match_pool": 8},
         "cpu": {"iterations": 400, "batch_real": 64, "match_space": "convnet_cpu", "match_pool": 16},
@@ -71,13 +86,8 @@ class RankDM(DistributionMatching):
     def setup(self, bundle: DatasetBundle) -> None:
         if self.space_ is None:
             raise NasddError(f"rankdm matches a pool of architectures: give --match-space ({', '.join(space_names())})")
-        o = self.options
-        if not (isinstance(o["archs_per_iteration"], int) and o["archs_per_iteration"] >= 1):
-            raise NasddError(f"option archs_per_iteration must be a positive integer, got {o['archs_per_iteration']!r}")
-        if not (isinstance(o["temperature"], int | float) and o["temperature"] > 0):
-            raise NasddError(f"option temperature must be a positive number, got {o['temperature']!r}")
         super().setup(bundle)
-        self.archs = min(int(o["archs_per_iteration"]), len(self.pool_))
+        self.archs = min(self.opts.archs_per_iteration, len(self.pool_))
 
     def distance(self, net: torch.nn.Module, xr: torch.Tensor, yr: torch.Tensor, seed: int) -> torch.Tensor:
         """r_a: DM's class-mean embedding distance of `net`, relative to the real class means' norm."""
@@ -93,7 +103,7 @@ class RankDM(DistributionMatching):
         for arch in self.matching_archs(it, self.archs):
             net = reinit_(self.network(arch).requires_grad_(False).train())
             r.append(self.distance(net, xr, yr, seed))
-        t = float(self.options["temperature"])
+        t = float(self.opts.temperature)
         loss = t * (torch.logsumexp(torch.stack(r) / t, 0) - math.log(self.archs))
         self.opt.zero_grad(set_to_none=True)
         loss.backward()

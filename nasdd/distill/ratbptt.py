@@ -40,8 +40,7 @@ from nasdd.augment import DSA
 from nasdd.data import DatasetBundle
 from nasdd.distill.base import Distiller, register
 from nasdd.distill.mtt import FlatNet, Plan, make_plan
-from nasdd.distill.soft_labels import LABEL_DEFAULTS, SoftLabels, with_width
-from nasdd.errors import NasddError
+from nasdd.distill.soft_labels import LabelOptions, SoftLabels, with_width
 from nasdd.models import build
 
 TINY = 1e-30  # inside Adam's square root: keeps its derivative finite where v = 0 (value change < 1e-15)
@@ -98,13 +97,13 @@ def run_inner(net: FlatNet, opt: InnerOptimizer, w0, images, targets, plan: Plan
 
 def window_grad(
     net: FlatNet, opt: InnerOptimizer, w0, images: torch.Tensor, targets: torch.Tensor, plan: Plan, n_pre: int,
-    x_real: torch.Tensor, y_real: torch.Tensor,
+    real: tuple[torch.Tensor, torch.Tensor],
 ) -> tuple[float, torch.Tensor, torch.Tensor | None]:  # fmt: skip
-    """(meta-loss, ∂L/∂images, ∂L/∂targets when targets require grad): exact through the window
-    (steps n_pre..end of `plan`), one step's graph in memory at a time."""
+    """(meta-loss on the `real` batch (images, labels), ∂L/∂images, ∂L/∂targets when targets require grad):
+    exact through the window (steps n_pre..end of `plan`), one step's graph in memory at a time."""
     states = run_inner(net, opt, w0, images, targets, plan, n_pre)
     w_end = states[-1][0].clone().requires_grad_(True)
-    loss = F.cross_entropy(net(w_end, x_real), y_real)
+    loss = F.cross_entropy(net(w_end, real[0]), real[1])
     lam = [torch.autograd.grad(loss, w_end)[0], *(torch.zeros_like(t) for t in states[-1][1:])]
     learn_y = targets.requires_grad
     g_img = torch.zeros_like(images)
@@ -125,14 +124,53 @@ def window_grad(
 
 
 def window_loss_unrolled(net: FlatNet, opt: InnerOptimizer, w0, images, targets, plan: Plan, n_pre: int,
-                         x_real, y_real) -> torch.Tensor:  # fmt: skip
+                         real: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:  # fmt: skip
     """The same meta-loss with plain autograd through the window (memory grows with its length)."""
     state = run_inner(net, opt, w0, images, targets, plan, n_pre, stop=n_pre)[-1]
     state = (state[0].clone().requires_grad_(True), *state[1:])
     for i in range(n_pre, len(plan.batches)):
         x, y = plan.inputs(images, targets, i)
         state = opt.update(state, _grad(net, state[0], x, y, True), i + 1)
-    return F.cross_entropy(net(state[0], x_real), y_real)
+    return F.cross_entropy(net(state[0], real[0]), real[1])
+
+
+@dataclass(frozen=True)
+class RaTBPTTOptions(LabelOptions):
+    """RaT-BPTT's options (labels learn by default)."""
+
+    unroll: int = 200  # the longest inner training (the window ends it)
+    window: int = 60  # inner steps differentiated
+    inner_optim: str = "adam"  # adam | sgd
+    inner_lr: float = 0.001
+    inner_momentum: float = 0.9  # sgd only
+    inner_wd: float = 0.0
+    batch_syn: int = 0  # synthetic images per inner step (0 = all)
+    batch_real: int = 5000  # real images in the meta-loss (capped at the training set)
+    clip_ema: float = 0.9  # EMA coefficient of the image-gradient norm; clip at twice it (0 = no clipping)
+    width: int | None = None  # matching ConvNet width (None: the arch's)
+    normalization: str | None = None  # matching ConvNet normalisation (None: the arch's)
+    dsa: str | None = "none"  # DSA strategy applied to synthetic and real batches
+    learn_labels: bool = True
+    lr_label: float = 0.001
+
+    def check(self) -> None:
+        super().check()
+        if self.unroll < 1:
+            raise ValueError(f"unroll must be a positive integer, got {self.unroll!r}")
+        if not 1 <= self.window <= self.unroll:
+            raise ValueError(f"window must be an integer in [1, unroll], got {self.window!r}")
+        if self.inner_optim not in ("sgd", "adam"):
+            raise ValueError(f"inner_optim {self.inner_optim!r} is unknown; valid: sgd, adam")
+        checks = {"inner_lr": (0, None), "lr_label": (0, None), "inner_wd": (None, None),
+                  "inner_momentum": (None, 1), "clip_ema": (None, 1)}  # fmt: skip
+        for key, (above, below) in checks.items():
+            v = getattr(self, key)
+            if not ((v > above if above is not None else v >= 0) and (below is None or v < below)):
+                bounds = "> 0" if above is not None else ">= 0" if below is None else "in [0, 1)"
+                raise ValueError(f"{key} must be a number {bounds}, got {v!r}")
+        for key, least in (("batch_real", 1), ("batch_syn", 0)):
+            if getattr(self, key) < least:
+                raise ValueError(f"{key} must be an integer >= {least}, got {getattr(self, key)!r}")
 
 
 @register
@@ -150,23 +188,8 @@ class RaTBPTT(SoftLabels, Distiller):
     )
     default_iterations = 2000
     default_lr_img = 0.001
-    defaults: dict[str, Any] = {
-        "unroll": 200,  # the longest inner training (the window ends it)
-        "window": 60,  # inner steps differentiated
-        "inner_optim": "adam",  # adam | sgd
-        "inner_lr": 0.001,
-        "inner_momentum": 0.9,  # sgd only
-        "inner_wd": 0.0,
-        "batch_syn": 0,  # synthetic images per inner step (0 = all)
-        "batch_real": 5000,  # real images in the meta-loss (capped at the training set)
-        "clip_ema": 0.9,  # EMA coefficient of the image-gradient norm; clip at twice it (0 = no clipping)
-        "width": None,  # matching ConvNet width (None: the arch's)
-        "normalization": None,  # matching ConvNet normalisation (None: the arch's)
-        "dsa": "none",  # DSA strategy applied to synthetic and real batches
-        **LABEL_DEFAULTS,
-        "learn_labels": True,
-        "lr_label": 0.001,
-    }
+    options_type = RaTBPTTOptions
+    opts: RaTBPTTOptions
     presets = {
         "quick": {
             "iterations": 40,
@@ -197,53 +220,35 @@ class RaTBPTT(SoftLabels, Distiller):
 
     def _validate(self, bundle: DatasetBundle) -> None:
         super()._validate(bundle)
-        o = self.options
-        if not (isinstance(o["unroll"], int) and o["unroll"] >= 1):
-            raise NasddError(f"ratbptt option unroll must be a positive integer, got {o['unroll']!r}")
-        if not (isinstance(o["window"], int) and 1 <= o["window"] <= o["unroll"]):
-            raise NasddError(f"ratbptt option window must be an integer in [1, unroll], got {o['window']!r}")
-        if o["inner_optim"] not in ("sgd", "adam"):
-            raise NasddError(f"ratbptt option inner_optim {o['inner_optim']!r} is unknown; valid: sgd, adam")
-        checks = {"inner_lr": (0, None), "lr_label": (0, None), "inner_wd": (None, None),
-                  "inner_momentum": (None, 1), "clip_ema": (None, 1)}  # fmt: skip
-        for key, (above, below) in checks.items():
-            v = o[key]
-            ok = isinstance(v, int | float) and (v > above if above is not None else v >= 0)
-            if not (ok and (below is None or v < below)):
-                bounds = "> 0" if above is not None else ">= 0" if below is None else "in [0, 1)"
-                raise NasddError(f"ratbptt option {key} must be a number {bounds}, got {v!r}")
-        for key, least in (("batch_real", 1), ("batch_syn", 0)):
-            if not (isinstance(o[key], int) and o[key] >= least):
-                raise NasddError(f"ratbptt option {key} must be an integer >= {least}, got {o[key]!r}")
-        with_width(self.arch, o["width"], o["normalization"])  # refuses bad width / normalization options
+        with_width(self.arch, self.opts.width, self.opts.normalization)  # refuses bad width / normalization
 
     def setup(self, bundle: DatasetBundle) -> None:
-        o = self.options
+        o = self.opts
         self.init_targets()
         self.x_real, self.y_real = bundle.x_train.to(self.dev), bundle.y_train.to(self.dev)
-        self.dsa = None if o["dsa"] in (None, "", "none") else DSA(o["dsa"])
-        wd = float(o["inner_wd"])
-        self.inner = with_width(self.arch, o["width"], o["normalization"])  # or members of --match-space
-        self.inner_opt = InnerOptimizer(o["inner_optim"], float(o["inner_lr"]), float(o["inner_momentum"]), wd)
+        self.dsa = None if o.dsa in (None, "", "none") else DSA(o.dsa)
+        wd = float(o.inner_wd)
+        self.inner = with_width(self.arch, o.width, o.normalization)  # or members of --match-space
+        self.inner_opt = InnerOptimizer(o.inner_optim, float(o.inner_lr), float(o.inner_momentum), wd)
         self.opt = torch.optim.Adam([{"params": [self.images], "lr": self.lr_img}, *self.label_groups()])
         self.grad_ema: float | None = None
 
     def step(self, it: int) -> float:
-        o, n = self.options, len(self.images)
+        o, n = self.opts, len(self.images)
         arch = self.inner_archs(it)[0]
         module = build(arch, self.bundle.channels, self.bundle.image_size, self.bundle.num_classes)
         module = module.to(self.dev)  # a fresh random initialisation (the base seeds every iteration)
         w0 = torch.cat([p.detach().flatten() for p in module.parameters()])
-        n_pre = int(torch.randint(o["unroll"] - o["window"] + 1, ()))
-        plan = make_plan(n, n_pre + o["window"], min(o["batch_syn"] or n, n), self.dsa, self.dev)
-        idx = torch.randint(len(self.x_real), (min(o["batch_real"], len(self.x_real)),), device=self.dev)
+        n_pre = int(torch.randint(o.unroll - o.window + 1, ()))
+        plan = make_plan(n, n_pre + o.window, min(o.batch_syn or n, n), self.dsa, self.dev)
+        idx = torch.randint(len(self.x_real), (min(o.batch_real, len(self.x_real)),), device=self.dev)
         x_real = self.x_real[idx]
         if self.dsa is not None:
             x_real = self.dsa(x_real, int(torch.randint(2**31, ())))
-        probs = self.target_probs() if o["learn_labels"] else self.targets
-        leaf = probs.detach().requires_grad_(bool(o["learn_labels"]))
-        loss, g_img, g_lab = window_grad(FlatNet(module), self.inner_opt, w0, self.images, leaf, plan, n_pre, x_real,
-                                         self.y_real[idx])  # fmt: skip
+        probs = self.target_probs() if o.learn_labels else self.targets
+        leaf = probs.detach().requires_grad_(bool(o.learn_labels))
+        real = (x_real, self.y_real[idx])
+        loss, g_img, g_lab = window_grad(FlatNet(module), self.inner_opt, w0, self.images, leaf, plan, n_pre, real)
         self.opt.zero_grad(set_to_none=True)
         self.images.grad = self._clip(g_img)
         if g_lab is not None:
@@ -255,7 +260,7 @@ class RaTBPTT(SoftLabels, Distiller):
 
     def _clip(self, g: torch.Tensor) -> torch.Tensor:
         """Clip `g` to twice the moving average of the gradient norm (the paper's code)."""
-        coef = self.options["clip_ema"]
+        coef = self.opts.clip_ema
         if not coef:
             return g
         norm = float(g.norm())

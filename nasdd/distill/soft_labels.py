@@ -10,17 +10,29 @@ are not probabilities), documented in each method and in `nasdd list methods`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from nasdd.arch import ArchSpec
+from nasdd.distill.options import Options, positive
 from nasdd.distill.proxy import ProxySet
 from nasdd.errors import NasddError
 from nasdd.models import NORMS
 
-LABEL_DEFAULTS: dict[str, Any] = {"learn_labels": False, "label_temperature": 0.1, "lr_label": 0.01}
+
+@dataclass(frozen=True)
+class LabelOptions(Options):
+    """Options of the soft-label methods: whether labels learn, their temperature T and learning rate."""
+
+    learn_labels: bool = False
+    label_temperature: float = 0.1
+    lr_label: float = 0.01
+
+    def check(self) -> None:
+        positive(self, "label_temperature")
 
 
 def with_width(arch: ArchSpec, width: int | None, normalization: str | None = None) -> ArchSpec:
@@ -43,19 +55,18 @@ def with_width(arch: ArchSpec, width: int | None, normalization: str | None = No
 class SoftLabels:
     """Mixin for a Distiller: one-hot targets, optionally learned; the proxy stores their softmax."""
 
+    opts: LabelOptions
+
     def init_targets(self) -> None:
         """Create `self.targets` (float [N, K], one-hot); learnable labels replace `self.labels` by it."""
-        temperature = self.options["label_temperature"]
-        if not (isinstance(temperature, int | float) and temperature > 0):
-            raise NasddError(f"option label_temperature must be a positive number, got {temperature!r}")
         onehot = F.one_hot(self.labels, self.bundle.num_classes).float()
-        self.targets = onehot.requires_grad_(bool(self.options["learn_labels"]))
-        if self.options["learn_labels"]:
+        self.targets = onehot.requires_grad_(bool(self.opts.learn_labels))
+        if self.opts.learn_labels:
             self.labels = self.targets
 
     def label_groups(self) -> list[dict[str, Any]]:
         """The optimiser parameter group for learned labels (empty when labels are fixed)."""
-        return [{"params": [self.targets], "lr": self.options["lr_label"]}] if self.options["learn_labels"] else []
+        return [{"params": [self.targets], "lr": self.opts.lr_label}] if self.opts.learn_labels else []
 
     def inner_archs(self, it: int, k: int = 1) -> list[ArchSpec]:
         """Iteration `it`'s `k` inner networks: the narrowed fixed arch (`self.inner`), or members of the
@@ -64,10 +75,10 @@ class SoftLabels:
 
     def target_probs(self) -> torch.Tensor:
         """The targets as probabilities (what the trainer sees)."""
-        return torch.softmax(self.targets / self.options["label_temperature"], dim=1)
+        return torch.softmax(self.targets / self.opts.label_temperature, dim=1)
 
     def to_proxy(self) -> ProxySet:
         proxy = super().to_proxy()  # type: ignore[misc]
-        if self.options["learn_labels"]:
+        if self.opts.learn_labels:
             proxy.labels = self.target_probs().detach().cpu()
         return proxy

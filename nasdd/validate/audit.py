@@ -64,13 +64,13 @@ def proxy_labels(proxies: Sequence[Any]) -> list[str]:
 def _subset(bundle: DatasetBundle, method: str, ipc: int, out: Path | None, preset: str | None) -> Any:
     """The coreset peer's ProxySet (seed 0), saved under out/peers and reused when already there.
     `preset` is used where the method has it (e.g. `cpu`: a shorter feature-network training)."""
-    from nasdd.distill import METHODS, ProxySet, distill
+    from nasdd.distill import METHODS, ProxySet, Saving, distill
 
     folder = None if out is None else RunLayout(out).peer(method, ipc)
     if folder is not None and RunLayout(folder).holds_proxy():
         return ProxySet.load(folder, bundle)
     preset = preset if preset in METHODS.get(method).presets else None
-    return distill(bundle, method, ipc, seed=0, out=folder, preset=preset)
+    return distill(bundle, method, ipc, seed=0, preset=preset, saving=Saving(out=folder))
 
 
 def _train_proxy(ctx: dict, proxy: Any, name: str, kind: str, recipe: TrainRecipe) -> Scores:

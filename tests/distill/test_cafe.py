@@ -46,8 +46,7 @@ def test_chunked_passes_match_one_batch(digits, monkeypatch):
     arch = ArchSpec.make("convnet", depth=2, width=8)
     proxies = []
     for reference, iterations in ((True, 2), (False, 2), (False, 0)):
-        d = CAFE(ipc=2, seed=3, arch=arch, **{**CAFE.presets["quick"], "iterations": iterations})
-        d.reference = reference
+        d = CAFE(ipc=2, seed=3, arch=arch, reference=reference, **{**CAFE.presets["quick"], "iterations": iterations})
         proxies.append(d.run(digits).images)
     assert not torch.allclose(proxies[0], proxies[2], atol=1e-4)  # the images moved
     assert torch.allclose(proxies[0], proxies[1], atol=1e-5)

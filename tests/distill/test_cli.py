@@ -19,6 +19,36 @@ def test_distill_writes_a_proxy_and_evaluates(tmp_path, capsys):
     assert side["provenance"]["moved"] > 0  # how far the images moved from their initialisation
 
 
+@pytest.mark.parametrize(
+    "method,pair,value",
+    [
+        ("krr", "reg=1e-4", 1e-4),  # YAML reads 1e-4 as text; a float field takes it as a number
+        ("krr", "reg=1", 1),  # an int is a float option's value as it was given (provenance unchanged)
+        ("dm", "batch_real=8", 8),
+        ("dm", "dsa_strategy=none", "none"),
+        ("mtt", "expert_recipe=lr=0.1", "lr=0.1"),
+        ("mtt", "zca=true", True),
+        ("ratbptt", "width=none", None),
+        ("ratbptt", "width=16", 16),
+        ("ratbptt", "normalization=none", "none"),  # a string option keeps its text
+        ("hcdc", "train_preset=null", None),
+    ],
+)
+def test_option_strings_parse_to_the_fields_type(method, pair, value):
+    from nasdd.distill import METHODS
+    from nasdd.distill.cli import parse_options
+
+    (parsed,) = parse_options([pair], METHODS.get(method).options_type).values()
+    assert parsed == value and type(parsed) is type(value)
+
+
+def test_an_option_of_the_wrong_type_exits_2_in_one_line(tmp_path, capsys):
+    argv = ["distill", "--dataset", "digits", "--method", "dm", "--ipc", "1", "--out", str(tmp_path)]
+    assert cli.main([*argv, "--option", "batch_real=many"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "method dm option batch_real must be int, got 'many'" in err
+
+
 def test_keep_checkpoint_keeps_it(tmp_path):
     out = tmp_path / "p"
     argv = ["distill", "--dataset", "digits", "--method", "dm", "--ipc", "1", "--iterations", "2", "--quiet"]

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from nasdd.distill import distill
+from nasdd.distill import Saving, distill
 from nasdd.distill.evaluate import evaluate_proxy, proxy_recipe
 from nasdd.distill.proxy import ProxySet
 from nasdd.errors import NasddError
@@ -56,8 +56,8 @@ def test_learned_labels_and_exported_lr_round_trip(digits, tmp_path):
 def test_resume_with_learned_labels_is_exact(digits, tmp_path):
     kw = {"preset": "quick", "learn_labels": True, "device": "cpu"}
     full = distill(digits, "dd", 1, seed=0, iterations=4, **kw)
-    distill(digits, "dd", 1, seed=0, iterations=2, out=tmp_path, checkpoint_every=1, keep_checkpoint=True, **kw)
-    resumed = distill(digits, "dd", 1, seed=0, iterations=4, out=tmp_path, resume=True, overwrite=True, **kw)
+    distill(digits, "dd", 1, iterations=2, saving=Saving(tmp_path, checkpoint_every=1, keep_checkpoint=True), **kw)
+    resumed = distill(digits, "dd", 1, iterations=4, saving=Saving(tmp_path, resume=True, overwrite=True), **kw)
     assert torch.equal(full.images, resumed.images) and torch.equal(full.labels, resumed.labels)
     assert full.provenance["learned_step_lrs"] == resumed.provenance["learned_step_lrs"]
 

@@ -72,8 +72,7 @@ def test_fused_step_matches_the_original_per_class_loop(digits, monkeypatch):
     arch = ArchSpec.make("convnet", depth=2, width=8)
     proxies, costs = [], []
     for reference, iterations in ((True, 5), (False, 5), (False, 0)):
-        d = DistributionMatching(ipc=3, seed=2, iterations=iterations, batch_real=16, arch=arch)
-        d.reference = reference
+        d = DistributionMatching(ipc=3, seed=2, iterations=iterations, batch_real=16, arch=arch, reference=reference)
         proxies.append(d.run(digits).images)
         costs.append(d.sample_grads)
     assert not torch.allclose(proxies[0], proxies[2], atol=1e-3)  # the images moved
@@ -88,8 +87,8 @@ def test_compiled_real_pass_matches_eager(digits, monkeypatch):
     arch = ArchSpec.make("convnet", depth=2, width=8)
     runs = []
     for compile_model in (False, True):
-        d = DistributionMatching(ipc=3, seed=2, iterations=5, batch_real=12, arch=arch)  # 120 = 15 chunks
-        d.compile_model = compile_model
+        kw = {"batch_real": 12, "arch": arch, "compile_model": compile_model}  # 120 real images = 15 chunks
+        d = DistributionMatching(ipc=3, seed=2, iterations=5, **kw)
         runs.append((d.run(digits).images, len(d.compiled_)))
     assert [n for _, n in runs] == [0, 1]
     assert torch.allclose(runs[0][0], runs[1][0], atol=1e-5)

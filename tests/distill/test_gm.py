@@ -3,7 +3,7 @@ import torch
 
 from nasdd.arch import ArchSpec
 from nasdd.augment import DSA
-from nasdd.distill import METHODS, distill
+from nasdd.distill import METHODS, Saving, distill
 from nasdd.distill.evaluate import evaluate_proxy
 from nasdd.distill.gm import GradientMatching, layer_distance, paper_loops, siamese_augment
 from nasdd.errors import NasddError
@@ -98,8 +98,9 @@ def test_batchnorm_statistics_frozen_from_real_data(digits):
 
 def test_resume_is_exact(digits, tmp_path):
     full = distill(digits, "dsa", 2, seed=1, preset="quick", iterations=4)
-    distill(digits, "dsa", 2, seed=1, preset="quick", iterations=2, out=tmp_path, keep_checkpoint=True)
-    resumed = distill(digits, "dsa", 2, seed=1, preset="quick", iterations=4, out=tmp_path, resume=True, overwrite=True)
+    distill(digits, "dsa", 2, seed=1, preset="quick", iterations=2, saving=Saving(out=tmp_path, keep_checkpoint=True))
+    saving = Saving(out=tmp_path, resume=True, overwrite=True)
+    resumed = distill(digits, "dsa", 2, seed=1, preset="quick", iterations=4, saving=saving)
     assert torch.allclose(full.images, resumed.images, atol=1e-6)
 
 
@@ -133,8 +134,7 @@ def test_autograd_path_matches_reference(digits, monkeypatch, method, arch):
     cls = METHODS.get(method)
     runs = []
     for reference in (True, False):
-        d = cls(ipc=5, seed=1, iterations=2, outer_loop=2, inner_loop=1, batch_real=20, arch=arch)
-        d.reference = reference
+        d = cls(ipc=5, seed=1, iterations=2, outer_loop=2, inner_loop=1, batch_real=20, arch=arch, reference=reference)
         proxy = d.run(digits)
         torch.manual_seed(5)
         d._freeze_bn()
@@ -157,8 +157,8 @@ def test_compiled_real_pass_matches_eager(digits, monkeypatch, method):
     cls = METHODS.get(method)
     runs = []
     for compile_model in (False, True):
-        d = cls(ipc=2, seed=1, iterations=2, outer_loop=2, inner_loop=1, batch_real=10, arch=SMALL)
-        d.compile_model = compile_model
+        kw = {"outer_loop": 2, "inner_loop": 1, "batch_real": 10, "arch": SMALL, "compile_model": compile_model}
+        d = cls(ipc=2, seed=1, iterations=2, **kw)
         proxy = d.run(digits)
         torch.manual_seed(5)
         grads = d.class_grads_autograd(d.real_batch(10), create_graph=False)

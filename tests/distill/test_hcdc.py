@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from nasdd.distill import distill
+from nasdd.distill import Saving, distill
 from nasdd.distill.hcdc import factor_distance
 from nasdd.distill.hypergrad import InnerProblem, exact_hypergradient, hypergradient
 from nasdd.distill.proxy import ProxySet
@@ -201,8 +201,8 @@ def test_hcdc_quick_runs_counts_cost_and_resumes_exactly(digits, tmp_path):
     assert torch.equal(full.images, distill(digits, "random", 2, seed=1).images)  # the training set, unchanged
     assert full.provenance["cost"]["sample_grads"] > 4 * 16 * 5  # inner training, HVPs and image updates
     assert full.provenance["moved"] > 0 and full.val_images.isfinite().all()
-    distill(digits, "hcdc", 2, seed=1, out=tmp_path, keep_checkpoint=True, **{**kw, "iterations": 2})
-    resumed = distill(digits, "hcdc", 2, seed=1, out=tmp_path, resume=True, overwrite=True, **kw)
+    distill(digits, "hcdc", 2, seed=1, saving=Saving(out=tmp_path, keep_checkpoint=True), **{**kw, "iterations": 2})
+    resumed = distill(digits, "hcdc", 2, seed=1, saving=Saving(out=tmp_path, resume=True, overwrite=True), **kw)
     assert torch.allclose(full.val_images, resumed.val_images, atol=1e-6)
     assert resumed.provenance["cost"]["sample_grads"] == full.provenance["cost"]["sample_grads"]
     cut = distill(digits, "hcdc", 2, seed=1, **{**kw, "iterations": 2})

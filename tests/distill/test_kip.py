@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from nasdd.distill import distill
+from nasdd.distill import Saving, distill
 from nasdd.distill.evaluate import evaluate_proxy, train_on_proxy
 from nasdd.distill.proxy import ProxySet
 from nasdd.errors import NasddError
@@ -52,8 +52,8 @@ def test_soft_labels_round_trip_and_train(digits, tmp_path):
 def test_frepo_resume_is_exact(digits, tmp_path):
     kw = {"preset": "quick", "learn_labels": True, "pool_size": 2, "max_online_steps": 3, "device": "cpu"}
     full = distill(digits, "frepo", 1, seed=0, iterations=8, **kw)
-    distill(digits, "frepo", 1, seed=0, iterations=4, out=tmp_path, checkpoint_every=2, keep_checkpoint=True, **kw)
-    resumed = distill(digits, "frepo", 1, seed=0, iterations=8, out=tmp_path, resume=True, overwrite=True, **kw)
+    distill(digits, "frepo", 1, iterations=4, saving=Saving(tmp_path, checkpoint_every=2, keep_checkpoint=True), **kw)
+    resumed = distill(digits, "frepo", 1, iterations=8, saving=Saving(tmp_path, resume=True, overwrite=True), **kw)
     assert torch.equal(full.images, resumed.images) and torch.equal(full.labels, resumed.labels)
 
 

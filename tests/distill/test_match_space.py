@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from nasdd import cli
-from nasdd.distill import catalog, distill
+from nasdd.distill import Saving, catalog, distill
 from nasdd.distill.dm import DistributionMatching
 from nasdd.errors import NasddError
 from nasdd.spaces import factor_counts, load_space
@@ -85,13 +85,13 @@ def test_every_iterative_method_distils_through_members_of_a_mixed_space(digits,
 def test_resume_with_a_match_space_is_exact(digits, method, tmp_path):
     kw = {**CHEAP[method], "device": "cpu", "match_space": MIXED, "match_pool": 3}
     full = distill(digits, method, 1, seed=2, iterations=4, **kw)
-    distill(digits, method, 1, seed=2, iterations=2, out=tmp_path, keep_checkpoint=True, **kw)
-    resumed = distill(digits, method, 1, seed=2, iterations=4, out=tmp_path, resume=True, keep_checkpoint=True,
-                      overwrite=True, **kw)  # fmt: skip
+    distill(digits, method, 1, seed=2, iterations=2, saving=Saving(out=tmp_path, keep_checkpoint=True), **kw)
+    saving = Saving(out=tmp_path, resume=True, overwrite=True, keep_checkpoint=True)
+    resumed = distill(digits, method, 1, seed=2, iterations=4, saving=saving, **kw)
     assert torch.allclose(full.images, resumed.images, atol=1e-6)
     (tmp_path / "proxy.json").unlink()
     with pytest.raises(NasddError, match="another configuration"):  # another pool is another configuration
-        distill(digits, method, 1, seed=2, iterations=4, out=tmp_path, resume=True, **{**kw, "match_pool": 4})
+        distill(digits, method, 1, 2, iterations=4, saving=Saving(tmp_path, resume=True), **{**kw, "match_pool": 4})
 
 
 def test_fixed_arch_runs_are_unchanged_by_the_seam(digits):
@@ -135,7 +135,7 @@ def test_rankdm_objective_is_the_softmax_weighted_sum_of_member_gradients(digits
     xr, yr = d.sampler()
     nets = [d.network(a).requires_grad_(False) for a in d.matching_archs(0, 4)]
     r = torch.stack([d.distance(n, xr, yr, seed=1) for n in nets])
-    t = float(d.options["temperature"])
+    t = float(d.opts.temperature)
     (g_rank,) = torch.autograd.grad(t * torch.logsumexp(r / t, 0), d.images, retain_graph=True)
     w = torch.softmax(r.detach() / t, 0)
     (g_weighted,) = torch.autograd.grad((w * r).sum(), d.images)

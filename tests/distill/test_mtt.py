@@ -6,7 +6,7 @@ from torch.nn.utils import parameters_to_vector
 
 from nasdd.arch import ArchSpec
 from nasdd.augment import DSA
-from nasdd.distill import METHODS, ProxySet, distill
+from nasdd.distill import METHODS, ProxySet, Saving, distill
 from nasdd.distill.evaluate import evaluate_proxy, proxy_recipe
 from nasdd.distill.mtt import FlatNet, make_plan, match_grad, match_loss, match_loss_unrolled
 from nasdd.errors import NasddError
@@ -65,11 +65,11 @@ def test_gradient_matches_unrolled_backprop_and_finite_differences(digits, soft)
 
 
 def test_valid_reproducible_proxy_with_learned_lr(digits, buffer_root, tmp_path):
-    proxy = _mtt(digits, buffer_root, ipc=2, iterations=4, out=tmp_path / "p")
+    proxy = _mtt(digits, buffer_root, ipc=2, iterations=4, saving=Saving(out=tmp_path / "p"))
     assert proxy.images.shape == (20, *digits.x_train.shape[1:])
     assert torch.bincount(proxy.labels, minlength=10).tolist() == [2] * 10
     assert torch.isfinite(proxy.images).all()
-    assert proxy.lr is not None and proxy.lr > 0 and proxy.lr != METHODS.get("mtt").defaults["lr_teacher"]
+    assert proxy.lr is not None and proxy.lr > 0 and proxy.lr != METHODS.get("mtt").options_type.lr_teacher
     assert proxy.provenance["cost"]["sample_grads"] == 4 * 3 * 10 * 20  # iterations x 3 x steps x batch
     assert proxy.provenance["experts"]["cost"]["sample_grads"] > 0  # expert cost is reported separately
     again = _mtt(digits, buffer_root, ipc=2, iterations=4)
@@ -90,7 +90,8 @@ def test_expert_buffer_is_reused(digits, buffer_root):
 
 
 def test_learned_soft_labels_and_zca(digits, buffer_root, tmp_path):
-    proxy = _mtt(digits, buffer_root, iterations=3, learn_labels=True, zca=True, lr_labels=10.0, out=tmp_path)
+    kw = {"learn_labels": True, "zca": True, "lr_labels": 10.0}
+    proxy = _mtt(digits, buffer_root, iterations=3, saving=Saving(out=tmp_path), **kw)
     assert proxy.soft and proxy.labels.shape == (10, 10)
     torch.testing.assert_close(proxy.labels.sum(1), torch.ones(10))
     assert (proxy.labels >= 0).all() and not torch.equal(proxy.labels, torch.eye(10))
@@ -122,10 +123,11 @@ def test_beats_random_at_ipc1(digits, buffer_root):
 
 
 def test_resume_continues_exactly(digits, buffer_root, tmp_path):
-    kw = {"learn_labels": True, "lr_labels": 10.0, "checkpoint_every": 2}
+    kw = {"learn_labels": True, "lr_labels": 10.0}
     straight = _mtt(digits, buffer_root, iterations=4, **kw)
-    _mtt(digits, buffer_root, iterations=2, out=tmp_path, keep_checkpoint=True, **kw)
-    resumed = _mtt(digits, buffer_root, iterations=4, out=tmp_path, resume=True, overwrite=True, **kw)  # extends it
+    _mtt(digits, buffer_root, iterations=2, saving=Saving(out=tmp_path, keep_checkpoint=True, checkpoint_every=2), **kw)
+    saving = Saving(out=tmp_path, resume=True, overwrite=True, checkpoint_every=2)
+    resumed = _mtt(digits, buffer_root, iterations=4, saving=saving, **kw)  # extends it
     assert torch.equal(straight.images, resumed.images) and torch.equal(straight.labels, resumed.labels)
     assert straight.lr == resumed.lr
 
@@ -137,8 +139,7 @@ def test_step_matches_the_unrolled_reference(digits, buffer_root, soft):
     kw = {**cls.presets["quick"], "iterations": 3, "learn_labels": soft}
     proxies = []
     for reference in (True, False):
-        d = cls(ipc=2, seed=4, device="cpu", buffer_root=buffer_root, **kw)
-        d.reference = reference
+        d = cls(ipc=2, seed=4, device="cpu", buffer_root=buffer_root, reference=reference, **kw)
         proxies.append(d.run(digits))
     a, b = proxies
     assert torch.allclose(a.images, b.images, rtol=1e-4, atol=1e-4)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from nasdd.arch import ArchSpec
-from nasdd.distill import METHODS, catalog, distill
+from nasdd.distill import METHODS, Saving, catalog, distill
 from nasdd.distill.mtt import FlatNet, make_plan
 from nasdd.distill.ratbptt import InnerOptimizer, RaTBPTT, window_grad, window_loss_unrolled
 from nasdd.errors import NasddError
@@ -29,17 +29,17 @@ def _problem(n_syn: int = 6):
 
 @pytest.mark.parametrize("kind", ["sgd", "adam"])
 def test_window_gradient_equals_backprop_through_the_window(kind):
-    net, w0, images, targets, (xr, yr) = _problem()
+    net, w0, images, targets, real = _problem()
     plan = make_plan(len(images), 9, 4, None, CPU)  # 5 steps before the window, 4 in it
-    loss, g_img, g_lab = window_grad(net, OPTS[kind], w0, images, targets, plan, 5, xr, yr)
-    ref = window_loss_unrolled(net, OPTS[kind], w0, images, targets, plan, 5, xr, yr)
+    loss, g_img, g_lab = window_grad(net, OPTS[kind], w0, images, targets, plan, 5, real)
+    ref = window_loss_unrolled(net, OPTS[kind], w0, images, targets, plan, 5, real)
     r_img, r_lab = torch.autograd.grad(ref, [images, targets])
     assert loss == pytest.approx(float(ref.detach()), rel=1e-12)
     assert r_img.abs().max() > 1e-6 and r_lab.abs().max() > 1e-6
     assert torch.allclose(g_img, r_img, rtol=1e-9, atol=1e-14)
     assert torch.allclose(g_lab, r_lab, rtol=1e-9, atol=1e-14)
     # the steps before the window pass no gradient: a longer unroll only changes where the window starts
-    whole = window_loss_unrolled(net, OPTS[kind], w0, images, targets, plan, 0, xr, yr)
+    whole = window_loss_unrolled(net, OPTS[kind], w0, images, targets, plan, 0, real)
     assert not torch.allclose(torch.autograd.grad(whole, images)[0], r_img)
 
 
@@ -72,12 +72,12 @@ class SavedBytes:
 
 def _peak(n_pre: int, window: int, bounded: bool) -> int:
     torch.manual_seed(0)
-    net, w0, images, targets, (xr, yr) = _problem()
+    net, w0, images, targets, real = _problem()
     plan = make_plan(len(images), n_pre + window, 6, None, CPU)
     if bounded:
-        return SavedBytes().measure(lambda: window_grad(net, OPTS["adam"], w0, images, targets, plan, n_pre, xr, yr))
+        return SavedBytes().measure(lambda: window_grad(net, OPTS["adam"], w0, images, targets, plan, n_pre, real))
     loss = lambda: torch.autograd.grad(  # noqa: E731
-        window_loss_unrolled(net, OPTS["adam"], w0, images, targets, plan, n_pre, xr, yr), images
+        window_loss_unrolled(net, OPTS["adam"], w0, images, targets, plan, n_pre, real), images
     )
     return SavedBytes().measure(loss)
 
@@ -120,9 +120,9 @@ def test_resume_after_an_interruption_is_exact(digits, tmp_path, monkeypatch):
 
     monkeypatch.setattr(RaTBPTT, "step", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        distill(digits, "ratbptt", 1, seed=0, out=tmp_path, checkpoint_every=1, **kw)
+        distill(digits, "ratbptt", 1, seed=0, saving=Saving(out=tmp_path, checkpoint_every=1), **kw)
     monkeypatch.setattr(RaTBPTT, "step", step)
-    resumed = distill(digits, "ratbptt", 1, seed=0, out=tmp_path, resume=True, **kw)
+    resumed = distill(digits, "ratbptt", 1, seed=0, saving=Saving(out=tmp_path, resume=True), **kw)
     assert torch.equal(whole.images, resumed.images) and torch.equal(whole.labels, resumed.labels)
     assert whole.provenance["cost"]["sample_grads"] == resumed.provenance["cost"]["sample_grads"]
 

@@ -135,7 +135,7 @@ def test_interrupted_distillation_saves_and_its_printed_command_resumes_it(tmp_p
 
 def test_no_rerun_overwrites_a_checkpoint_or_a_proxy(tmp_path, digits, monkeypatch):
     from nasdd.arch import ArchSpec
-    from nasdd.distill import distill
+    from nasdd.distill import Saving, distill
     from nasdd.distill.dm import DistributionMatching as DM
     from nasdd.errors import NasddError
 
@@ -149,18 +149,18 @@ def test_no_rerun_overwrites_a_checkpoint_or_a_proxy(tmp_path, digits, monkeypat
 
     monkeypatch.setattr(DM, "step", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        distill(digits, "dm", 2, out=out, checkpoint_every=3, **kw)
+        distill(digits, "dm", 2, saving=Saving(out=out, checkpoint_every=3), **kw)
     monkeypatch.setattr(DM, "step", step)
     saved = (out / CHECKPOINT).read_bytes()
     with pytest.raises(NasddError, match="holds a checkpoint of this configuration .iteration 3.; resume it"):
-        distill(digits, "dm", 2, out=out, **kw)  # without resume: refused
+        distill(digits, "dm", 2, saving=Saving(out=out), **kw)  # without resume: refused
     with pytest.raises(NasddError, match=r"another configuration \(seed differ\); use another --out, or --overwrite"):
-        distill(digits, "dm", 2, seed=1, out=out, resume=True, **kw)
+        distill(digits, "dm", 2, seed=1, saving=Saving(out=out, resume=True), **kw)
     assert (out / CHECKPOINT).read_bytes() == saved  # untouched by both refusals
-    proxy = distill(digits, "dm", 2, out=out, resume=True, **kw)
+    proxy = distill(digits, "dm", 2, saving=Saving(out=out, resume=True), **kw)
     assert not (out / CHECKPOINT).exists()
     with pytest.raises(NasddError, match="already holds a proxy .method dm, ipc 2, dataset digits.; use another"):
-        distill(digits, "random", 3, out=out, device="cpu")
+        distill(digits, "random", 3, device="cpu", saving=Saving(out=out))
     assert ProxySet.load(out, digits).images.equal(proxy.images)
-    again = distill(digits, "random", 3, out=out, overwrite=True, device="cpu")
+    again = distill(digits, "random", 3, device="cpu", saving=Saving(out=out, overwrite=True))
     assert ProxySet.load(out, digits).images.equal(again.images)

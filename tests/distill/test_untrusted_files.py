@@ -8,14 +8,14 @@ import pytest
 import torch
 
 from nasdd.arch import ArchSpec
-from nasdd.distill import distill
+from nasdd.distill import Saving, distill
 from nasdd.distill.base import CHECKPOINT
 from nasdd.distill.experts import EXPERT_RECIPE, buffer_folder, train_experts
 from nasdd.distill.proxy import ProxySet
 from nasdd.errors import NasddError
 from nasdd.utils import stable_hash
 
-QUICK = {"iterations": 2, "batch_real": 16, "checkpoint_every": 1}
+QUICK = {"iterations": 2, "batch_real": 16}
 TINY = ArchSpec.make("convnet", depth=1, width=8)
 
 
@@ -41,22 +41,22 @@ def one_line(exc):
 
 
 def test_tampered_checkpoint_is_refused_and_runs_nothing(digits, tmp_path):
-    distill(digits, "dm", 1, seed=0, out=tmp_path, keep_checkpoint=True, **QUICK)
+    distill(digits, "dm", 1, seed=0, saving=Saving(out=tmp_path, keep_checkpoint=True, checkpoint_every=1), **QUICK)
     marker = tmp_path / "pwned"
     tamper(tmp_path / CHECKPOINT, marker)
     with pytest.raises(NasddError) as exc:
-        distill(digits, "dm", 1, seed=0, out=tmp_path, resume=True, overwrite=True, **QUICK)
+        distill(digits, "dm", 1, seed=0, saving=Saving(tmp_path, True, True, checkpoint_every=1), **QUICK)
     assert "holds objects other than tensors" in one_line(exc) and "delete it to start over" in str(exc.value)
     assert not marker.exists()
 
 
 def test_newer_checkpoint_format_is_refused(digits, tmp_path):
-    distill(digits, "dm", 1, seed=0, out=tmp_path, keep_checkpoint=True, **QUICK)
+    distill(digits, "dm", 1, seed=0, saving=Saving(out=tmp_path, keep_checkpoint=True, checkpoint_every=1), **QUICK)
     state = torch.load(tmp_path / CHECKPOINT, weights_only=True)
     assert state["format"] == 1
     torch.save({**state, "format": 99}, tmp_path / CHECKPOINT)
     with pytest.raises(NasddError, match="is format 99, this nasdd reads up to 1") as exc:
-        distill(digits, "dm", 1, seed=0, out=tmp_path, resume=True, overwrite=True, **QUICK)
+        distill(digits, "dm", 1, seed=0, saving=Saving(tmp_path, True, True, checkpoint_every=1), **QUICK)
     one_line(exc)
 
 
