@@ -1,6 +1,6 @@
 """Model builders: the DC ConvNet family and a NAS-Bench-201-style cell network, behind one registry.
 
-Every model exposes `features(x)` (the flattened embedding before the classifier) and `forward(x)`;
+Every model is a `Classifier`: `features(x)` (the flattened embedding before the classifier) and `forward(x)`;
 ConvNet also exposes `layer_outputs(x)` (one tensor per conv block) for multi-layer matching. All
 models are plain nn.Modules, so `torch.func.functional_call` runs them functionally.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -18,6 +18,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from nasdd.arch import ArchSpec
 from nasdd.errors import NasddError
 from nasdd.registry import Registry
+
+M = TypeVar("M", bound=nn.Module)
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "sigmoid": nn.Sigmoid,
@@ -46,7 +48,21 @@ def _norm(kind: str, c: int, hw: int) -> nn.Module:
     raise NasddError(f"unknown normalization {kind!r}; valid: {', '.join(NORMS)}")
 
 
-class ConvNet(nn.Module):
+class Classifier(nn.Module):
+    """What every built model is: `features(x)` (the [N, feature_dim] embedding) and a linear `classifier`
+    on it (`forward`)."""
+
+    feature_dim: int
+    classifier: nn.Linear
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+class ConvNet(Classifier):
     """The ConvNet of Zhao et al. (ICLR 2021): one block of conv3x3-norm-act-pool per entry of `widths` (its
     width; the default is depth 3, width 128), then a linear layer.
 
@@ -89,9 +105,6 @@ class ConvNet(nn.Module):
         for block in self.blocks:
             x = block(x)
         return x.flatten(1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
 
 
 class _ReLUConvBN(nn.Sequential):
@@ -147,7 +160,7 @@ class _ResBlock(nn.Module):
         return self.b(self.a(x)) + self.shortcut(x)
 
 
-class CellNet(nn.Module):
+class CellNet(Classifier):
     """NAS-Bench-201 macro skeleton: stem, 3 stages of `cells_per_stage` cells, two reduction blocks."""
 
     def __init__(
@@ -168,9 +181,6 @@ class CellNet(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x).flatten(1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
-
 
 # ---------------------------------------------------------------------------------------------------
 # Families: a builder plus the rules a search-space YAML is checked against.
@@ -190,12 +200,12 @@ def _positive_int(v: Any) -> str | None:
 class Family:
     """A model family: how to build it and which parameters (with their rules) it accepts."""
 
-    build: Callable[[ArchSpec, int, int, int], nn.Module]
+    build: Callable[[ArchSpec, int, int, int], Classifier]
     rules: dict[str, ParamRule]
     description: str
 
 
-def _build_convnet(spec: ArchSpec, channels: int, image_size: int, num_classes: int) -> nn.Module:
+def _build_convnet(spec: ArchSpec, channels: int, image_size: int, num_classes: int) -> Classifier:
     depth = spec.get("depth", 3)
     widths = tuple(spec.get(f"width_{i + 1}", spec.get("width", 128)) for i in range(depth))
     return ConvNet(
@@ -209,7 +219,7 @@ def _build_convnet(spec: ArchSpec, channels: int, image_size: int, num_classes: 
     )
 
 
-def _build_cell201(spec: ArchSpec, channels: int, image_size: int, num_classes: int) -> nn.Module:
+def _build_cell201(spec: ArchSpec, channels: int, image_size: int, num_classes: int) -> Classifier:
     ops = {e: spec.get(e, "nor_conv_3x3") for e in CELL_EDGES}
     return CellNet(channels, num_classes, image_size, ops, c=spec.get("channels", 16), n=spec.get("cells_per_stage", 5))
 
@@ -248,8 +258,8 @@ DEFAULT_ARCH = ArchSpec.make(
 )
 
 
-def build(spec: ArchSpec, channels: int, image_size: int, num_classes: int) -> nn.Module:
-    """Build the nn.Module an ArchSpec describes for inputs of shape [channels, image_size, image_size]."""
+def build(spec: ArchSpec, channels: int, image_size: int, num_classes: int) -> Classifier:
+    """Build the Classifier an ArchSpec describes for inputs of shape [channels, image_size, image_size]."""
     family = FAMILIES.get(spec.family)
     for name, value in spec.params:
         if name not in family.rules:
@@ -258,6 +268,16 @@ def build(spec: ArchSpec, channels: int, image_size: int, num_classes: int) -> n
         if expected:
             raise NasddError(f"{spec.family} parameter {name}={value!r} is invalid; expected {expected}")
     return family.build(spec, channels, image_size, num_classes)
+
+
+def reinit_(net: M) -> M:
+    """Draw fresh initial weights for `net` in place (each submodule's own initialiser, from torch's global
+    RNG; BatchNorm statistics reset)."""
+    for m in net.modules():
+        reset = getattr(m, "reset_parameters", None)
+        if m is not net and callable(reset):
+            reset()
+    return net
 
 
 def param_count(model: nn.Module) -> int:

@@ -32,7 +32,7 @@ from torch import nn
 from nasdd.arch import ArchSpec
 from nasdd.augment import make_augment
 from nasdd.errors import NasddError
-from nasdd.models import build, forward_flops, param_count
+from nasdd.models import Classifier, build, forward_flops, param_count
 from nasdd.trainfast import COMPILE_FAILED, chunk_size, compile_wanted, compiled, forward_backward, model_key
 from nasdd.utils import progress, resolve_device, stable_hash
 
@@ -373,7 +373,7 @@ def image_shape(x: torch.Tensor) -> tuple[int, int, int]:
     return c, h, w
 
 
-def build_seeded(spec: ArchSpec, shape: tuple[int, int, int], num_classes: int, seed: int) -> nn.Module:
+def build_seeded(spec: ArchSpec, shape: tuple[int, int, int], num_classes: int, seed: int) -> Classifier:
     """Build a model whose initial weights depend only on `seed`."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

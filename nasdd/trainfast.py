@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +26,8 @@ from torch import nn
 
 from nasdd.errors import NasddError
 from nasdd.utils import stable_hash
+
+T = TypeVar("T")
 
 # CPU: chunk a batch so that its largest activation is about this size (measured: 4-16 MiB alike for pooled
 # ConvNets, 16 MiB slower for a ConvNet without pooling; this machine has 2 MiB L2 per core, 32 MiB L3)
@@ -96,8 +99,9 @@ def forward_backward(
     return total
 
 
-def compiled(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    """`model` compiled for one static input shape; allows one Dynamo cache entry per architecture."""
+def compiled(model: Callable[[torch.Tensor], T]) -> Callable[[torch.Tensor], T]:
+    """`model` (a module or a map through one, e.g. `net.features`) compiled for one static input shape; allows
+    one Dynamo cache entry per architecture."""
     config = torch._dynamo.config
     config.recompile_limit = max(config.recompile_limit, 64)
     return torch.compile(model, dynamic=False)

@@ -51,7 +51,7 @@ def distill(
     distiller = cls(ipc=ipc, seed=seed, **kwargs)
     saving = saving or Saving()
     out = saving.out
-    if out is not None and RunLayout(out).holds_proxy() and not saving.overwrite:
+    if out is not None and RunLayout(Path(out)).holds_proxy() and not saving.overwrite:
         raise NasddError(f"{out} already holds a proxy ({_describe(Path(out))}); use another --out, or --overwrite")
     proxy = distiller.run(bundle, saving)
     if out is not None:

@@ -32,14 +32,13 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from torch import nn
 
 from nasdd.arch import ArchSpec
 from nasdd.data import DatasetBundle
 from nasdd.distill.options import Options
 from nasdd.distill.proxy import ProxySet
 from nasdd.errors import NasddError
-from nasdd.models import DEFAULT_ARCH
+from nasdd.models import DEFAULT_ARCH, Classifier
 from nasdd.registry import Registry
 from nasdd.spaces import SearchSpace, draw_pool, load_space
 from nasdd.train import build_seeded
@@ -81,7 +80,7 @@ def match_pool(space: str | Path | SearchSpace, n: int | None, seed: int) -> tup
     n = DEFAULT_MATCH_POOL if n is None else n
     if not (isinstance(n, int) and n >= 1):
         raise NasddError(f"--match-pool must be a positive integer, got {n!r}")
-    return space, draw_pool(space, min(n, space.size), seed=seed)
+    return space, draw_pool(space, int(min(n, space.size)), seed=seed)  # size: math.inf when infinite
 
 
 def per_ipc(value: Any, ipc: int) -> Any:
@@ -109,6 +108,10 @@ class Distiller:
     default_lr_img: ClassVar[float] = 0.1
     options_type: ClassVar[type[Options]] = Options
     opts: Options  # an instance of `options_type` (subclasses narrow the annotation)
+    # set by `run`: the proxy's images and labels, and its learned lr (None unless the method learns one)
+    images: torch.Tensor
+    labels: torch.Tensor
+    syn_lr: torch.Tensor | None
     # named settings, e.g. {"quick": {...}, "cpu": {...}}: keyword arguments (iterations, lr_img, options)
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
 
@@ -162,7 +165,7 @@ class Distiller:
         """`self.space_` and `self.pool_`: the matching space and its drawn members (None / [arch] without)."""
         self.space_: SearchSpace | None = None
         self.pool_ = [self.arch]
-        self.nets_: dict[tuple[ArchSpec, int], nn.Module] = {}
+        self.nets_: dict[tuple[ArchSpec, int], Classifier] = {}
         if self.match_space is None:
             if self.match_pool is not None:
                 raise NasddError("--match-pool needs --match-space")
@@ -189,7 +192,7 @@ class Distiller:
     def matching_arch(self, it: int) -> ArchSpec:
         return self.matching_archs(it, 1)[0]
 
-    def network(self, arch: ArchSpec, outputs: int | None = None) -> nn.Module:
+    def network(self, arch: ArchSpec, outputs: int | None = None) -> Classifier:
         """`arch` built on the device with initial weights seeded by `seed` (cached: one module per
         architecture and output width; methods that re-initialise it do so in place)."""
         key = (arch, self.bundle.num_classes if outputs is None else outputs)
@@ -210,8 +213,9 @@ class Distiller:
             "lr_img": self.lr_img,
             **self.opts.record(),
         }
-        if getattr(self, "space_", None) is not None:  # only then: fixed-arch configurations stay as they were
-            config["match_space"] = self.space_.name
+        space = getattr(self, "space_", None)  # set by `run`
+        if space is not None:  # only then: fixed-arch configurations stay as they were
+            config["match_space"] = space.name
             config["match_pool"] = [a.to_dict() for a in self.pool_]
         return config
 
@@ -256,7 +260,7 @@ class Distiller:
         self.start_images = x.clone()  # to tell how far distillation moved them (provenance `moved`)
         self.images = x.to(self.dev).requires_grad_(True)
         self.labels = y.to(self.dev)
-        self.syn_lr: torch.Tensor | None = None
+        self.syn_lr = None
         self.setup(bundle)
         first = self._maybe_resume(out, saving.resume, saving.overwrite)
         bar = progress(total=self.iterations, initial=first, desc=f"distill {self.name}", unit="iteration")

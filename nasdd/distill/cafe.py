@@ -30,13 +30,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from nasdd.arch import ArchSpec
 from nasdd.augment import DSA
 from nasdd.data import DatasetBundle
 from nasdd.distill.base import Distiller, register
 from nasdd.distill.chunks import chunked
-from nasdd.distill.dm import RealSampler, class_means, reinit_
+from nasdd.distill.dm import RealSampler, class_means
 from nasdd.distill.options import Options, unrecorded
 from nasdd.errors import NasddError
+from nasdd.models import ConvNet, reinit_
 from nasdd.train import TrainRecipe, fit
 
 
@@ -94,8 +96,7 @@ class CAFE(Distiller):
 
     def setup(self, bundle: DatasetBundle) -> None:
         for arch in self.pool_:
-            if not hasattr(self.network(arch), "layer_outputs"):
-                raise NasddError(f"cafe needs a network with layer outputs (a ConvNet); got {arch}")
+            self.conv_net(arch)  # refuses other families before anything is set up
         o = self.opts
         strategy = o.dsa_strategy
         self.dsa = None if strategy in (None, "none", "") else DSA(strategy)
@@ -103,17 +104,24 @@ class CAFE(Distiller):
         self.query = RealSampler(bundle, int(o.query_per_class), self.dev)
         self.opt = torch.optim.SGD([self.images], lr=self.lr_img, momentum=float(o.momentum))
         self.k = bundle.num_classes
-        depths = sorted({len(self.network(a).blocks) for a in self.pool_})
+        depths = sorted({len(self.conv_net(a).blocks) for a in self.pool_})
         if o.layer_weights is not None and depths != [len(o.layer_weights)]:
             mixed = "; the match pool mixes depths, leave it unset" if len(depths) > 1 else ""
             need = " or ".join(map(str, depths))
             raise NasddError(f"cafe option layer_weights needs {need} values (one per conv block){mixed}")
         self.use_net(0)
 
+    def conv_net(self, arch: ArchSpec) -> ConvNet:
+        """The base's network of `arch`, which must be a ConvNet (cafe matches its layer outputs)."""
+        net = self.network(arch)
+        if not isinstance(net, ConvNet):
+            raise NasddError(f"cafe needs a network with layer outputs (a ConvNet); got {arch}")
+        return net
+
     def use_net(self, it: int) -> None:
         """Match through iteration `it`'s network (the fixed `arch` or a member of the match space), with
         one layer weight per conv block of that network."""
-        self.net = self.network(self.matching_arch(it))
+        self.net = self.conv_net(self.matching_arch(it))
         w = self.opts.layer_weights
         self.weights = [1.0] * len(self.net.blocks) if w is None else [float(v) for v in w]
 

@@ -52,7 +52,8 @@ class OneShape:
     last chunk) run `fn` eager, so it never recompiles."""
 
     def __init__(self, fn: Callable[[torch.Tensor], Any]) -> None:
-        self.fn, self.compiled, self.shape = fn, compiled(fn), None
+        self.fn, self.compiled = fn, compiled(fn)
+        self.shape: torch.Size | None = None
 
     def __call__(self, x: torch.Tensor) -> Any:
         self.shape = self.shape or x.shape

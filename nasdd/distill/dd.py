@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from nasdd.data import DatasetBundle
-from nasdd.distill.base import Distiller, register
+from nasdd.distill.base import register
 from nasdd.distill.options import at_least, positive
 from nasdd.distill.soft_labels import LabelOptions, SoftLabels, with_width
 from nasdd.models import build
@@ -64,7 +64,7 @@ class DDOptions(LabelOptions):
 
 
 @register
-class DatasetDistillation(SoftLabels, Distiller):
+class DatasetDistillation(SoftLabels):
     """Meta-learned images (and step sizes, optionally labels) through an unrolled inner training."""
 
     name = "dd"
@@ -105,11 +105,11 @@ class DatasetDistillation(SoftLabels, Distiller):
         targets = self.target_probs()
         for k in range(k_steps):
             keep = k >= k_steps - kept
-            x, y, lr = (self.images, targets, lrs[k]) if keep else (self.images.detach(), targets.detach(), None)
+            x, y = (self.images, targets) if keep else (self.images.detach(), targets.detach())
             loss = F.cross_entropy(functional_call(net, params, (x,)), y)
             grads = torch.autograd.grad(loss, list(params.values()), create_graph=keep)
             if keep:
-                params = {name: p - lr * g for (name, p), g in zip(params.items(), grads, strict=True)}
+                params = {name: p - lrs[k] * g for (name, p), g in zip(params.items(), grads, strict=True)}
             else:
                 step_lr = float(lrs[k].detach())
                 params = {

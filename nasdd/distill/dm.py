@@ -22,13 +22,13 @@ from functools import partial
 from typing import Any
 
 import torch
-from torch import nn
 
 from nasdd.augment import DEFAULT_STRATEGY, DSA
 from nasdd.data import DatasetBundle
 from nasdd.distill.base import Distiller, register
 from nasdd.distill.chunks import OneShape, chunked, with_compiled
 from nasdd.distill.options import Options, unrecorded
+from nasdd.models import Classifier, reinit_
 
 
 def class_means(f: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -36,14 +36,6 @@ def class_means(f: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torc
     sums = f.new_zeros(num_classes, f.shape[1]).index_add_(0, labels, f)
     counts = torch.bincount(labels, minlength=num_classes).clamp_min(1).to(f.dtype)
     return sums / counts[:, None]
-
-
-def reinit_(net: nn.Module) -> nn.Module:
-    """Draw fresh initial weights for `net` in place (from torch's global RNG)."""
-    for m in net.modules():
-        if m is not net and hasattr(m, "reset_parameters"):
-            m.reset_parameters()
-    return net
 
 
 class RealSampler:
@@ -65,7 +57,7 @@ class RealSampler:
         return self.x[pick], self.y[pick]
 
 
-def matching_net(distiller: Distiller, it: int) -> nn.Module:
+def matching_net(distiller: Distiller, it: int) -> Classifier:
     """Iteration `it`'s matching network (the distiller's `arch`, or a member of its match space) on the
     distiller's device, parameters frozen (images are what learns), in training mode."""
     net = distiller.network(distiller.matching_arch(it))

@@ -8,7 +8,7 @@ from nasdd.arch import ArchSpec
 from nasdd.data import DatasetBundle
 from nasdd.distill.proxy import ProxySet
 from nasdd.models import DEFAULT_ARCH
-from nasdd.train import RECIPES, TrainRecipe, TrainResult, train_arch, with_learned_lr
+from nasdd.train import RECIPES, Monitor, TrainRecipe, TrainResult, train_arch, with_learned_lr
 
 
 def proxy_recipe(proxy: ProxySet, recipe: TrainRecipe | None = None) -> TrainRecipe:
@@ -26,9 +26,10 @@ def train_on_proxy(
     seed: int = 0,
     split: str = "test",
     device: str | torch.device = "auto",
-    **fit_kwargs: object,
+    monitor: Monitor | None = None,
 ) -> TrainResult:
-    """Train `arch` on the proxy only and score it on the real `split` (transformed like the proxy)."""
+    """Train `arch` on the proxy only and score it on the real `split` (transformed like the proxy); `monitor`:
+    what the training watches (`nasdd.train.Monitor`; default nothing)."""
     x_eval, y_eval = bundle.split(split)
     return train_arch(
         arch,
@@ -38,7 +39,7 @@ def train_on_proxy(
         seed=seed,
         device=device,
         eval_data=(proxy.input_transform(x_eval), y_eval),
-        **fit_kwargs,
+        monitor=Monitor() if monitor is None else monitor,
     )
 
 

@@ -22,7 +22,7 @@ from nasdd.arch import ArchSpec
 from nasdd.data import DatasetBundle, cache_dir
 from nasdd.errors import NasddError
 from nasdd.models import DEFAULT_ARCH
-from nasdd.train import TrainRecipe, build_seeded, evaluate, fit
+from nasdd.train import TrainRecipe, build_seeded, evaluate, fit, image_shape
 from nasdd.utils import atomic_open, load_untrusted, progress, resolve_device, write_json
 
 # MTT's expert recipe: SGD lr 0.01, no momentum, no weight decay, batch 256, DSA; flip is dropped
@@ -120,12 +120,13 @@ def train_experts(
     x, y = whiten(bundle.x_train, w), bundle.y_train
     x_val = whiten(bundle.x_val, w)
     one_epoch = replace(recipe, epochs=1)
-    states = [_load_expert(folder / f"expert_{i}.pt") for i in range(num_experts)]
-    todo = sum(max(epochs - (len(s["trajectory"]) - 1 if s else 0), 0) for s in states)
+    loaded = [_load_expert(folder / f"expert_{i}.pt") for i in range(num_experts)]
+    todo = sum(max(epochs - (len(s["trajectory"]) - 1 if s else 0), 0) for s in loaded)
     bar = progress(total=todo, desc="experts")
     trained = 0
-    for i, state in enumerate(states):
-        model = build_seeded(arch, tuple(x.shape[1:]), bundle.num_classes, seed=i).to(dev)
+    states: list[dict] = []
+    for i, state in enumerate(loaded):
+        model = build_seeded(arch, image_shape(x), bundle.num_classes, seed=i).to(dev)
         if state is None:
             traj = [parameters_to_vector(model.parameters()).detach().cpu()]
             state = {"trajectory": torch.stack(traj), "seconds": 0.0, "sample_grads": 0, "val_accuracy": None}
@@ -145,7 +146,7 @@ def train_experts(
             _save_expert(folder / f"expert_{i}.pt", state)
             trained += 1
             bar.update(1)
-        states[i] = state
+        states.append(state)
     bar.close()
     trajs = [s["trajectory"][: epochs + 1] for s in states]
     seconds = sum(s["seconds"] for s in states)

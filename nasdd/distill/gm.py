@@ -49,6 +49,7 @@ from nasdd.data import DatasetBundle
 from nasdd.distill.base import Distiller, register
 from nasdd.distill.chunks import OneShape, chunk_size, with_compiled
 from nasdd.distill.options import Options, at_least, positive, unrecorded
+from nasdd.models import reinit_
 from nasdd.train import TrainRecipe, fit
 
 # the paper's (outer_loop, inner_loop) per images-per-class
@@ -96,13 +97,6 @@ def siamese_augment(
     n = real.shape[1]
     both = [dsa(torch.cat([real[c], syn[c]]), s) for c, s in enumerate(seeds)]
     return torch.stack([b[:n] for b in both]), torch.stack([b[n:] for b in both])
-
-
-def reinitialize(net: nn.Module) -> None:
-    """Fresh random weights in place (each submodule's own initialiser; BatchNorm statistics reset)."""
-    for m in net.modules():
-        if m is not net and hasattr(m, "reset_parameters"):
-            m.reset_parameters()
 
 
 @dataclass(frozen=True)
@@ -296,7 +290,7 @@ class GradientMatching(Distiller):
 
     def step(self, it: int) -> float:
         self.use_net(it)
-        reinitialize(self.net)
+        reinit_(self.net)
         total = torch.zeros((), device=self.dev)
         for ol in range(self.outer_loop):
             self._freeze_bn()

@@ -60,6 +60,7 @@ from nasdd.distill.hypergrad import InnerProblem, hypergradient, neumann_ihvp
 from nasdd.distill.options import Options, at_least
 from nasdd.distill.proxy import ProxySet
 from nasdd.errors import NasddError
+from nasdd.models import reinit_
 from nasdd.supernet import FACTORS, RelaxedConvNet, space_choices
 
 DEFAULT_SPACE, DEFAULT_POOL, EPS = "convnet_cpu_pooled", 32, 1e-8
@@ -156,6 +157,7 @@ class HCDC(Distiller):
         self.start_images = x.clone()
         self.images = x.to(self.dev).requires_grad_(True)
         self.labels = y.to(self.dev)
+        assert self.space_ is not None  # __init__ always sets a match space
         choices = space_choices(self.space_)
         self.supernet = RelaxedConvNet(choices, bundle.channels, bundle.num_classes, bundle.image_size).to(self.dev)
         self.sizes = self.supernet.sizes
@@ -206,9 +208,7 @@ class HCDC(Distiller):
     def _inner_train(self, it: int, lam: torch.Tensor) -> None:
         o = self.opts
         if it % o.reinit_every == 0:
-            for m in self.supernet.modules():
-                if m is not self.supernet and hasattr(m, "reset_parameters"):
-                    m.reset_parameters()
+            reinit_(self.supernet)
             self.inner_opt.state.clear()
         alphas = self.supernet.relaxation(lam, float(o.temperature))
         for _ in range(o.inner_steps):
@@ -219,9 +219,12 @@ class HCDC(Distiller):
             self.inner_opt.step()
             self.count(len(x))
 
-    def _val_grads(self, w: torch.Tensor, lam: torch.Tensor, x: torch.Tensor, y: torch.Tensor, graph: bool = False):
+    def _val_grads(
+        self, w: torch.Tensor, lam: torch.Tensor, x: torch.Tensor, y: torch.Tensor, graph: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         w, lam = w.detach().requires_grad_(True), lam.detach().requires_grad_(True)
-        return torch.autograd.grad(self._loss(w, lam, x, y), (w, lam), create_graph=graph)
+        g_w, g_lam = torch.autograd.grad(self._loss(w, lam, x, y), (w, lam), create_graph=graph)
+        return g_w, g_lam
 
     def step(self, it: int) -> float:
         o = self.opts
@@ -233,10 +236,12 @@ class HCDC(Distiller):
         inner = InnerProblem(lambda w_, l_: self._loss(w_, l_, xt, yt), w, lam)
         alpha, k = float(o.neumann_alpha), int(o.neumann_steps)
         xv, yv = self._batch(self.x_val, self.y_val, o.batch_val)
-        h_real = hypergradient(inner, *(g.detach() for g in self._val_grads(w, lam, xv, yv)), alpha, k)
+        v_w, v_lam = self._val_grads(w, lam, xv, yv)
+        h_real = hypergradient(inner, v_w.detach(), v_lam.detach(), alpha, k)
         pick = torch.randperm(len(self.images), device=self.dev)[: o.batch_syn]
         xs, ys = self.images[pick], self.labels[pick]
-        h_syn = hypergradient(inner, *(g.detach() for g in self._val_grads(w, lam, xs.detach(), ys)), alpha, k)
+        s_w, s_lam = self._val_grads(w, lam, xs.detach(), ys)
+        h_syn = hypergradient(inner, s_w.detach(), s_lam.detach(), alpha, k)
         h_syn.requires_grad_(True)
         loss = factor_distance(h_real, h_syn, self.sizes)
         (g,) = torch.autograd.grad(loss, h_syn)

@@ -47,10 +47,10 @@ from torch.func import functional_call, jacrev, vmap
 
 from nasdd.arch import ArchSpec
 from nasdd.data import DatasetBundle
-from nasdd.distill.base import Distiller, register
+from nasdd.distill.base import register
 from nasdd.distill.options import at_least
 from nasdd.distill.soft_labels import LabelOptions, SoftLabels, with_width
-from nasdd.models import build
+from nasdd.models import Classifier, build
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,7 @@ def krr_predict(k_ss: torch.Tensor, k_ts: torch.Tensor, y_s: torch.Tensor, reg: 
     return k_ts @ torch.linalg.solve(k_ss + ridge, y_s)
 
 
-class KernelDistiller(SoftLabels, Distiller):
+class KernelDistiller(SoftLabels):
     """Shared KRR objective; subclasses provide `kernels(x_t) -> (K_ss, K_ts)`."""
 
     family = "performance matching"
@@ -124,7 +124,7 @@ class KernelDistiller(SoftLabels, Distiller):
         self.x_real, self.y_real = bundle.x_train.to(self.dev), bundle.y_train.to(self.dev)
         self.opt = torch.optim.Adam([{"params": [self.images], "lr": self.lr_img}, *self.label_groups()])
 
-    def new_net(self, outputs: int, arch: ArchSpec | None = None) -> nn.Module:
+    def new_net(self, outputs: int, arch: ArchSpec | None = None) -> Classifier:
         """A freshly initialised matching network of `arch` (default: the narrowed fixed one; global RNG,
         seeded per iteration by the base)."""
         arch = self.inner if arch is None else arch
@@ -214,7 +214,7 @@ class KernelInducingPoints(KernelDistiller):
     presets = {"quick": {"iterations": 100, "batch_real": 128}, "cpu": {"iterations": 3000, "batch_real": 128}}
 
     def kernels(self, x_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        k_ss, k_ts = 0.0, 0.0
+        k_ss = k_ts = torch.zeros((), device=self.dev)  # sums over the networks
         for arch in self.archs:
             net = self.new_net(1, arch).eval()  # per-sample Jacobians: BatchNorm must not use batch statistics
             params = {k: p.detach() for k, p in net.named_parameters()}
@@ -258,7 +258,7 @@ class FRePo(KernelDistiller):
             self.pool = [self._fresh(a) for a in self.slot_archs]
         self.ages = [0] * o.pool_size
 
-    def _fresh(self, arch: ArchSpec) -> tuple[nn.Module, torch.optim.Optimizer]:
+    def _fresh(self, arch: ArchSpec) -> tuple[Classifier, torch.optim.Optimizer]:
         net = self.new_net(self.bundle.num_classes, arch)
         return net, torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
 

@@ -126,7 +126,7 @@ def match_grad(
         vjp = torch.autograd.grad(g, wrt, grad_outputs=lam, allow_unused=True)
         if vjp[1] is not None:
             g_img -= lr_value * vjp[1]
-        if learn_y and vjp[2] is not None:
+        if g_lab is not None and vjp[2] is not None:  # labels learn
             g_lab -= lr_value * vjp[2]
         lam = lam - lr_value * vjp[0]
         del g, vjp, w, x, y
@@ -192,6 +192,7 @@ class MTT(Distiller):
     default_lr_img = 100.0
     options_type = MTTOptions
     opts: MTTOptions
+    syn_lr: torch.Tensor  # learned: set in `setup`
     presets = {
         "quick": {
             "iterations": 20,

@@ -51,7 +51,7 @@ class ProxySet:
             raise NasddError(f"proxy has {len(self.images)} images but {len(self.labels)} labels")
         if (self.val_images is None) != (self.val_labels is None):
             raise NasddError("a synthetic validation set needs both val_images and val_labels")
-        if self.val_images is not None:
+        if self.val_images is not None and self.val_labels is not None:
             self.val_images = self.val_images.detach().cpu().float()
             self.val_labels = self.val_labels.detach().cpu().long()
             if len(self.val_images) != len(self.val_labels) or self.val_labels.dim() != 1:
@@ -94,7 +94,7 @@ class ProxySet:
     def id(self) -> str:
         """Stable content id: equal proxies (same tensors and lr) have the same id."""
         zca = None if self.zca is None else _tensor_digest(self.zca)
-        parts = [_tensor_digest(self.images), _tensor_digest(self.labels), self.lr, zca]
+        parts: list[object] = [_tensor_digest(self.images), _tensor_digest(self.labels), self.lr, zca]
         if self.val_images is not None and self.val_labels is not None:  # absent: ids of older proxies unchanged
             parts.append([_tensor_digest(self.val_images), _tensor_digest(self.val_labels)])
         digest = stable_hash(parts, 12)
@@ -186,7 +186,7 @@ class ProxySet:
             val_images=tensors.get("val_images"),
             val_labels=tensors.get("val_labels"),
         )
-        shapes = [list(proxy.images.shape), list(proxy.labels.shape)]
+        shapes: list[list[int] | None] = [list(proxy.images.shape), list(proxy.labels.shape)]
         recorded = [sidecar["images_shape"], sidecar["labels_shape"]]
         if proxy.val_images is not None or "val_images_shape" in sidecar:
             shapes += [None if proxy.val_images is None else list(proxy.val_images.shape)]

@@ -42,9 +42,10 @@ import torch
 
 from nasdd.data import DatasetBundle
 from nasdd.distill.base import register
-from nasdd.distill.dm import DistributionMatching, DMOptions, class_means, reinit_
+from nasdd.distill.dm import DistributionMatching, DMOptions, class_means
 from nasdd.distill.options import at_least, positive
 from nasdd.errors import NasddError
+from nasdd.models import Classifier, reinit_
 from nasdd.spaces import space_names
 
 
@@ -89,7 +90,7 @@ class RankDM(DistributionMatching):
         super().setup(bundle)
         self.archs = min(self.opts.archs_per_iteration, len(self.pool_))
 
-    def distance(self, net: torch.nn.Module, xr: torch.Tensor, yr: torch.Tensor, seed: int) -> torch.Tensor:
+    def distance(self, net: Classifier, xr: torch.Tensor, yr: torch.Tensor, seed: int) -> torch.Tensor:
         """r_a: DM's class-mean embedding distance of `net`, relative to the real class means' norm."""
         with torch.no_grad():
             real = class_means(net.features(self.dsa(xr, seed)), yr, self.k)

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from nasdd.augment import DSA
 from nasdd.data import DatasetBundle
-from nasdd.distill.base import Distiller, register
+from nasdd.distill.base import register
 from nasdd.distill.mtt import FlatNet, Plan, make_plan
 from nasdd.distill.soft_labels import LabelOptions, SoftLabels, with_width
 from nasdd.models import build
@@ -117,7 +117,7 @@ def window_grad(
         lam = [torch.zeros_like(t) if v is None else v for v, t in zip(vjp[: len(s)], s, strict=True)]
         if vjp[len(s)] is not None:
             g_img += vjp[len(s)]
-        if learn_y and vjp[-1] is not None:
+        if g_lab is not None and vjp[-1] is not None:  # labels learn
             g_lab += vjp[-1]
         del new, vjp, s, x, y
     return float(loss.detach()), g_img, g_lab
@@ -174,7 +174,7 @@ class RaTBPTTOptions(LabelOptions):
 
 
 @register
-class RaTBPTT(SoftLabels, Distiller):
+class RaTBPTT(SoftLabels):
     """Meta-learned images (and labels) through a long inner unroll differentiated in a random window."""
 
     name = "ratbptt"

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from nasdd.arch import ArchSpec
+from nasdd.distill.base import Distiller
 from nasdd.distill.options import Options, positive
 from nasdd.distill.proxy import ProxySet
 from nasdd.errors import NasddError
@@ -52,10 +53,11 @@ def with_width(arch: ArchSpec, width: int | None, normalization: str | None = No
     return ArchSpec.make("convnet", **params)
 
 
-class SoftLabels:
-    """Mixin for a Distiller: one-hot targets, optionally learned; the proxy stores their softmax."""
+class SoftLabels(Distiller):
+    """A Distiller with one-hot targets, optionally learned; the proxy stores their softmax."""
 
     opts: LabelOptions
+    inner: ArchSpec  # the narrowed matching network (`with_width`), set by the method's `setup`
 
     def init_targets(self) -> None:
         """Create `self.targets` (float [N, K], one-hot); learnable labels replace `self.labels` by it."""
@@ -71,14 +73,14 @@ class SoftLabels:
     def inner_archs(self, it: int, k: int = 1) -> list[ArchSpec]:
         """Iteration `it`'s `k` inner networks: the narrowed fixed arch (`self.inner`), or members of the
         match space as drawn (the base's `matching_archs`)."""
-        return [self.inner] * k if self.space_ is None else self.matching_archs(it, k)  # type: ignore[attr-defined]
+        return [self.inner] * k if self.space_ is None else self.matching_archs(it, k)
 
     def target_probs(self) -> torch.Tensor:
         """The targets as probabilities (what the trainer sees)."""
         return torch.softmax(self.targets / self.opts.label_temperature, dim=1)
 
     def to_proxy(self) -> ProxySet:
-        proxy = super().to_proxy()  # type: ignore[misc]
+        proxy = super().to_proxy()
         if self.opts.learn_labels:
             proxy.labels = self.target_probs().detach().cpu()
         return proxy

@@ -3,8 +3,8 @@ import torch
 
 from nasdd.arch import ArchSpec
 from nasdd.distill import distill
-from nasdd.distill.dm import DistributionMatching, RealSampler, class_means, reinit_
-from nasdd.models import DEFAULT_ARCH
+from nasdd.distill.dm import DistributionMatching, RealSampler, class_means
+from nasdd.models import DEFAULT_ARCH, reinit_
 from nasdd.train import build_seeded
 
 from .helpers import check_proxy, mean_accuracy, random_accuracy
