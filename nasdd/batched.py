@@ -27,7 +27,7 @@ from nasdd.arch import ArchSpec
 from nasdd.augment import make_augment
 from nasdd.errors import NasddError
 from nasdd.models import forward_flops, param_count
-from nasdd.train import SYNC_EVERY, TrainRecipe, TrainResult, _lr_at, build_seeded, evaluate
+from nasdd.train import SYNC_EVERY, TrainRecipe, TrainResult, _lr_at, build_seeded, evaluate, image_shape
 from nasdd.utils import resolve_device
 
 
@@ -54,7 +54,7 @@ def fit_seeds(
     if len(x) == 0:
         raise NasddError("cannot train on an empty set")
     device = resolve_device(device)
-    shape = tuple(x.shape[1:])
+    shape = image_shape(x)
     models = [build_seeded(spec, shape, num_classes, s).to(device) for s in seeds]
     flops = forward_flops(models[0], shape)
     results = [TrainResult(params=param_count(models[0]), flops_per_sample=flops) for _ in seeds]

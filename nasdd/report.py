@@ -141,7 +141,7 @@ def verdict(
     if pool is None and "n_archs" in summary:
         pool = int(summary["n_archs"].max())
     width = float((cands["tau_high"] - cands["tau_low"]).median())
-    small = bool(pool) and pool < SMALL_POOL
+    small = bool(pool and pool < SMALL_POOL)
     if pool:
         tail = ": too small a pool to tell the proxies and peers apart." if small else "."
         lines.append(f"The pool holds {pool} architectures; the 95% intervals of τ are {width:.2f} wide (median){tail}")
@@ -248,9 +248,9 @@ def _table(summary: pd.DataFrame) -> pd.DataFrame:
         if col in ("tau", "rho") and math.isfinite(row.get(f"{col}_low", math.nan)):
             return _interval(row, col)
         if col == "cost_sample_grads":
-            return human_count(v)
+            return human_count(float(v))
         if col in ("speedup_sample_grads", "speedup_seconds"):
-            return cost_ratio(v, against="")
+            return cost_ratio(float(v), against="")
         return f"{v:.3g}" if col != "cost_seconds" else f"{v:.1f}"
 
     cols = [c for c in HEADERS if c in summary]

@@ -29,7 +29,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 
@@ -47,6 +47,7 @@ from nasdd.utils import atomic_open, deferred_interrupts, load_untrusted, progre
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = 1  # the `format` a checkpoint records; a newer one is refused
 DEFAULT_MATCH_POOL = 16
+V = TypeVar("V")
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ def match_pool(space: str | Path | SearchSpace, n: int | None, seed: int) -> tup
     return space, draw_pool(space, int(min(n, space.size)), seed=seed)  # size: math.inf when infinite
 
 
-def per_ipc(value: Any, ipc: int) -> Any:
+def per_ipc(value: V | dict[int, V], ipc: int) -> V:
     """`value`, or its entry for the ipc nearest `ipc` (the smaller on a tie) when it maps ipc -> value."""
     return value[min(value, key=lambda k: (abs(k - ipc), k))] if isinstance(value, dict) else value
 

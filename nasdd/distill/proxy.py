@@ -16,7 +16,7 @@ import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -24,6 +24,9 @@ from nasdd import __version__
 from nasdd.errors import NasddError
 from nasdd.layout import RunLayout
 from nasdd.utils import atomic_open, atomic_path, ensure_dir, file_sha256, load_untrusted, stable_hash, write_json
+
+if TYPE_CHECKING:
+    from nasdd.data import DatasetBundle
 
 FORMAT = 2  # 2: the sidecar carries a digest of its own contents
 
@@ -111,7 +114,7 @@ class ProxySet:
         """(images, labels) to hand to the trainer."""
         return self.images, self.labels
 
-    def check_compatible(self, bundle: Any) -> None:
+    def check_compatible(self, bundle: DatasetBundle) -> None:
         """Refuse a proxy made for another dataset (channels, image size or classes differ)."""
         want = {k: bundle.meta()[k] for k in ("dataset", "channels", "image_size", "num_classes")}
         have = {k: self.meta.get(k) for k in want}
@@ -153,7 +156,7 @@ class ProxySet:
         return out
 
     @classmethod
-    def load(cls, path: str | Path, bundle: Any | None = None) -> ProxySet:
+    def load(cls, path: str | Path, bundle: DatasetBundle | None = None) -> ProxySet:
         """Load and verify a proxy folder (or its proxy.json / proxy.pt); with `bundle`, check it matches."""
         folder = Path(path)
         if folder.is_file():

@@ -17,13 +17,19 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from nasdd.errors import NasddError
 from nasdd.registry import Registry
+
+if TYPE_CHECKING:  # torch-free at import
+    from nasdd.data import DatasetBundle
+    from nasdd.distill.proxy import ProxySet
+    from nasdd.validate.matched import MatchedCost
+    from nasdd.validate.table import TruthTable
 
 SHIPPED = Path(__file__).parent / "benchmarks"
 TOP_KS = (10, 20)
@@ -42,7 +48,7 @@ class Benchmark:
     def truth_path(self) -> Path:
         return self.folder / "truth.csv"
 
-    def truth(self) -> Any:
+    def truth(self) -> TruthTable:
         from nasdd.validate.table import TruthTable
 
         return TruthTable.load(self.truth_path)
@@ -116,12 +122,12 @@ class BenchResult:
 
 def run(
     bench: Benchmark,
-    proxies: Sequence[Any],
+    proxies: Sequence[ProxySet],
     budgets: Sequence[str],
-    cfg: Any,
+    cfg: MatchedCost,
     *,
     names: dict[str, str] | None = None,
-    bundle: Any = None,
+    bundle: DatasetBundle | None = None,
 ) -> BenchResult:
     """Score `proxies` at each budget (cached trainings in `cfg.storage` are read back) beside the cached
     rows. `names` maps a proxy id to its row name (default `yours:method-ipcN`)."""
@@ -143,7 +149,7 @@ def run(
         budget = budget_name(frac)
         cached, cached_scores = bench.cached(budget)
         parts, sc = [cached], [cached_scores] if len(cached_scores) else []
-        if proxies:
+        if proxies and bundle is not None:  # the bundle is loaded above when proxies are given
             mine, mine_scores = score_budget(bundle, table, proxies, frac, cfg, names=names)
             mine["source"] = "yours"
             parts.append(mine)
@@ -243,7 +249,7 @@ def plot(result: BenchResult, path: Path, mine: Sequence[str], title: str) -> No
     plt.close(fig)
 
 
-def leaderboard(bench: Benchmark, result: BenchResult, methods: Sequence[str], cfg: Any) -> pd.DataFrame:
+def leaderboard(bench: Benchmark, result: BenchResult, methods: Sequence[str], cfg: MatchedCost) -> pd.DataFrame:
     """One row per option (cached and the user's): tau at every budget, the top-k metrics and the paired
     delta-tau against the best cheap peer at the benchmark's first default budget; then one row per method of
     `methods` that has no row, marked missing."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -26,6 +26,10 @@ from nasdd.cost import break_even, matched_recipe, parse_fraction
 from nasdd.layout import RunLayout
 from nasdd.validate import stats
 from nasdd.validate.table import TruthTable
+
+if TYPE_CHECKING:  # torch-free at import
+    from nasdd.data import DatasetBundle
+    from nasdd.distill.proxy import ProxySet
 
 SHOW = ["budget", "name", "kind", "tau", "tau_low", "tau_high", "rho", "regret@1", "grads_per_candidate"]
 
@@ -62,9 +66,9 @@ def truth_means(table: TruthTable) -> pd.Series:
 
 
 def score_budget(
-    bundle: Any,
+    bundle: DatasetBundle,
     table: TruthTable,
-    proxies: Sequence[Any],
+    proxies: Sequence[ProxySet],
     frac: float,
     cfg: MatchedCost,
     *,
@@ -314,9 +318,9 @@ def _earlier(
 
 
 def audit(
-    bundle: Any,
+    bundle: DatasetBundle,
     table: TruthTable,
-    proxies: Sequence[Any],
+    proxies: Sequence[ProxySet],
     fracs: Sequence[float],
     cfg: MatchedCost,
     *,
