@@ -109,6 +109,7 @@ def run_pipeline(
     """
     from nasdd.report import write_report
     from nasdd.search import parse_grads, search
+    from nasdd.search.config import SearchConfig
     from nasdd.storage import sqlite_url
     from nasdd.train import TrainRecipe
     from nasdd.validate import validate
@@ -148,15 +149,17 @@ def run_pipeline(
     _stage("1/4 distil", methods)
     proxies = make_proxies(bundle, methods, ipc, p.distill_preset, out, arch, seed, device)
     distilled = [f for m, f in proxies if METHODS.get(m).family != "coreset"] or [proxies[0][1]]
-    common = {"study_name": "search", "seed": seed, "out": out / "search", "device": device, "show_progress": True,
-              "storage": sqlite_url(out / "search" / "study.db")}  # fmt: skip
+    common = {"study_name": "search", "seed": seed, "storage": sqlite_url(out / "search" / "study.db")}
+    where = {"out": out / "search", "device": device, "show_progress": True}
     if budget is None:
         _stage("2/4 search", f"{p.search_trials} trials on {distilled[0].name}")
-        search(sp, str(distilled[0]), bundle, trials=p.search_trials, recipe=p.proxy_recipe, **common)
+        config = SearchConfig(trials=p.search_trials, recipe=TrainRecipe.parse(p.proxy_recipe), **common)
+        search(sp, str(distilled[0]), bundle, config, **where)
     else:
         _stage("2/4 search", f"prescreen (snip), then successive halving on the full data within {budget} sample-grads")
-        search(sp, "full", bundle, strategy="prescreen", budget=budget, sampler="random",
-               retrain_recipe=TrainRecipe.parse(p.truth_recipe, "full"), **common)  # fmt: skip
+        config = SearchConfig(strategy="prescreen", budget=parse_grads(budget), sampler="random",
+                              retrain_recipe=TrainRecipe.parse(p.truth_recipe, "full"), **common)  # fmt: skip
+        search(sp, "full", bundle, config, **where)
     pool = draw_pool(sp, p.pool, seed)
     truth = TrainRecipe.parse(p.truth_recipe, "full")
     table = shipped(dataset_key=bundle.key, space=sp.name, recipe=truth, pool=pool)

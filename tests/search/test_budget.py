@@ -14,6 +14,7 @@ from nasdd.cli import main
 from nasdd.distill import distill
 from nasdd.distill.proxy import ProxySet
 from nasdd.errors import NasddError
+from nasdd.search.config import SearchConfig
 from nasdd.storage import open_storage
 from nasdd.train import TrainRecipe
 from nasdd.validate.budget import training_grads
@@ -24,9 +25,9 @@ RECIPE = "proxy,epochs=5"
 COST = 5 * 50  # one trial: 5 epochs over the 50-image proxy
 
 
-def run(digits, proxy, tmp_path, **kw):
-    kw = {"study_name": "s", "recipe": RECIPE, "out": tmp_path / "out", "show_progress": False, "sampler": "grid", **kw}
-    return S.search(TINY, proxy, digits, device="cpu", **kw)
+def run(digits, proxy, tmp_path, out=None, **kw):
+    config = SearchConfig.from_text(**{"study_name": "s", "recipe": RECIPE, "sampler": "grid", **kw})
+    return S.search(TINY, proxy, digits, config, out=out or tmp_path / "out", device="cpu", show_progress=False)
 
 
 def spent(study):
@@ -102,7 +103,7 @@ def test_a_budget_smaller_than_one_trial_is_refused_with_one_line(digits, proxy,
     with pytest.raises(NasddError, match=f"less than one trial .*; the minimum is {COST}$") as err:
         run(digits, proxy, tmp_path, budget=COST - 1)
     assert "\n" not in str(err.value)
-    with pytest.raises(NasddError, match="needs --budget"):
+    with pytest.raises(NasddError, match="budget_includes_distill needs a budget"):
         run(digits, proxy, tmp_path, budget_includes_distill=True)
 
 
