@@ -113,6 +113,7 @@ def run_pipeline(
     from nasdd.storage import sqlite_url
     from nasdd.train import TrainRecipe
     from nasdd.validate import validate
+    from nasdd.validate.config import AuditConfig
     from nasdd.validate.pool import draw_pool
     from nasdd.validate.table import shipped
 
@@ -165,22 +166,17 @@ def run_pipeline(
     table = shipped(dataset_key=bundle.key, space=sp.name, recipe=truth, pool=pool)
     source = "truth from the table shipped with nasdd" if table else f"training the truth ({p.truth_recipe})"
     _stage("3/4 validate", f"pool of {p.pool} from {sp.name}; {source}")
-    validate(
-        bundle,
-        pool,
-        [ProxySet.load(f, bundle) for _, f in proxies],
-        space=sp,
+    config = AuditConfig(
         peers=p.peers,
         truth_seeds=p.truth_seeds,
-        truth_recipe=p.truth_recipe,
-        proxy_recipe=p.proxy_recipe,
+        truth_recipe=truth,
+        proxy_recipe=TrainRecipe.parse(p.proxy_recipe, "proxy"),
         n_resamples=p.resamples,
-        out=out / "validate",
-        device=device,
         ipc=ipc,
-        truth_table=table,
         scoring=scoring_recipe,
     )
+    proxy_sets = [ProxySet.load(f, bundle) for _, f in proxies]
+    validate(bundle, pool, proxy_sets, config, space=sp, out=out / "validate", device=device, truth_table=table)
     _stage("4/4 report", str(out))
     files = write_report(out / "validate", search_dir=out / "search", proxy_dirs=[f for _, f in proxies], out=out)
     print(f"done in {seconds_since_start():.0f} s (the whole command, start-up included)")
