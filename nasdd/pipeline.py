@@ -160,17 +160,16 @@ def run_pipeline(bundle: DatasetBundle, config: RunConfig, *, out: str | Path, d
     _stage("1/4 distil", methods)
     proxies = make_proxies(bundle, methods, ipc, p.distill_preset, out, arch, seed, device)
     distilled = [f for m, f in proxies if METHODS.get(m).family != "coreset"] or [proxies[0][1]]
-    common = {"study_name": "search", "seed": seed, "storage": sqlite_url(out / "search" / "study.db")}
-    where = {"out": out / "search", "device": device, "show_progress": True}
+    common = SearchConfig(study_name="search", seed=seed, storage=sqlite_url(out / "search" / "study.db"))
     if budget is None:
         _stage("2/4 search", f"{p.search_trials} trials on {distilled[0].name}")
-        search_config = SearchConfig(trials=p.search_trials, recipe=TrainRecipe.parse(p.proxy_recipe), **common)
-        search(sp, str(distilled[0]), bundle, search_config, **where)
+        search_config = replace(common, trials=p.search_trials, recipe=TrainRecipe.parse(p.proxy_recipe))
+        search(sp, str(distilled[0]), bundle, search_config, out=out / "search", device=device, show_progress=True)
     else:
         _stage("2/4 search", f"prescreen (snip), then successive halving on the full data within {budget} sample-grads")
-        search_config = SearchConfig(strategy="prescreen", budget=budget, sampler="random",
-                                     retrain_recipe=TrainRecipe.parse(p.truth_recipe, "full"), **common)  # fmt: skip
-        search(sp, "full", bundle, search_config, **where)
+        retrain = TrainRecipe.parse(p.truth_recipe, "full")
+        search_config = replace(common, strategy="prescreen", budget=budget, sampler="random", retrain_recipe=retrain)
+        search(sp, "full", bundle, search_config, out=out / "search", device=device, show_progress=True)
     pool = draw_pool(sp, p.pool, seed)
     truth = TrainRecipe.parse(p.truth_recipe, "full")
     table = shipped(dataset_key=bundle.key, space=sp.name, recipe=truth, pool=pool)

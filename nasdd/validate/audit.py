@@ -210,7 +210,7 @@ def _summary(truth: Scores, rows: list[Scores], ctx: _Audit) -> pd.DataFrame:
     n_seeds = truth.table.shape[1]
     per_seed_grads, per_seed_seconds = truth.sample_grads / n_seeds, truth.seconds / n_seeds
     c = ctx.config
-    opts = {"ks": list(c.ks), "n_resamples": c.n_resamples, "seed": c.bootstrap_seed}
+    opts: dict[str, Any] = {"ks": list(c.ks), "n_resamples": c.n_resamples, "seed": c.bootstrap_seed}
     out = []
     seeds = truth.table.reindex(keys).to_numpy(float)
     full = np.isfinite(seeds).all(axis=1)
