@@ -4,15 +4,15 @@ by `SearchConfig.from_text`, or given as `TrainRecipe`s)."""
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from nasdd.arch import ArchSpec
+from nasdd.config import recipes_from_json, to_json
 from nasdd.errors import NasddError, unknown_name
 from nasdd.search.samplers import PRUNERS, SAMPLERS, parse_objective
 from nasdd.search.strategies import check as check_strategy
 from nasdd.search.workers import HEARTBEAT_S
-from nasdd.storage import masked
 
 if TYPE_CHECKING:
     from nasdd.train import TrainRecipe
@@ -101,18 +101,13 @@ class SearchConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Every field as JSON values (what config.json records under "search"; the storage masked)."""
-        d = {f.name: getattr(self, f.name) for f in fields(self)}
-        d.update({k: None if d[k] is None else asdict(d[k]) for k in RECIPE_FIELDS})
+        d = to_json(self, RECIPE_FIELDS)
         d["archs"] = None if self.archs is None else [a.to_dict() for a in self.archs]
-        d["storage"] = masked(self.storage)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SearchConfig:
         """The inverse of `to_dict` (a config.json's "search")."""
-        from nasdd.train import TrainRecipe
-
-        d = dict(d)
-        d.update({k: None if d.get(k) is None else TrainRecipe(**d[k]) for k in RECIPE_FIELDS})
+        d = recipes_from_json(d, RECIPE_FIELDS)
         d["archs"] = None if d.get("archs") is None else tuple(ArchSpec.from_dict(a) for a in d["archs"])
         return cls(**d)

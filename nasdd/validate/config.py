@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from nasdd.config import recipes_from_json, to_json
 from nasdd.errors import NasddError
-from nasdd.storage import masked
 from nasdd.validate.stats import DEFAULT_KS
 
 if TYPE_CHECKING:
@@ -76,19 +76,16 @@ class AuditConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Every field as JSON values (what config.json records under "audit"; the storage masked)."""
-        d = {f.name: getattr(self, f.name) for f in fields(self)}
-        d.update({k: None if d[k] is None else asdict(d[k]) for k in (*RECIPE_FIELDS, "scoring")})
+        d = to_json(self, RECIPE_FIELDS)
+        d["scoring"] = None if self.scoring is None else asdict(self.scoring)
         d.update({k: None if d[k] is None else list(d[k]) for k in TUPLE_FIELDS})
-        d["storage"] = masked(self.storage)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> AuditConfig:
         """The inverse of `to_dict` (a config.json's "audit")."""
-        from nasdd.train import TrainRecipe
         from nasdd.validate.scoring import ScoringRecipe
 
-        d = dict(d)
-        d.update({k: None if d.get(k) is None else TrainRecipe(**d[k]) for k in RECIPE_FIELDS})
+        d = recipes_from_json(d, RECIPE_FIELDS)
         d["scoring"] = None if d.get("scoring") is None else ScoringRecipe.from_dict(d["scoring"])
         return cls(**d)
