@@ -149,8 +149,8 @@ def _scored(ctx: _Audit, recipe: ScoringRecipe, out: Path | None) -> Scores:
     bundle, pool, seeds = ctx.bundle, ctx.pool, ctx.proxy_seeds
     truth_grads = training_grads(ctx.truth_recipe, len(bundle.y_train))
     path = out / "scoring.jsonl" if out is not None else Path(tempfile.mkdtemp()) / "scoring.jsonl"
-    recs = score_pool(ScoreCache(path), bundle, pool, recipe, seeds, truth_grads=truth_grads,
-                      bn_images=recipe.bn_images, device=ctx.device, log=False)  # fmt: skip
+    recs = score_pool(ScoreCache(path), bundle, pool, recipe, seeds,
+                      truth_grads=truth_grads, device=ctx.device, log=False)  # fmt: skip
     table = pd.DataFrame(index=[a.key() for a in pool], columns=seeds, dtype=float)
     sc = Scores(f"scored-{recipe.score}-{recipe.key()[:6]}", "peer:scoring", table)
     for r in recs:

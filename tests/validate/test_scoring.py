@@ -1,5 +1,6 @@
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -115,7 +116,7 @@ def test_train_member_records_every_kind_within_budget_and_caches(digits, tmp_pa
                                "normalization": "batchnorm", "pooling": "avgpool"})  # fmt: skip
     r = ScoringRecipe(budget=0.5, passes=2, lr=0.05, batch_size=16, curve_images=20)
     cache = ScoreCache(tmp_path / "c.jsonl")
-    [rec] = scoring.score_pool(cache, digits, [arch], r, [0], truth_grads=2000, bn_images=60, log=False)
+    [rec] = scoring.score_pool(cache, digits, [arch], replace(r, bn_images=60), [0], truth_grads=2000, log=False)
     assert rec["status"] == "ok" and rec["has_bn"] and rec["bn_forwards"] == 60
     assert rec["sample_grads"] + (60 + rec["curve_forwards"]) / 3 <= 0.5 * 2000 * 1.05
     for kind in scoring.SCORE_KINDS:
