@@ -42,7 +42,9 @@ def command(args: argparse.Namespace) -> int:
     if args.seeds < 1:
         raise NasddError(f"--seeds must be at least 1, got {args.seeds}")
     space = load_space(args.space)
-    pool = tt.shard(pools.pool_from_args(args, space), args.shard)
+    members = pools.pool_from_args(args, space)
+    assert members is not None  # --pool or --archs is given (checked above)
+    pool = tt.shard(members, args.shard)
     recipe = TrainRecipe.parse(args.recipe, "full")
     bundle = load_data_from_args(args)
     if out.exists():

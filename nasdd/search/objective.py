@@ -163,7 +163,8 @@ class Objective:
         def on_eval(unit: int, acc: float) -> None:
             trial.report(acc, unit)
             if trial.should_prune():
-                done = replace(self.recipe, **{"steps" if self.recipe.steps is not None else "epochs": unit})
+                steps = self.recipe.steps is not None
+                done = replace(self.recipe, steps=unit) if steps else replace(self.recipe, epochs=unit)
                 spent = trial_cost(done, len(d.x))  # exact: the first `unit` epochs (or steps) of the recipe
                 _set_attrs(trial, pruned_at=unit, seconds=time.perf_counter() - start, sample_grads=spent)
                 raise optuna.TrialPruned(f"val accuracy {acc:.4f} at {unit}")

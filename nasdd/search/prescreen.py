@@ -121,7 +121,7 @@ def job_id(job: Job | str) -> str:
 
 def recorded(trials: list[FrozenTrial]) -> dict[str, FrozenTrial]:
     """Finished jobs: complete, or failed with a recorded reason (a failed training is a result: NaN)."""
-    done = {}
+    done: dict[str, FrozenTrial] = {}
     for t in trials:
         ok = t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and "fail_reason" in t.user_attrs)
         if ok and "job" in t.user_attrs:
@@ -390,6 +390,7 @@ def _write(done, bracket, order, res, by_key, s: Settings, screen: int, out: Pat
     with atomic_path(out / "halving.csv") as tmp:
         df.to_csv(tmp, index=False)
     w = halving.winner(bracket, order, res)
+    assert w is not None  # written once every job is done
     final = done[job_id(Job(w, bracket.rungs[-2] if len(bracket.rungs) > 1 else 0, bracket.rungs[-1]))]
     win = {"arch": str(by_key[w]), "arch_key": w, "rank": order.index(w) + 1, "val_accuracy": value(final),
            "epochs": bracket.rungs[-1], "test_accuracy": final.user_attrs.get("test_accuracy"),

@@ -84,8 +84,9 @@ def grid_table(
     cols: dict[str, list[float]] = {}
     grid = Grid(dataset_key, pd.DataFrame(index=list(keys)), {}, {})
     for i, r in enumerate(recipes):
-        recs = [cache.get(dataset_key, r, bn_images, k, seed) for k in keys]
-        if any(x is None for x in recs):
+        got = [cache.get(dataset_key, r, bn_images, k, seed) for k in keys]
+        recs = [x for x in got if x is not None]
+        if len(recs) < len(got):
             continue
         grid.seconds += sum(x.get("seconds", 0.0) for x in recs)
         grid.sample_grads += sum(x.get("sample_grads", 0) for x in recs)

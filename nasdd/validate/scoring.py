@@ -47,7 +47,7 @@ from torch import nn
 from nasdd.arch import ArchSpec
 from nasdd.data import DatasetBundle
 from nasdd.errors import NasddError
-from nasdd.train import Monitor, TrainRecipe, build_seeded, evaluate, fit
+from nasdd.train import Monitor, TrainRecipe, build_seeded, evaluate, fit, image_shape
 from nasdd.utils import resolve_device, stable_hash
 
 SCORE_KINDS = ("val_acc", "val_loss", "tse", "tse_ema", "tse_late", "curve", "curve_auc")
@@ -296,7 +296,7 @@ def train_member(
     every = max(1, total // CURVE_POINTS) if recipe.curve_images else 0
     record: dict = {"train_recipe": train_recipe.key(), "images": len(x), "steps": total}
     start = time.perf_counter()
-    model = build_seeded(arch, tuple(x.shape[1:]), bundle.num_classes, seed)
+    model = build_seeded(arch, image_shape(x), bundle.num_classes, seed)
     res = fit(
         model, x, y, train_recipe, seed=seed, device=device, monitor=Monitor(eval_every=every, record_losses=True),
         eval_data=(curve_x, curve_y) if recipe.curve_images else None,
