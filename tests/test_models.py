@@ -7,8 +7,9 @@ from torch.func import functional_call
 
 from nasdd.arch import ArchSpec
 from nasdd.errors import NasddError
-from nasdd.models import DEFAULT_ARCH, build, forward_flops, param_count
+from nasdd.models import DEFAULT_ARCH, Classifier, build, forward_flops, param_count, reinit_
 from nasdd.spaces import load_space, space_names
+from nasdd.train import build_seeded
 
 SHAPES = [(c, hw) for c in (1, 3) for hw in (8, 28, 32)]
 
@@ -21,11 +22,22 @@ def test_every_sampled_member_builds_and_gives_finite_logits(space_name):
     for spec in members:
         for channels, hw in SHAPES:
             model = build(spec, channels, hw, 7)
+            assert isinstance(model, Classifier)
             with torch.no_grad():
                 logits = model(torch.randn(2, channels, hw, hw))
             assert logits.shape == (2, 7), (spec, channels, hw)
             assert torch.isfinite(logits).all(), (spec, channels, hw)
             assert model.features(torch.randn(2, channels, hw, hw)).shape == (2, model.feature_dim)
+
+
+def test_reinit_is_in_place_and_fresh():
+    net = build_seeded(DEFAULT_ARCH, (1, 8, 8), 10, 0)
+    before = [p.detach().clone() for p in net.parameters()]
+    ids = [id(p) for p in net.parameters()]
+    torch.manual_seed(1)  # build_seeded used seed 0
+    reinit_(net)
+    assert ids == [id(p) for p in net.parameters()]
+    assert not torch.equal(before[0], next(net.parameters()))
 
 
 @pytest.mark.parametrize("hw", [9, 10, 15, 30, 64])
