@@ -377,7 +377,9 @@ class Distiller:
             self.load_extra_state(state["extra"])
         return min(int(state["iteration"]), self.iterations)
 
-    def _diverged(self, it: int, loss: float, good: tuple[torch.Tensor, torch.Tensor], out, start: float) -> None:
+    def _diverged(
+        self, it: int, loss: float, good: tuple[torch.Tensor, torch.Tensor], out: str | Path | None, start: float
+    ) -> None:
         with torch.no_grad():
             self.images.copy_(good[0])
             self.labels.copy_(good[1])

@@ -24,8 +24,9 @@ inner training as the trainer counts it.
 from __future__ import annotations
 
 import collections
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +41,8 @@ from nasdd.distill.options import Options, unrecorded
 from nasdd.errors import NasddError
 from nasdd.models import ConvNet, reinit_
 from nasdd.train import TrainRecipe, fit
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -125,7 +128,7 @@ class CAFE(Distiller):
         w = self.opts.layer_weights
         self.weights = [1.0] * len(self.net.blocks) if w is None else [float(v) for v in w]
 
-    def _pass(self, fn, x: torch.Tensor):
+    def _pass(self, fn: Callable[[torch.Tensor], T], x: torch.Tensor) -> T:
         """`fn(x)` through the network: in cache-sized chunks on CPU, in one batch with `reference`."""
         return fn(x) if self.opts.reference else chunked(fn, self.net, x)
 

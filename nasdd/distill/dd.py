@@ -37,6 +37,7 @@ from torch.func import functional_call
 from nasdd.data import DatasetBundle
 from nasdd.distill.base import register
 from nasdd.distill.options import at_least, positive
+from nasdd.distill.proxy import ProxySet
 from nasdd.distill.soft_labels import LabelOptions, SoftLabels, with_width
 from nasdd.models import build
 
@@ -127,7 +128,7 @@ class DatasetDistillation(SoftLabels):
     def learned_lr(self) -> float | None:
         return float(self.log_lrs.detach().exp().mean()) if self.opts.export_lr else None
 
-    def to_proxy(self):
+    def to_proxy(self) -> ProxySet:
         proxy = super().to_proxy()
         proxy.provenance["learned_step_lrs"] = [round(float(v), 6) for v in self.log_lrs.detach().exp()]
         return proxy

@@ -87,7 +87,9 @@ def _step_grad(net: FlatNet, w: torch.Tensor, x: torch.Tensor, y: torch.Tensor, 
     return torch.autograd.grad(loss, w, create_graph=create_graph)[0]
 
 
-def unroll(net: FlatNet, w0: torch.Tensor, images, labels, lr: float, plan: Plan) -> list[torch.Tensor]:
+def unroll(
+    net: FlatNet, w0: torch.Tensor, images: torch.Tensor, labels: torch.Tensor, lr: float, plan: Plan
+) -> list[torch.Tensor]:
     """The student's parameter vectors w_0..w_N (no graph is kept)."""
     ws = [w0.detach()]
     x_all, y_all = images.detach(), labels.detach()
@@ -98,15 +100,19 @@ def unroll(net: FlatNet, w0: torch.Tensor, images, labels, lr: float, plan: Plan
     return ws
 
 
-def match_loss(net: FlatNet, w0, target, images, labels, lr: float, plan: Plan) -> float:
+def match_loss(
+    net: FlatNet, w0: torch.Tensor, target: torch.Tensor, images: torch.Tensor, labels: torch.Tensor, lr: float,
+    plan: Plan,
+) -> float:  # fmt: skip
     """The normalised trajectory-matching loss (forward only)."""
     w_n = unroll(net, w0, images, labels, lr, plan)[-1]
     return float((w_n - target).pow(2).sum() / (w0 - target).pow(2).sum())
 
 
 def match_grad(
-    net: FlatNet, w0: torch.Tensor, target: torch.Tensor, images: torch.Tensor, labels: torch.Tensor, lr, plan: Plan
-) -> tuple[float, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    net: FlatNet, w0: torch.Tensor, target: torch.Tensor, images: torch.Tensor, labels: torch.Tensor,
+    lr: float | torch.Tensor, plan: Plan,
+) -> tuple[float, torch.Tensor, torch.Tensor, torch.Tensor | None]:  # fmt: skip
     """(loss, ∂L/∂images, ∂L/∂lr, ∂L/∂labels or None): exact, one step's graph in memory at a time."""
     lr_value = float(lr.detach()) if isinstance(lr, torch.Tensor) else float(lr)
     ws = unroll(net, w0, images, labels, lr_value, plan)
@@ -133,7 +139,10 @@ def match_grad(
     return loss, g_img, g_lr, g_lab
 
 
-def match_loss_unrolled(net: FlatNet, w0, target, images, labels, lr: torch.Tensor, plan: Plan) -> torch.Tensor:
+def match_loss_unrolled(
+    net: FlatNet, w0: torch.Tensor, target: torch.Tensor, images: torch.Tensor, labels: torch.Tensor,
+    lr: torch.Tensor, plan: Plan,
+) -> torch.Tensor:  # fmt: skip
     """The paper's implementation: back-propagate through the whole unrolled graph (memory ∝ steps).
 
     Kept as the reference the bounded-memory gradient is tested and benchmarked against.
@@ -287,7 +296,9 @@ class MTT(Distiller):
                 self.labels.div_(self.labels.sum(1, keepdim=True).clamp_min(1e-8))
         return loss
 
-    def _reference_grad(self, w0, target, plan: Plan) -> tuple[float, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def _reference_grad(
+        self, w0: torch.Tensor, target: torch.Tensor, plan: Plan
+    ) -> tuple[float, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """`match_grad`'s outputs by back-propagating through the whole unroll (the paper's implementation)."""
         loss = match_loss_unrolled(self.net, w0, target, self.images, self.labels, self.syn_lr, plan)
         wrt = [self.images, self.syn_lr] + ([self.labels] if self.opt_lab is not None else [])

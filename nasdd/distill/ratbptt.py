@@ -79,7 +79,10 @@ def _grad(net: FlatNet, w: torch.Tensor, x: torch.Tensor, y: torch.Tensor, creat
     return torch.autograd.grad(F.cross_entropy(net(w, x), y), w, create_graph=create_graph)[0]
 
 
-def run_inner(net: FlatNet, opt: InnerOptimizer, w0, images, targets, plan: Plan, n_pre: int, stop=None) -> list:
+def run_inner(
+    net: FlatNet, opt: InnerOptimizer, w0: torch.Tensor, images: torch.Tensor, targets: torch.Tensor, plan: Plan,
+    n_pre: int, stop: int | None = None,
+) -> list[State]:  # fmt: skip
     """Train from `w0` for steps [0, stop) of `plan` (all by default) without a graph; return the states
     before each step from `n_pre` on and the final one."""
     state, states = opt.init(w0.detach()), []
@@ -96,8 +99,8 @@ def run_inner(net: FlatNet, opt: InnerOptimizer, w0, images, targets, plan: Plan
 
 
 def window_grad(
-    net: FlatNet, opt: InnerOptimizer, w0, images: torch.Tensor, targets: torch.Tensor, plan: Plan, n_pre: int,
-    real: tuple[torch.Tensor, torch.Tensor],
+    net: FlatNet, opt: InnerOptimizer, w0: torch.Tensor, images: torch.Tensor, targets: torch.Tensor, plan: Plan,
+    n_pre: int, real: tuple[torch.Tensor, torch.Tensor],
 ) -> tuple[float, torch.Tensor, torch.Tensor | None]:  # fmt: skip
     """(meta-loss on the `real` batch (images, labels), ∂L/∂images, ∂L/∂targets when targets require grad):
     exact through the window (steps n_pre..end of `plan`), one step's graph in memory at a time."""
@@ -123,8 +126,10 @@ def window_grad(
     return float(loss.detach()), g_img, g_lab
 
 
-def window_loss_unrolled(net: FlatNet, opt: InnerOptimizer, w0, images, targets, plan: Plan, n_pre: int,
-                         real: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:  # fmt: skip
+def window_loss_unrolled(
+    net: FlatNet, opt: InnerOptimizer, w0: torch.Tensor, images: torch.Tensor, targets: torch.Tensor, plan: Plan,
+    n_pre: int, real: tuple[torch.Tensor, torch.Tensor],
+) -> torch.Tensor:  # fmt: skip
     """The same meta-loss with plain autograd through the window (memory grows with its length)."""
     state = run_inner(net, opt, w0, images, targets, plan, n_pre, stop=n_pre)[-1]
     state = (state[0].clone().requires_grad_(True), *state[1:])

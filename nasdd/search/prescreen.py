@@ -378,7 +378,10 @@ def _pin(study: optuna.Study, settings: dict) -> None:
         )
 
 
-def _write(done, bracket, order, res, by_key, s: Settings, screen: int, out: Path) -> dict:
+def _write(
+    done: dict[str, FrozenTrial], bracket: Bracket, order: list[str], res: halving.Results, by_key: dict[str, ArchSpec],
+    s: Settings, screen: int, out: Path,
+) -> dict:  # fmt: skip
     rows = [{"job": j, "kind": t.user_attrs.get("kind"), "arch_key": t.user_attrs.get("arch_key"),
              "rank": order.index(t.user_attrs["arch_key"]) + 1, "start": t.user_attrs.get("start", ""),
              "epochs": t.user_attrs.get("epochs", ""), "value": value(t),
