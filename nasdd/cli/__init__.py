@@ -2,7 +2,7 @@
 
 Every subcommand module exposes `add_arguments(parser)` and `command(args) -> int`; SUBCOMMANDS names it: a
 module of this package (`list` is `nasdd.cli.catalog`, `import-proxy` is `nasdd.cli.import_proxy`), or the
-stage's own `cli` module for the subcommands not moved here yet (distill, search, validate, run). Only the
+stage's own `cli` module for the subcommands not moved here yet (search, validate, run). Only the
 requested subcommand's module is imported, and a module of this package imports the library inside
 `command`, so `--help`, `--version` and `nasdd list` start without torch. Errors the user can fix
 (NasddError) print one line, each parameter they name shown as the flag that set it (`NasddError.render`),
@@ -26,7 +26,7 @@ from nasdd.errors import NasddError
 # subcommand -> (module that implements it, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "list": ("nasdd.cli.catalog", "list datasets, search spaces, methods, peers, samplers and pruners"),
-    "distill": ("nasdd.distill.cli", "distil a dataset into a synthetic proxy set"),
+    "distill": ("nasdd.cli.distill", "distil a dataset into a synthetic proxy set"),
     "experts": ("nasdd.cli.experts", "train expert trajectories for trajectory matching"),
     "search": ("nasdd.search.cli", "Optuna architecture search with candidates trained on a proxy"),
     "validate": ("nasdd.validate.cli", "audit how faithfully proxies rank architectures"),

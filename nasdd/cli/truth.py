@@ -7,8 +7,8 @@ import argparse
 from pathlib import Path
 
 from nasdd.cli import add_data_args, load_data_from_args
+from nasdd.cli.pool import add_pool_arguments, pool_from_args
 from nasdd.errors import NasddError
-from nasdd.validate.pool import add_pool_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,7 +26,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def command(args: argparse.Namespace) -> int:
     from nasdd.spaces import load_space
     from nasdd.train import TrainRecipe, train_arch
-    from nasdd.validate import pool as pools
     from nasdd.validate import table as tt
 
     out = Path(args.out)
@@ -42,7 +41,7 @@ def command(args: argparse.Namespace) -> int:
     if args.seeds < 1:
         raise NasddError(f"--seeds must be at least 1, got {args.seeds}")
     space = load_space(args.space)
-    pool = tt.shard(pools.pool_from_args(args, space), args.shard)
+    pool = tt.shard(pool_from_args(args, space), args.shard)
     recipe = TrainRecipe.parse(args.recipe, "full")
     bundle = load_data_from_args(args)
     if out.exists():
