@@ -14,6 +14,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nasdd.arch import ArchSpec
 from nasdd.cli import add_data_args, load_data_from_args
@@ -23,6 +24,9 @@ from nasdd.errors import NasddError
 from nasdd.layout import RunLayout
 from nasdd.spaces import load_space
 from nasdd.utils import ensure_dir, seconds_since_start, write_json
+
+if TYPE_CHECKING:
+    from nasdd.validate.scoring import ScoringRecipe
 
 
 @dataclass(frozen=True)
@@ -84,99 +88,102 @@ def make_proxies(
     return done
 
 
-def run_pipeline(
-    bundle: DatasetBundle,
-    *,
-    methods: list[str],
-    ipc: int = 10,
-    preset: str = "quick",
-    out: str | Path,
-    space: str | None = None,
-    seed: int = 0,
-    device: str = "auto",
-    budget: str | int | None = None,
-    scoring: str | Path | None = None,
-) -> dict[str, Path]:
+@dataclass(frozen=True)
+class RunConfig:
+    """What `nasdd run` does: distil `methods` at `ipc`, each stage sized by `preset` (its search space replaced
+    by `space` when given), every stage seeded with `seed`. `budget` (sample-gradients): search with the
+    prescreen strategy within it. `scoring`: a recipe (from `nasdd calibrate`) whose row the audit adds."""
+
+    methods: tuple[str, ...]
+    ipc: int = 10
+    preset: str = "quick"
+    space: str | None = None
+    seed: int = 0
+    budget: int | None = None
+    scoring: ScoringRecipe | None = None
+
+    def __post_init__(self) -> None:
+        if not self.methods:
+            raise NasddError("methods is empty; give at least one method (see `nasdd list methods`)")
+        if self.preset not in PRESETS:
+            raise NasddError(f"unknown preset {self.preset!r}; valid presets: {', '.join(PRESETS)}")
+        if self.ipc < 1:
+            raise NasddError(f"ipc must be a positive integer, got {self.ipc}")
+        if self.budget is not None and self.budget < 1:
+            raise NasddError(f"budget must be at least 1 sample-gradient, got {self.budget}")
+
+
+def run_pipeline(bundle: DatasetBundle, config: RunConfig, *, out: str | Path, device: str = "auto") -> dict[str, Path]:
     """Run every stage into `out`; return the report files.
 
-    With `budget` (sample-gradients) the search stage is `--strategy prescreen`: a snip pre-screen of the space,
-    then synchronous successive halving on the full data with the preset's truth recipe, planned from the budget.
-    `scoring`: a recipe file from `nasdd calibrate`, checked against the space and dataset before anything
-    trains, whose row the audit adds.
+    With a `budget` the search stage is the prescreen strategy: a snip pre-screen of the space, then synchronous
+    successive halving on the full data with the preset's truth recipe, planned from the budget. A `scoring`
+    recipe is checked against the space and dataset before anything trains.
     """
-    from nasdd.cost import parse_grads
     from nasdd.report import write_report
     from nasdd.search import search
+    from nasdd.search.config import SearchConfig
     from nasdd.storage import sqlite_url
     from nasdd.train import TrainRecipe
     from nasdd.validate import validate
+    from nasdd.validate.config import AuditConfig
     from nasdd.validate.pool import draw_pool
     from nasdd.validate.table import shipped
 
-    if preset not in PRESETS:
-        raise NasddError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
-    p = PRESETS[preset]
-    if space:
-        p = replace(p, space=space)
+    methods, ipc, seed, budget = list(config.methods), config.ipc, config.seed, config.budget
+    scoring_recipe = config.scoring
+    p = PRESETS[config.preset]
+    if config.space:
+        p = replace(p, space=config.space)
     for m in methods:
         METHODS.get(m)
-    if ipc < 1:
-        raise NasddError(f"ipc must be a positive integer, got {ipc}")
     sp = load_space(p.space)
-    scoring_recipe = None
-    if scoring is not None:
-        from nasdd.validate.scoring import ScoringRecipe
-
-        scoring_recipe = ScoringRecipe.load(scoring)
+    if scoring_recipe is not None:
         scoring_recipe.check(space=sp.name, dataset_key=bundle.key)
     arch = sp.default_arch()
-    config = {
+    record = {
         "dataset": bundle.meta(),
         "methods": methods,
         "ipc": ipc,
-        "preset": preset,
+        "preset": config.preset,
         "settings": asdict(p),
         "seed": seed,
         "matching_arch": arch.to_dict(),
-        **({"budget": parse_grads(budget)} if budget is not None else {}),
+        **({"budget": budget} if budget is not None else {}),
     }
-    check_rerun(Path(out), config)
+    check_rerun(Path(out), record)
     out = ensure_dir(out)
     layout = RunLayout(out)
-    write_json(out / "run_config.json", config)
+    write_json(out / "run_config.json", record)
     _stage("1/4 distil", methods)
     proxies = make_proxies(bundle, methods, ipc, p.distill_preset, out, arch, seed, device)
     distilled = [f for m, f in proxies if METHODS.get(m).family != "coreset"] or [proxies[0][1]]
-    common = {"study_name": "search", "seed": seed, "out": layout.search, "device": device, "show_progress": True,
-              "storage": sqlite_url(RunLayout(layout.search).study_db)}  # fmt: skip
+    common = SearchConfig(study_name="search", seed=seed, storage=sqlite_url(RunLayout(layout.search).study_db))
     if budget is None:
         _stage("2/4 search", f"{p.search_trials} trials on {distilled[0].name}")
-        search(sp, str(distilled[0]), bundle, trials=p.search_trials, recipe=p.proxy_recipe, **common)
+        search_config = replace(common, trials=p.search_trials, recipe=TrainRecipe.parse(p.proxy_recipe))
+        search(sp, str(distilled[0]), bundle, search_config, out=layout.search, device=device, show_progress=True)
     else:
         _stage("2/4 search", f"prescreen (snip), then successive halving on the full data within {budget} sample-grads")
-        search(sp, "full", bundle, strategy="prescreen", budget=budget, sampler="random",
-               retrain_recipe=TrainRecipe.parse(p.truth_recipe, "full"), **common)  # fmt: skip
+        retrain = TrainRecipe.parse(p.truth_recipe, "full")
+        search_config = replace(common, strategy="prescreen", budget=budget, sampler="random", retrain_recipe=retrain)
+        search(sp, "full", bundle, search_config, out=layout.search, device=device, show_progress=True)
     pool = draw_pool(sp, p.pool, seed)
     truth = TrainRecipe.parse(p.truth_recipe, "full")
     table = shipped(dataset_key=bundle.key, space=sp.name, recipe=truth, pool=pool)
     source = "truth from the table shipped with nasdd" if table else f"training the truth ({p.truth_recipe})"
     _stage("3/4 validate", f"pool of {p.pool} from {sp.name}; {source}")
-    validate(
-        bundle,
-        pool,
-        [ProxySet.load(f, bundle) for _, f in proxies],
-        space=sp,
+    audit_config = AuditConfig(
         peers=p.peers,
         truth_seeds=p.truth_seeds,
-        truth_recipe=p.truth_recipe,
-        proxy_recipe=p.proxy_recipe,
+        truth_recipe=truth,
+        proxy_recipe=TrainRecipe.parse(p.proxy_recipe, "proxy"),
         n_resamples=p.resamples,
-        out=layout.validate,
-        device=device,
         ipc=ipc,
-        truth_table=table,
         scoring=scoring_recipe,
     )
+    proxy_sets = [ProxySet.load(f, bundle) for _, f in proxies]
+    validate(bundle, pool, proxy_sets, audit_config, space=sp, out=layout.validate, device=device, truth_table=table)
     _stage("4/4 report", str(out))
     files = write_report(layout.validate, search_dir=layout.search, proxy_dirs=[f for _, f in proxies], out=out)
     print(f"done in {seconds_since_start():.0f} s (the whole command, start-up included)")
@@ -228,22 +235,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def command(args: argparse.Namespace) -> int:
     from nasdd.cost import parse_grads
+    from nasdd.validate.scoring import ScoringRecipe
 
     out = Path(args.out or f"runs/run-{time.strftime('%Y%m%d-%H%M%S')}")
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     if not methods:
         raise NasddError("--methods is empty; give at least one method (see `nasdd list methods`)")
-    files = run_pipeline(
-        load_data_from_args(args),
-        methods=methods,
+    config = RunConfig(
+        methods,
         ipc=args.ipc,
         preset=args.preset,
-        out=out,
         space=args.space,
         seed=args.seed,
-        device=args.device,
         budget=parse_grads(args.budget) if args.budget is not None else None,
-        scoring=args.scoring,
+        scoring=ScoringRecipe.load(args.scoring) if args.scoring else None,
     )
+    files = run_pipeline(load_data_from_args(args), config, out=out, device=args.device)
     print(f"report: {files.get('html', files.get('md'))}")
     return 0

@@ -11,6 +11,7 @@ The grid is `nasdd.validate.calibrate.GRID` (in priority order; `--configs 0,3` 
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
 import torch
 
@@ -56,7 +57,7 @@ def main() -> None:
     for i in order:
         r = recipes[i]
         print(f"config {i}: {r} (bn {bn})", flush=True)
-        score_pool(cache, bundle, pool, r, seeds, truth_grads=truth_grads, bn_images=bn)
+        score_pool(cache, bundle, pool, replace(r, bn_images=bn), seeds, truth_grads=truth_grads)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ from nasdd.distill import distill
 from nasdd.distill.proxy import ProxySet
 from nasdd.search import counted_trials, retrain, search
 from nasdd.search import equal_compute as ec
+from nasdd.search.config import SearchConfig
 from nasdd.spaces import load_space
 from nasdd.train import TrainRecipe
 from nasdd.utils import ensure_dir, write_json
@@ -188,10 +189,10 @@ def main() -> None:
         folder = Path(args.work) / study_name
         stamp = folder / "bench_wall.json"  # the wall time of the run that did the training
         start = time.perf_counter()
-        kw = {"trials": args.trials, "sampler": args.sampler, "seed": args.seed, "recipe": recipe, "out": folder}
-        study = search(
-            args.space, source, bundle, study_name=study_name, device=args.device, show_progress=not args.quiet, **kw
+        config = SearchConfig.from_text(
+            study_name=study_name, trials=args.trials, sampler=args.sampler, seed=args.seed, recipe=recipe
         )
+        study = search(args.space, source, bundle, config, out=folder, device=args.device, show_progress=not args.quiet)
         if not stamp.exists():
             write_json(stamp, {"wall_s": time.perf_counter() - start})
         wall = json.loads(stamp.read_text())["wall_s"]

@@ -25,6 +25,7 @@ from nasdd.pipeline import make_proxies
 from nasdd.spaces import load_space
 from nasdd.storage import sqlite_url
 from nasdd.validate import validate
+from nasdd.validate.config import AuditConfig
 from nasdd.validate.pool import draw_pool
 
 
@@ -50,23 +51,19 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     methods = [m for m in args.methods.split(",") if m]
     proxies = [ProxySet.load(f, bundle) for _, f in make_proxies(bundle, methods, args.ipc, args.preset, work, None)]
-    result = validate(
-        bundle,
-        draw_pool(space, args.pool, args.pool_seed),
-        proxies,
-        space=space,
+    config = AuditConfig.from_text(
         peers=args.peers,
         truth_seeds=args.truth_seeds,
         truth_recipe=args.truth_recipe,
         proxy_recipe=args.proxy_recipe,
         proxy_seeds=args.proxy_seeds,
-        budgets=[float(b) for b in args.budgets.split(",") if b] or None,
+        early_epochs=[float(b) for b in args.budgets.split(",") if b] or None,
         ipc=args.ipc,
         subset_preset=args.preset,
         storage=sqlite_url(work / "results.db"),
-        out=work / "out",
-        device=args.device,
     )
+    pool = draw_pool(space, args.pool, args.pool_seed)
+    result = validate(bundle, pool, proxies, config, space=space, out=work / "out", device=args.device)
     results = Path(args.out)
     results.mkdir(parents=True, exist_ok=True)
     for name in ("per_arch.csv", "summary.csv", "config.json"):

@@ -25,6 +25,7 @@ from nasdd.spaces import load_space
 from nasdd.storage import sqlite_url
 from nasdd.utils import ensure_dir
 from nasdd.validate import validate
+from nasdd.validate.config import AuditConfig
 from nasdd.validate.pool import draw_pool
 
 
@@ -57,20 +58,15 @@ def main(argv: list[str] | None = None) -> int:
         made = make_proxies(bundle, methods, ipc, args.distill_preset, work, space.default_arch(), 0, args.device)
         folders += [f for _, f in made]
     proxies = [ProxySet.load(f, bundle) for f in folders]
-    result = validate(
-        bundle,
-        draw_pool(space, args.pool, 0),
-        proxies,
-        space=space,
+    config = AuditConfig.from_text(
         peers=args.peers,
         truth_seeds=args.truth_seeds,
         truth_recipe=args.truth_recipe,
         proxy_epochs=[int(e) for e in args.proxy_epochs.split(",")],
         n_resamples=args.resamples,
-        out=out,
         storage=sqlite_url(work / "results.db"),
-        device=args.device,
     )
+    result = validate(bundle, draw_pool(space, args.pool, 0), proxies, config, space=space, out=out, device=args.device)
     write_report(out, proxy_dirs=folders)
     _bench.record(out, argv)
     cols = ["name", "kind", "tau", "tau_low", "tau_high", "rho", "cost_sample_grads", "speedup_sample_grads"]

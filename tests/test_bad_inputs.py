@@ -17,6 +17,7 @@ from nasdd.data import load_dataset
 from nasdd.distill import distill
 from nasdd.distill.proxy import ProxySet
 from nasdd.errors import NasddError
+from nasdd.search.config import SearchConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = str(ROOT / "tests" / "fixtures" / "tiny_space.yaml")
@@ -90,9 +91,9 @@ CASES = [
         "was made with other settings (space: 'tiny' -> 'convnet_cpu'",
     ),
     ("search-out-is-file", [*SEARCH_P, "--out", "{file}"], "is a file; choose another --out"),
-    ("trials-negative", [*SEARCH_P, "--trials", "-4"], "--trials and --jobs must be >= 1"),
-    ("timeout-negative", [*SEARCH_P, "--timeout", "-1"], "--timeout must be > 0"),
-    ("heartbeat-zero", [*SEARCH_P, "--heartbeat", "0"], "--heartbeat must be >= 1"),
+    ("trials-negative", [*SEARCH_P, "--trials", "-4"], "trials must be at least 1, got -4"),
+    ("timeout-negative", [*SEARCH_P, "--timeout", "-1"], "timeout must be > 0"),
+    ("heartbeat-zero", [*SEARCH_P, "--heartbeat", "0"], "heartbeat must be at least 1, got 0"),
     (
         "lr-nan",
         [*SEARCH0, "--recipe", "proxy,lr=nan", "--proxy", "{proxy}"],
@@ -119,11 +120,11 @@ CASES = [
         [*VALIDATE[:-4], "--pool", "-2", "--proxies", "{proxy}", "--peers", "params"],
         "--pool must be",
     ),
-    ("validate-truth-seeds-zero", [*VALIDATE_P[:-2], "--truth-seeds", "0"], "--proxy-seeds must be at least 1"),
+    ("validate-truth-seeds-zero", [*VALIDATE_P[:-2], "--truth-seeds", "0"], "truth_seeds must be at least 1, got 0"),
     (
         "validate-budget-negative",
         [*VALIDATE_P, "--peers", "early", "--budgets", "-1"],
-        "budgets must be > 0 full-data epochs, got -1; fix --budgets",
+        "early_epochs must be > 0 full-data epochs, got -1",
     ),
     (
         "validate-archs-malformed",
@@ -192,8 +193,9 @@ def inputs(digits, tmp_path_factory):
     (d / "odd.yaml").write_text("name: odd\nfamily: convnet\nparams:\n  depth: {choices: []}\n  width: {value: 4}\n")
     (d / "bad.jsonl").write_text('{"family": "convnet", "depth": 1}\n{not json\n')
     (d / "file").write_text("a file, not a folder\n")
-    kw = {"recipe": "proxy,epochs=1", "storage": f"sqlite:///{d / 'study.db'}", "out": d / "study_out"}
-    S.search(TINY, d / "proxy", digits, study_name="s", trials=1, show_progress=False, device="cpu", **kw)
+    db = f"sqlite:///{d / 'study.db'}"
+    config = SearchConfig.from_text(study_name="s", trials=1, recipe="proxy,epochs=1", storage=db)
+    S.search(TINY, d / "proxy", digits, config, out=d / "study_out", show_progress=False, device="cpu")
     return d
 
 

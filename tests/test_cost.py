@@ -26,6 +26,7 @@ from nasdd.cost import (
 from nasdd.distill import distill
 from nasdd.distill.proxy import ProxySet
 from nasdd.errors import NasddError
+from nasdd.search.config import SearchConfig
 from nasdd.storage import open_storage
 from nasdd.train import TrainRecipe
 
@@ -37,9 +38,9 @@ PROXY = TrainRecipe.parse("proxy")
 TRUTH = 12 * 54_000  # one Fashion-MNIST truth training of the ranking benchmark
 
 
-def run(digits, proxy, tmp_path, **kw):
-    kw = {"study_name": "s", "recipe": RECIPE, "out": tmp_path / "out", "show_progress": False, "sampler": "grid", **kw}
-    return S.search(TINY, proxy, digits, device="cpu", **kw)
+def run(digits, proxy, tmp_path, out=None, **kw):
+    config = SearchConfig.from_text(**{"study_name": "s", "recipe": RECIPE, "sampler": "grid", **kw})
+    return S.search(TINY, proxy, digits, config, out=out or tmp_path / "out", device="cpu", show_progress=False)
 
 
 def spent(study):
@@ -116,7 +117,7 @@ def test_a_budget_smaller_than_one_trial_is_refused_with_one_line(digits, proxy,
     with pytest.raises(NasddError, match=f"less than one trial .*; the minimum is {COST}$") as err:
         run(digits, proxy, tmp_path, budget=COST - 1)
     assert "\n" not in str(err.value)
-    with pytest.raises(NasddError, match="needs --budget"):
+    with pytest.raises(NasddError, match="budget_includes_distill needs a budget"):
         run(digits, proxy, tmp_path, budget_includes_distill=True)
 
 

@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from nasdd.cli import main
-from nasdd.pipeline import PRESETS
+from nasdd.errors import NasddError
+from nasdd.pipeline import PRESETS, RunConfig
 
 
 def test_run_end_to_end_on_digits(tmp_path, capsys):
@@ -84,3 +85,18 @@ def test_run_with_a_budget_searches_with_the_prescreen_strategy(tmp_path, capsys
     assert (out / "search" / "halving.csv").is_file() and (out / "search" / "winner.json").is_file()
     winner = json.loads((out / "search" / "winner.json").read_text())["arch"]
     assert winner in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"methods": ()}, "methods is empty"),
+        ({"ipc": 0}, "ipc must be a positive integer, got 0"),
+        ({"preset": "huge"}, "unknown preset 'huge'; valid presets: tiny, quick, standard"),
+        ({"budget": 0}, "budget must be at least 1 sample-gradient, got 0"),
+    ],
+)
+def test_a_bad_run_config_is_refused_in_one_line_naming_the_field(settings, message):
+    with pytest.raises(NasddError, match=message) as err:
+        RunConfig(**{"methods": ("random",), **settings})
+    assert "\n" not in str(err.value)

@@ -20,6 +20,7 @@ from nasdd.distill import distill
 from nasdd.distill.proxy import ProxySet
 from nasdd.errors import NasddError
 from nasdd.search import objective, retraining, workers
+from nasdd.search.config import SearchConfig
 from nasdd.spaces import load_space, parse_space
 from nasdd.train import TrainRecipe
 
@@ -28,9 +29,15 @@ TINY = str(ROOT / "tests" / "fixtures" / "tiny_space.yaml")  # 12 ConvNets
 RECIPE = "proxy,epochs=5"
 
 
+def search(space, proxy, digits, *, out=None, device="auto", show_progress=True, **settings):
+    """`S.search` with its settings given as command-line-style text (recipes, budget), parsed into a SearchConfig."""
+    config = SearchConfig.from_text(**settings)
+    return S.search(space, proxy, digits, config, out=out, device=device, show_progress=show_progress)
+
+
 def run(digits, proxy, tmp_path, **kw):
     kw = {"study_name": "s", "trials": 6, "recipe": RECIPE, "out": tmp_path / "out", "show_progress": False, **kw}
-    return S.search(TINY, proxy, digits, device="cpu", **kw)
+    return search(TINY, proxy, digits, device="cpu", **kw)
 
 
 def load(tmp_path, name="s"):
@@ -143,7 +150,7 @@ def test_killed_process_resumes_to_exactly_n_trials(digits, proxy, tmp_path):
     before = optuna.load_study(study_name="k", storage=_storage(log))
     kept = {t.number: t.datetime_complete for t in counted(before)}
     assert 3 <= len(kept) < 6
-    study = S.search(TINY, str(proxy), digits, study_name="k", trials=6, storage=f"journal:{log}", sampler="grid",
+    study = search(TINY, str(proxy), digits, study_name="k", trials=6, storage=f"journal:{log}", sampler="grid",
                      recipe="proxy,epochs=150", out=tmp_path / "out", show_progress=False, device="cpu")  # fmt: skip
     done = counted(study)
     assert len(done) == 6 and {t.number: t.datetime_complete for t in done if t.number in kept} == kept
@@ -172,7 +179,7 @@ def test_two_processes_share_one_storage(digits, proxy, tmp_path):
     try:
         _wait_for(_storage(log), "p", 1, proc)
         kw = {"storage": str(log), "sampler": "grid", "recipe": "proxy,epochs=150", "out": tmp_path / "b", "seed": 1}
-        S.search(TINY, str(proxy), digits, study_name="p", trials=8, show_progress=False, device="cpu", **kw)
+        search(TINY, str(proxy), digits, study_name="p", trials=8, show_progress=False, device="cpu", **kw)
         assert proc.wait(timeout=120) == 0, proc.stderr.read().decode()
     finally:
         proc.kill()
@@ -197,10 +204,10 @@ def test_a_new_trial_yields_to_an_older_one_being_claimed(monkeypatch):
 def test_a_trial_orphaned_at_birth_is_waited_for_not_raced(digits, proxy, tmp_path, monkeypatch):
     log = f"journal:{tmp_path / 'study.log'}"
     kw = {"storage": log, "sampler": "grid", "recipe": RECIPE, "out": tmp_path / "out", "show_progress": False}
-    S.search(TINY, str(proxy), digits, study_name="o", trials=3, device="cpu", **kw)
+    search(TINY, str(proxy), digits, study_name="o", trials=3, device="cpu", **kw)
     optuna.load_study(study_name="o", storage=_storage(tmp_path / "study.log")).ask()  # its worker died at once
     monkeypatch.setattr(workers, "ORPHAN_S", 2.0)
-    study = S.search(TINY, str(proxy), digits, study_name="o", trials=6, device="cpu", **kw)
+    study = search(TINY, str(proxy), digits, study_name="o", trials=6, device="cpu", **kw)
     done = counted(study)  # no trial yielded to the orphan (each would have used up a grid point)
     assert len(done) == 6 and len({t.user_attrs["arch_key"] for t in done}) == 6
     assert len(study.trials) == 7 and not study.get_trials(states=(TrialState.RUNNING,))
@@ -211,7 +218,7 @@ def test_repeated_arch_is_served_from_cache(digits, proxy, tmp_path, monkeypatch
         {"family": "convnet", "params": {"depth": {"choices": [1, 2]}, "width": {"value": 4}}}, "two.yaml"
     )
     calls = count_calls(monkeypatch)
-    study = S.search(two, str(proxy), digits, study_name="c", trials=8, sampler="random", recipe=RECIPE,
+    study = search(two, str(proxy), digits, study_name="c", trials=8, sampler="random", recipe=RECIPE,
                      out=tmp_path / "out", show_progress=False, device="cpu")  # fmt: skip
     trials = counted(study)
     keys = {t.user_attrs["arch_key"] for t in trials}
@@ -222,12 +229,12 @@ def test_repeated_arch_is_served_from_cache(digits, proxy, tmp_path, monkeypatch
             assert t.value == origin.value and t.user_attrs["arch_key"] == origin.user_attrs["arch_key"]
             assert t.user_attrs["sample_grads"] == 0 and origin.user_attrs["sample_grads"] > 0
     # another process (a fresh search call on the same storage) trains nothing it has already seen
-    S.search(two, str(proxy), digits, study_name="c", trials=10, sampler="random", recipe=RECIPE, out=tmp_path / "out",
+    search(two, str(proxy), digits, study_name="c", trials=10, sampler="random", recipe=RECIPE, out=tmp_path / "out",
              show_progress=False, device="cpu")  # fmt: skip
     assert len(calls) == len(keys)
     # a different recipe is a different result: trained again
     db = f"sqlite:///{tmp_path / 'out' / 'study.db'}"
-    S.search(two, str(proxy), digits, study_name="c2", trials=1, sampler="random", recipe="proxy,epochs=6",
+    search(two, str(proxy), digits, study_name="c2", trials=1, sampler="random", recipe="proxy,epochs=6",
              storage=db, out=tmp_path / "out", show_progress=False)  # fmt: skip
     assert len(calls) == len(keys) + 1
 
@@ -279,7 +286,7 @@ def test_soft_labels_and_learned_lr_are_used(digits, tmp_path):
     base = distill(digits, "random", ipc=2, seed=0)
     soft = torch.nn.functional.one_hot(base.labels, 10).float() * 0.9 + 0.01
     p = ProxySet(base.images, soft, base.meta, {**base.provenance, "method": "soft"}, lr=0.05)
-    study = S.search(TINY, p, digits, study_name="soft", trials=2, recipe=RECIPE, out=tmp_path / "out",
+    study = search(TINY, p, digits, study_name="soft", trials=2, recipe=RECIPE, out=tmp_path / "out",
                      show_progress=False, device="cpu")  # fmt: skip
     assert len(counted(study)) == 2 and study.best_trial.user_attrs["proxy_id"] == p.id
     config = json.loads((tmp_path / "out" / "config.json").read_text())
@@ -336,9 +343,9 @@ def test_parallel_jobs_in_one_process(digits, proxy, tmp_path):
 @pytest.mark.postgres
 def test_postgresql_storage_resumes(digits, proxy, tmp_path, postgres_url):
     name = f"pg-{tmp_path.name}-{os.getpid()}"
-    S.search(TINY, str(proxy), digits, study_name=name, trials=3, storage=postgres_url, sampler="random",
+    search(TINY, str(proxy), digits, study_name=name, trials=3, storage=postgres_url, sampler="random",
              recipe=RECIPE, out=tmp_path / "out", show_progress=False, device="cpu")  # fmt: skip
-    study = S.search(TINY, str(proxy), digits, study_name=name, trials=5, storage=postgres_url, sampler="random",
+    study = search(TINY, str(proxy), digits, study_name=name, trials=5, storage=postgres_url, sampler="random",
                      recipe=RECIPE, out=tmp_path / "out", show_progress=False, device="cpu")  # fmt: skip
     assert len(counted(optuna.load_study(study_name=name, storage=postgres_url))) == 5 == len(counted(study))
     assert (tmp_path / "out" / "trials.csv").exists() and not (tmp_path / "out" / "study.db").exists()

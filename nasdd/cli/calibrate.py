@@ -123,7 +123,8 @@ def command(args: argparse.Namespace) -> int:
     use = _grid_indices(args.grid, len(recipes))
     archs = {a.key(): a for a in table.archs()}
     for r in (recipes[i] for i in use):
-        score_pool(cache, bundle, [archs[k] for k in members], r, [0], truth_grads=grads, bn_images=bn, log=False)
+        with_bn = cal.replace(r, bn_images=bn)  # every grid training also records BN re-estimation
+        score_pool(cache, bundle, [archs[k] for k in members], with_bn, [0], truth_grads=grads, log=False)
     grid = cal.grid_table(cache, bundle.key, members, [recipes[i] for i in use], bn)
     grid.config = {k: use[c] for k, c in grid.config.items()}  # indices into GRID
     chosen = grid.recipes[cal.calibrate(grid, truth, members, n_trials=args.trials, seed=args.seed)]

@@ -101,6 +101,7 @@ def command(args: argparse.Namespace) -> int:
     from nasdd.arch import ArchSpec
     from nasdd.cli import load_data_from_args
     from nasdd.cost import parse_grads
+    from nasdd.search.config import SearchConfig
     from nasdd.search.outputs import top_trials
     from nasdd.search.strategies import check
     from nasdd.search.study import search
@@ -113,10 +114,7 @@ def command(args: argparse.Namespace) -> int:
         raise NasddError(
             "--strategy prescreen needs --budget (sample-gradients, e.g. 648k): it plans its rungs from it"
         )
-    study = search(
-        args.space,
-        args.proxy,
-        load_data_from_args(args),
+    config = SearchConfig.from_text(
         study_name=args.study,
         trials=args.trials,
         timeout=args.timeout,
@@ -130,9 +128,6 @@ def command(args: argparse.Namespace) -> int:
         recipe=args.recipe,
         retrain_top=args.retrain_top,
         retrain_recipe=args.retrain_recipe,
-        out=args.out,
-        device=args.device,
-        show_progress=not args.quiet,
         heartbeat=args.heartbeat,
         threads=args.threads,
         budget=budget,
@@ -140,8 +135,12 @@ def command(args: argparse.Namespace) -> int:
         strategy=args.strategy,
         prescreen=args.prescreen,
         eta=args.eta,
-        archs=read_archs(args.archs) if args.archs else None,
+        archs=tuple(read_archs(args.archs)) if args.archs else None,
     )
+    study = search(
+        args.space, args.proxy, load_data_from_args(args), config, out=args.out, device=args.device,
+        show_progress=not args.quiet,
+    )  # fmt: skip
     out = Path(args.out or Path("results") / args.study)
     if args.strategy == "prescreen":
         return _report_prescreen(out)

@@ -10,7 +10,7 @@ import socket
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import optuna
 import torch
@@ -25,6 +25,11 @@ from nasdd.spaces import SearchSpace
 from nasdd.storage import died_here, worker_id
 from nasdd.train import Monitor, TrainRecipe, train_arch
 from nasdd.utils import stable_hash
+
+if TYPE_CHECKING:
+    from nasdd.distill.proxy import ProxySet
+
+Proxy: TypeAlias = "str | Path | ProxySet"  # "full" (the whole training split), a ProxySet folder or a ProxySet
 
 
 class CandidateFailed(Exception):
@@ -51,7 +56,7 @@ class TrainingData:
     scored_on: str = "real val split"
 
 
-def training_data(proxy: Any, bundle: DatasetBundle, device: torch.device) -> TrainingData:
+def training_data(proxy: Proxy, bundle: DatasetBundle, device: torch.device) -> TrainingData:
     """`proxy`: "full", a ProxySet folder, or a loaded ProxySet. Tensors are moved to `device` once."""
     x_val, y_val = bundle.x_val, bundle.y_val
     scored_on = f"real val split ({len(x_val)} images)"

@@ -25,7 +25,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import optuna
 import pandas as pd
@@ -45,6 +45,9 @@ from nasdd.storage import worker_id
 from nasdd.train import Monitor, TrainRecipe, build_seeded, evaluate, fit, train_arch
 from nasdd.utils import atomic_path, ensure_dir, load_untrusted, stable_hash, write_json
 
+if TYPE_CHECKING:
+    from nasdd.search.objective import TrainingData
+
 CANDIDATE_SAMPLERS = ("random", "qmc", "grid")  # value-independent: every worker draws the same candidates
 ZC_BATCH = 64  # images in the zero-cost scores' batch (their cost in sample-gradients at most)
 
@@ -61,6 +64,7 @@ class Settings:
     eta: int = 3
     seed: int = 0
     archs: tuple[ArchSpec, ...] | None = None  # the candidates, when given (`--archs`), instead of drawn ones
+    sampler: str = "random"  # draws the candidates (random, qmc or grid) when `archs` is None
 
 
 def signals() -> list[str]:
@@ -259,7 +263,9 @@ def _stop(unit: int, acc: float, epochs: int) -> None:
         raise _Reached(acc)
 
 
-def score_candidate(spec: ArchSpec, signal: str, bundle: DatasetBundle, *, proxy: Any, s: Settings, device) -> dict:
+def score_candidate(
+    spec: ArchSpec, signal: str, bundle: DatasetBundle, *, proxy: TrainingData, s: Settings, device: torch.device
+) -> dict:
     """The cheap score of one candidate and its cost."""
     start = time.perf_counter()
     if signal == "proxy":
@@ -282,8 +288,7 @@ def prescreen(
     bundle: DatasetBundle,
     s: Settings,
     *,
-    sampler: str,
-    proxy: Any,
+    proxy: TrainingData,
     device: torch.device,
     out: Path,
     show_progress: bool = True,
@@ -292,7 +297,7 @@ def prescreen(
     return the winner."""
     if s.signal not in signals():
         raise unknown_name("pre-screen signal", s.signal, signals())
-    cands = list(s.archs) if s.archs else draw_candidates(space, s.candidates, sampler=sampler, seed=s.seed)
+    cands = list(s.archs) if s.archs else draw_candidates(space, s.candidates, sampler=s.sampler, seed=s.seed)
     by_key = {c.key(): c for c in cands}
     per = ZC_BATCH if s.signal != "proxy" else trial_cost(s.proxy_recipe, len(proxy.x))
     bracket, screen = make_plan(s, len(cands), len(bundle.x_train), per)

@@ -15,7 +15,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -31,11 +31,17 @@ from nasdd.storage import masked, sqlite_url
 from nasdd.train import TrainRecipe
 from nasdd.utils import atomic_open, ensure_dir, stable_hash, write_json
 from nasdd.validate import stats
+from nasdd.validate.config import AuditConfig
 from nasdd.validate.peers import Peer, resolve_peers
 from nasdd.validate.store import Job, ResultStore
+from nasdd.validate.table import TruthTable
 from nasdd.validate.table import truth_scores as table_truth
-from nasdd.validate.truth import Scores, collect, ground_truth, train_pool
+from nasdd.validate.truth import PoolTraining, Scores, collect, ground_truth, train_pool
 from nasdd.validate.zerocost import zero_cost
+
+if TYPE_CHECKING:
+    from nasdd.distill.proxy import ProxySet
+    from nasdd.validate.scoring import ScoringRecipe
 
 PROXY_SPLIT, TRUTH_SPLIT, SYNTHETIC_VAL = "val", "test", "synthetic_val"
 
@@ -50,18 +56,30 @@ class Validation:
     config: dict
 
 
-def _recipe(r: TrainRecipe | str, base: str) -> TrainRecipe:
-    return r if isinstance(r, TrainRecipe) else TrainRecipe.parse(r, base)
+@dataclass(frozen=True)
+class _Audit:
+    """What every row of one audit shares."""
+
+    store: ResultStore
+    bundle: DatasetBundle
+    pool: list[ArchSpec]
+    device: str
+    truth_recipe: TrainRecipe
+    config: AuditConfig
+
+    @property
+    def proxy_seeds(self) -> list[int]:
+        return list(range(self.config.proxy_seeds))
 
 
-def proxy_labels(proxies: Sequence[Any]) -> list[str]:
+def proxy_labels(proxies: Sequence[ProxySet]) -> list[str]:
     """`dm-ipc10`; `dm-space-ipc10` when distilled through a search space; a short id where names collide."""
     space = ["-space" if p.provenance.get("config", {}).get("match_space") else "" for p in proxies]
     names = [f"{p.provenance.get('method', 'proxy')}{s}-ipc{p.ipc}" for p, s in zip(proxies, space, strict=True)]
     return [f"{n}-{p.id[-6:]}" if names.count(n) > 1 else n for n, p in zip(names, proxies, strict=True)]
 
 
-def _subset(bundle: DatasetBundle, method: str, ipc: int, out: Path | None, preset: str | None) -> Any:
+def _subset(bundle: DatasetBundle, method: str, ipc: int, out: Path | None, preset: str | None) -> ProxySet:
     """The coreset peer's ProxySet (seed 0), saved under out/peers and reused when already there.
     `preset` is used where the method has it (e.g. `cpu`: a shorter feature-network training)."""
     from nasdd.distill import METHODS, ProxySet, Saving, distill
@@ -73,24 +91,13 @@ def _subset(bundle: DatasetBundle, method: str, ipc: int, out: Path | None, pres
     return distill(bundle, method, ipc, seed=0, preset=preset, saving=Saving(out=folder))
 
 
-def _train_proxy(ctx: dict, proxy: Any, name: str, kind: str, recipe: TrainRecipe) -> Scores:
+def _train_proxy(ctx: _Audit, proxy: ProxySet, name: str, kind: str, recipe: TrainRecipe) -> Scores:
     from nasdd.distill.evaluate import proxy_recipe
 
-    x_eval, y_eval, scored_on = proxy.val_data(*ctx["bundle"].split(PROXY_SPLIT))
-    sc = train_pool(
-        ctx["store"],
-        ctx["bundle"],
-        ctx["pool"],
-        source=proxy.id,
-        data=proxy.train_data(),
-        recipe=proxy_recipe(proxy, recipe),
-        seeds=ctx["proxy_seeds"],
-        split=SYNTHETIC_VAL if proxy.has_val else PROXY_SPLIT,
-        device=ctx["device"],
-        name=name,
-        kind=kind,
-        eval_data=(x_eval, y_eval),
-    )
+    x_eval, y_eval, scored_on = proxy.val_data(*ctx.bundle.split(PROXY_SPLIT))
+    split = SYNTHETIC_VAL if proxy.has_val else PROXY_SPLIT
+    what = PoolTraining(proxy.id, proxy.train_data(), proxy_recipe(proxy, recipe), split, name, kind, (x_eval, y_eval))
+    sc = train_pool(ctx.store, ctx.bundle, ctx.pool, what, ctx.proxy_seeds, device=ctx.device)
     cost = proxy.provenance.get("cost", {})
     sc.info = {
         "method": proxy.provenance.get("method"),
@@ -104,58 +111,47 @@ def _train_proxy(ctx: dict, proxy: Any, name: str, kind: str, recipe: TrainRecip
     return sc
 
 
-def _zero_cost(ctx: dict, name: str, batch_size: int) -> Scores:
-    bundle, pool = ctx["bundle"], ctx["pool"]
+def _zero_cost(ctx: _Audit, name: str) -> Scores:
+    bundle, pool, batch_size = ctx.bundle, ctx.pool, ctx.config.zc_batch
 
     def compute(job: Job) -> tuple[float, dict]:
-        r = zero_cost(name, job.arch, bundle, seed=job.seed, batch_size=batch_size, device=ctx["device"])
+        r = zero_cost(name, job.arch, bundle, seed=job.seed, batch_size=batch_size, device=ctx.device)
         return r.score, r.to_dict()
 
     group = (bundle.key, f"zerocost-{name}", stable_hash({"batch_size": batch_size}, 12))
     jobs = [Job(a, 0, "train") for a in pool]
-    results = ctx["store"].run(group, jobs, compute, desc=f"zero-cost {name}", claim=False)
+    results = ctx.store.run(group, jobs, compute, desc=f"zero-cost {name}", claim=False)
     sc = collect(name, "peer:zerocost", pool, [0], "train", results, "score")
     sc.info = {"method": name}
     return sc
 
 
-def _early(ctx: dict, steps: int) -> Scores:
-    bundle, truth_recipe = ctx["bundle"], ctx["truth_recipe"]
+def _early(ctx: _Audit, steps: int) -> Scores:
+    bundle, truth_recipe = ctx.bundle, ctx.truth_recipe
     recipe = replace(truth_recipe, steps=steps)
     epochs = steps * truth_recipe.batch_size / len(bundle.y_train)
     name = f"early-{epochs:.2g}ep"
-    sc = train_pool(
-        ctx["store"],
-        bundle,
-        ctx["pool"],
-        source="train",
-        data=(bundle.x_train, bundle.y_train),
-        recipe=recipe,
-        seeds=ctx["proxy_seeds"],
-        split=PROXY_SPLIT,
-        device=ctx["device"],
-        name=name,
-        kind="peer:early",
-    )
+    what = PoolTraining("train", (bundle.x_train, bundle.y_train), recipe, PROXY_SPLIT, name, "peer:early")
+    sc = train_pool(ctx.store, bundle, ctx.pool, what, ctx.proxy_seeds, device=ctx.device)
     sc.info = {"method": "early", "steps": steps, "epochs": round(epochs, 4), "recipe": recipe.key()}
     return sc
 
 
-def _scoring_config(scoring: Any, left_out: int) -> dict | None:
+def _scoring_config(scoring: ScoringRecipe | None, left_out: int) -> dict | None:
     return None if scoring is None else {**asdict(scoring), "key": scoring.key(), "members_left_out": left_out}
 
 
-def _scored(ctx: dict, recipe: Any, out: Path | None) -> Scores:
+def _scored(ctx: _Audit, recipe: ScoringRecipe, out: Path | None) -> Scores:
     """The pool scored by a `ScoringRecipe` (cached in `<out>/scoring.jsonl`), as one row."""
     import tempfile
 
     from nasdd.validate.scoring import ScoreCache, score, score_pool
 
-    bundle, pool, seeds = ctx["bundle"], ctx["pool"], ctx["proxy_seeds"]
-    truth_grads = training_grads(ctx["truth_recipe"], len(bundle.y_train))
+    bundle, pool, seeds = ctx.bundle, ctx.pool, ctx.proxy_seeds
+    truth_grads = training_grads(ctx.truth_recipe, len(bundle.y_train))
     path = out / "scoring.jsonl" if out is not None else Path(tempfile.mkdtemp()) / "scoring.jsonl"
-    recs = score_pool(ScoreCache(path), bundle, pool, recipe, seeds, truth_grads=truth_grads,
-                      bn_images=recipe.bn_images, device=ctx["device"], log=False)  # fmt: skip
+    recs = score_pool(ScoreCache(path), bundle, pool, recipe, seeds,
+                      truth_grads=truth_grads, device=ctx.device, log=False)  # fmt: skip
     table = pd.DataFrame(index=[a.key() for a in pool], columns=seeds, dtype=float)
     sc = Scores(f"scored-{recipe.score}-{recipe.key()[:6]}", "peer:scoring", table)
     for r in recs:
@@ -167,15 +163,15 @@ def _scored(ctx: dict, recipe: Any, out: Path | None) -> Scores:
     return sc
 
 
-def _budget_steps(ctx: dict, budgets: Sequence[float] | None, proxy_grads: list[int]) -> list[int]:
-    """Early-stopping lengths in steps: `budgets` in epochs of full data, or 0.5x/1x/2x the proxy cost
+def _early_steps(ctx: _Audit, proxy_grads: list[int]) -> list[int]:
+    """Early-stopping lengths in steps: `early_epochs` in epochs of full data, or 0.5x/1x/2x the proxy cost
     (those shorter than the truth training; half of it if none is)."""
-    bs, n = ctx["truth_recipe"].batch_size, len(ctx["bundle"].y_train)
-    if budgets:
-        return sorted({max(1, round(b * n / bs)) for b in budgets})
+    bs, n = ctx.truth_recipe.batch_size, len(ctx.bundle.y_train)
+    if ctx.config.early_epochs:
+        return sorted({max(1, round(b * n / bs)) for b in ctx.config.early_epochs})
     base = float(np.median(proxy_grads)) if proxy_grads else float(n)
     steps = sorted({max(1, round(f * base / bs)) for f in (0.5, 1.0, 2.0)})
-    full = ctx["truth_recipe"].total_steps(n)
+    full = ctx.truth_recipe.total_steps(n)
     return [s for s in steps if s < full] or [max(1, full // 2)]  # as long as the truth is not early
 
 
@@ -208,13 +204,14 @@ def _cost(sc: Scores, truth_grads: float, truth_seconds: float) -> dict[str, flo
     }
 
 
-def _summary(truth: Scores, rows: list[Scores], ctx: dict) -> pd.DataFrame:
-    keys = [a.key() for a in ctx["pool"]]
+def _summary(truth: Scores, rows: list[Scores], ctx: _Audit) -> pd.DataFrame:
+    keys = [a.key() for a in ctx.pool]
     t = truth.mean.reindex(keys).to_numpy(float)
     keep = np.isfinite(t)
     n_seeds = truth.table.shape[1]
     per_seed_grads, per_seed_seconds = truth.sample_grads / n_seeds, truth.seconds / n_seeds
-    opts = {"ks": ctx["ks"], "n_resamples": ctx["n_resamples"], "seed": ctx["bootstrap_seed"]}
+    c = ctx.config
+    opts: dict[str, Any] = {"ks": list(c.ks), "n_resamples": c.n_resamples, "seed": c.bootstrap_seed}
     out = []
     seeds = truth.table.reindex(keys).to_numpy(float)
     full = np.isfinite(seeds).all(axis=1)
@@ -254,59 +251,40 @@ def _summary(truth: Scores, rows: list[Scores], ctx: dict) -> pd.DataFrame:
 def validate(
     bundle: DatasetBundle,
     pool: Sequence[ArchSpec],
-    proxies: Sequence[Any] = (),
+    proxies: Sequence[ProxySet] = (),
+    config: AuditConfig | None = None,
     *,
     space: SearchSpace | None = None,
-    peers: str | list[str] | None = None,
-    truth_seeds: int = 2,
-    truth_recipe: TrainRecipe | str | None = None,
-    proxy_recipe: TrainRecipe | str = "proxy",
-    proxy_seeds: int = 1,
-    proxy_epochs: Sequence[int] | None = None,
-    budgets: Sequence[float] | None = None,
-    ipc: int | None = None,
-    subset_preset: str | None = None,
-    storage: str | None = None,
     out: str | Path | None = None,
     device: str = "auto",
-    ks: Sequence[int | str] = stats.DEFAULT_KS,
-    n_resamples: int = 1000,
-    bootstrap_seed: int = 0,
-    zc_batch: int = 64,
-    truth_table: Any = None,
-    scoring: Any = None,
+    truth_table: TruthTable | None = None,
 ) -> Validation:
     """Audit how faithfully each ProxySet in `proxies` (and each peer) ranks `pool` against ground truth.
 
-    Every training is cached in `storage` (an Optuna storage URL; default `<out>/results.db`, or in
-    memory without `out`), so a rerun or another worker trains nothing twice. `proxy_epochs` sweeps the
-    proxy training length (one row per proxy and length). Subset peers use `ipc` (default: the
-    proxies' ipcs, else 10) and the distillation preset `subset_preset` where the method
-    has it. `truth_table` (a `nasdd.validate.table.TruthTable`) replaces truth training: the audit uses
-    the pool members the table holds, its seeds and its recipe (a table made on another dataset split,
-    space or recipe is refused). `scoring` (a `nasdd.validate.scoring.ScoringRecipe`, e.g. from `nasdd
-    calibrate`) adds its row; a recipe calibrated for another space or dataset is refused, and the members it
-    was calibrated on are left out of the whole audit. Returns the tables; with `out`, also writes
-    per_arch.csv, summary.csv, config.json and pool.jsonl there.
+    `config`: the settings (an `AuditConfig`; None: its defaults). Every training is cached in its `storage`
+    (default `<out>/results.db`, or in memory without `out`), so a rerun or another worker trains nothing
+    twice. `truth_table` replaces truth training: the audit uses the pool members the table holds, its seeds
+    and its recipe (a table made on another dataset split, space or recipe is refused). `config.scoring`
+    (e.g. from `nasdd calibrate`) adds its row; a recipe calibrated for another space or dataset is refused,
+    and the members it was calibrated on are left out of the whole audit. Returns the tables; with `out`,
+    also writes per_arch.csv, summary.csv, config.json and pool.jsonl there.
     """
+    c = config or AuditConfig()  # None: the defaults
+    scoring = c.scoring
     pool = list(dict.fromkeys(pool))
     if len(pool) < 3:
         raise NasddError(f"a pool needs at least 3 architectures to rank, got {len(pool)}")
-    if truth_seeds < 1 or proxy_seeds < 1:
-        raise NasddError("--truth-seeds and --proxy-seeds must be at least 1")
-    if budgets and min(budgets) <= 0:
-        raise NasddError(f"early-stopping budgets must be > 0 full-data epochs, got {min(budgets):g}; fix --budgets")
     for p in proxies:
         p.check_compatible(bundle)
     out = ensure_dir(out) if out is not None else None
-    if storage is None and out is not None:
-        storage = sqlite_url(RunLayout(out).results_db)
+    storage = c.storage if c.storage is not None or out is None else sqlite_url(RunLayout(out).results_db)
     requested, truth = len(pool), None
+    truth_recipe = c.truth_recipe
     if truth_table is not None:
         truth_table.check(
             dataset_key=bundle.key,
             space=None if space is None else space.name,
-            recipe_key=None if truth_recipe is None else _recipe(truth_recipe, "full").key(),
+            recipe_key=None if truth_recipe is None else truth_recipe.key(),
         )
         truth_recipe = truth_table.recipe
         pool, truth = table_truth(truth_table, pool)
@@ -321,64 +299,51 @@ def validate(
             raise NasddError(f"{calibrated} pool members calibrated the scoring recipe; fewer than 3 are left")
         if truth is not None:
             truth.table = truth.table.loc[[a.key() for a in pool]]
-    truth_recipe, base_recipe = _recipe(truth_recipe or "full", "full"), _recipe(proxy_recipe, "proxy")
-    recipes = (
-        [(f"@e{e}" if len(proxy_epochs) > 1 else "", replace(base_recipe, epochs=e, steps=None)) for e in proxy_epochs]
-        if proxy_epochs
-        else [("", base_recipe)]
-    )
-    peer_list: list[Peer] = resolve_peers(peers)
-    ctx = {
-        "store": ResultStore(storage),
-        "bundle": bundle,
-        "pool": pool,
-        "device": device,
-        "truth_recipe": truth_recipe,
-        "proxy_seeds": list(range(proxy_seeds)),
-        "ks": list(ks),
-        "n_resamples": n_resamples,
-        "bootstrap_seed": bootstrap_seed,
-    }
+    truth_recipe = truth_recipe or TrainRecipe.parse("full")
+    base_recipe = c.proxy_recipe or TrainRecipe.parse("proxy")
+    epochs = c.proxy_epochs or ()
+    recipes = [(f"@e{e}" if len(epochs) > 1 else "", replace(base_recipe, epochs=e, steps=None)) for e in epochs]
+    recipes = recipes or [("", base_recipe)]
+    peer_list: list[Peer] = resolve_peers(c.peers)
+    ctx = _Audit(ResultStore(storage), bundle, pool, device, truth_recipe, c)
     if truth is None:
-        truth = ground_truth(ctx["store"], bundle, pool, truth_recipe, list(range(truth_seeds)), device=device)
+        truth = ground_truth(ctx.store, bundle, pool, truth_recipe, list(range(c.truth_seeds)), device=device)
     rows: list[Scores] = []
     for proxy, label in zip(proxies, proxy_labels(proxies), strict=True):
         rows += [_train_proxy(ctx, proxy, label + sfx, "proxy", r) for sfx, r in recipes]
-    ipcs = sorted({p.ipc for p in proxies}) or [ipc or 10]
-    if ipc is not None:
-        ipcs = [ipc]
+    ipcs = [c.ipc] if c.ipc is not None else sorted({p.ipc for p in proxies}) or [10]
     for peer in peer_list:
         if peer.kind == "subset":
             for i in ipcs:
                 if any(p.provenance.get("method") == peer.name and p.ipc == i for p in proxies):
                     continue  # this coreset is already audited as a proxy
-                subset = _subset(bundle, peer.name, i, out, subset_preset)
+                subset = _subset(bundle, peer.name, i, out, c.subset_preset)
                 rows += [_train_proxy(ctx, subset, f"{peer.name}-ipc{i}{s}", "peer:subset", r) for s, r in recipes]
         elif peer.kind == "zerocost":
-            rows.append(_zero_cost(ctx, peer.name, zc_batch))
+            rows.append(_zero_cost(ctx, peer.name))
     if any(p.kind == "early" for p in peer_list):
         n_proxy = [i * bundle.num_classes for i in ipcs] + [len(p.images) for p in proxies]
         grads = [training_grads(r, n) for n in n_proxy for _, r in recipes]
-        rows += [_early(ctx, steps) for steps in _budget_steps(ctx, budgets, grads)]
+        rows += [_early(ctx, steps) for steps in _early_steps(ctx, grads)]
     if scoring is not None:
         rows.append(_scored(ctx, scoring, out))
     per_arch = _per_arch(pool, space, truth, rows)
     summary = _summary(truth, rows, ctx)
-    config = {
+    record = {
         "nasdd_version": __version__,
         "dataset": bundle.meta(),
         "space": None if space is None else {"name": space.name, "path": space.path},
         "pool": [a.to_dict() for a in pool],
         "proxies": [{"id": p.id, "provenance": p.provenance} for p in proxies],
         "peers": [p.name for p in peer_list],
-        "subset_preset": subset_preset,
+        "subset_preset": c.subset_preset,
         "truth_recipe": asdict(truth_recipe),
         "truth_seeds": truth.table.shape[1],
         "truth_table": None
         if truth_table is None
         else {**truth_table.meta, "members_used": len(pool), "pool_requested": requested},
         "proxy_recipes": {sfx or "default": asdict(r) for sfx, r in recipes},
-        "proxy_seeds": proxy_seeds,
+        "proxy_seeds": c.proxy_seeds,
         "budgets_steps": [sc.info["steps"] for sc in rows if sc.kind == "peer:early"],
         "splits": {
             "truth": TRUTH_SPLIT,
@@ -386,14 +351,15 @@ def validate(
             "zero_cost": "one train batch",
             "synthetic_val": [p.id for p in proxies if p.has_val],
         },
-        "statistics": {"ks": list(map(str, ks)), "n_resamples": n_resamples, "confidence": 0.95},
+        "statistics": {"ks": list(map(str, c.ks)), "n_resamples": c.n_resamples, "confidence": 0.95},
         "scoring_recipe": _scoring_config(scoring, calibrated),
         "storage": masked(storage) or "in-memory",
         "device": device,
+        "audit": c.to_dict(),
     }
     if out is not None:
-        write_tables(out, per_arch, summary, config, pool)
-    return Validation(per_arch, summary, config)
+        write_tables(out, per_arch, summary, record, pool)
+    return Validation(per_arch, summary, record)
 
 
 def write_tables(out: Path, per_arch: pd.DataFrame, summary: pd.DataFrame, config: dict, pool: list) -> None:

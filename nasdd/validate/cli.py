@@ -8,7 +8,6 @@ from nasdd.cli import add_data_args, load_data_from_args
 from nasdd.cli.pool import add_pool_arguments, pool_from_args
 from nasdd.errors import NasddError
 from nasdd.layout import RunLayout
-from nasdd.validate.stats import DEFAULT_KS
 
 
 def _floats(text: str) -> list[float]:
@@ -69,6 +68,7 @@ def command(args: argparse.Namespace) -> int:
     from nasdd.utils import ensure_dir
     from nasdd.validate import pool as pools
     from nasdd.validate.audit import validate
+    from nasdd.validate.config import AuditConfig
     from nasdd.validate.scoring import ScoringRecipe
     from nasdd.validate.table import TruthTable
 
@@ -85,28 +85,21 @@ def command(args: argparse.Namespace) -> int:
         raise NasddError("give the pool: --pool N, --archs FILE, --study NAME or --truth-table CSV")
     bundle = load_data_from_args(args)
     proxies = [ProxySet.load(p, bundle) for p in args.proxies]
-    result = validate(
-        bundle,
-        pool,
-        proxies,
-        space=space,
+    config = AuditConfig.from_text(
         peers=args.peers,
         truth_seeds=args.truth_seeds,
         truth_recipe=args.truth_recipe,
         proxy_recipe=args.proxy_recipe,
         proxy_seeds=args.proxy_seeds,
         proxy_epochs=args.proxy_epochs,
-        budgets=args.budgets,
+        early_epochs=args.budgets,
         ipc=args.ipc,
         subset_preset=args.subset_preset,
         storage=storage,
-        out=out,
-        device=args.device,
-        truth_table=table,
         scoring=ScoringRecipe.load(args.scoring) if args.scoring else None,
-        ks=DEFAULT_KS,
         n_resamples=args.resamples,
     )
+    result = validate(bundle, pool, proxies, config, space=space, out=out, device=args.device, truth_table=table)
     cols = ["name", "tau", "tau_low", "tau_high", "rho", "p@5", "regret@1", "speedup_sample_grads"]
     print(result.summary[[c for c in cols if c in result.summary]].to_string(index=False, float_format="%.3f"))
     synthetic = result.summary[result.summary.split == "synthetic_val"]

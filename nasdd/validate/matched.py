@@ -80,6 +80,7 @@ def score_budget(
     from nasdd.spaces import load_space
     from nasdd.train import TrainRecipe
     from nasdd.validate.audit import proxy_labels, validate
+    from nasdd.validate.config import AuditConfig
     from nasdd.validate.peers import resolve_peers
 
     names = names or {}
@@ -96,23 +97,18 @@ def score_budget(
         if not mine and not subsets and not others:
             continue
         n = len(mine[0].images) if mine and not subsets else ipc * bundle.num_classes
-        res = validate(
-            bundle,
-            table.archs(),
-            mine,
-            space=space,
+        config = AuditConfig(
             peers=",".join(subsets + others),
             proxy_recipe=matched_recipe(base, n, grads),
             proxy_seeds=k,
-            budgets=[grads / len(bundle.y_train)] if "early" in others else None,
+            early_epochs=(grads / len(bundle.y_train),) if "early" in others else None,
             ipc=ipc,
             subset_preset=cfg.preset,
             storage=cfg.storage,
-            out=RunLayout(cfg.work).audit_at(ipc),
-            device=cfg.device,
             n_resamples=cfg.resamples,
-            truth_table=table,
         )
+        out = RunLayout(cfg.work).audit_at(ipc)
+        res = validate(bundle, table.archs(), mine, config, space=space, out=out, device=cfg.device, truth_table=table)
         s = res.summary[~res.summary.kind.isin(["truth", "noise_ceiling"])].copy()
         named = {label: names[p.id] for label, p in zip(proxy_labels(mine), mine, strict=True) if p.id in names}
         s["name"] = s.name.replace(named)

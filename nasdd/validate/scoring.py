@@ -360,12 +360,13 @@ def score_pool(
     seeds: list[int],
     *,
     truth_grads: float,
-    bn_images: int,
     device: str | torch.device = "cpu",
     log: bool = True,
 ) -> list[dict]:
-    """Train (or read back) every member x seed under `recipe`'s training settings; the cached records."""
+    """Train (or read back) every member x seed under `recipe`'s training settings, BatchNorm statistics
+    re-estimated on `recipe.bn_images` images (recorded for every score kind); the cached records."""
     out = []
+    bn_images = recipe.bn_images
     for i, arch in enumerate(pool):
         for s in seeds:
             r = cache.get(bundle.key, recipe, bn_images, arch.key(), s)

@@ -8,7 +8,7 @@ a search scores candidates on); the test split is only ever used for ground trut
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -59,40 +59,46 @@ def collect(
     return scores
 
 
+@dataclass(frozen=True)
+class PoolTraining:
+    """What one row of an audit trains every pool member on and how it is scored: `data` (identified by
+    `source` in the store) with `recipe`, scored on `split`, or on `eval_data` when given (a proxy's synthetic
+    validation set; `split` then only names it)."""
+
+    source: str
+    data: tuple[torch.Tensor, torch.Tensor]
+    recipe: TrainRecipe
+    split: str
+    name: str = ""
+    kind: str = ""
+    eval_data: tuple[torch.Tensor, torch.Tensor] | None = None
+
+
 def train_pool(
     store: ResultStore,
     bundle: DatasetBundle,
     pool: Sequence[ArchSpec],
-    *,
-    source: str,
-    data: tuple[torch.Tensor, torch.Tensor],
-    recipe: TrainRecipe,
+    what: PoolTraining,
     seeds: Sequence[int],
-    split: str,
-    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    *,
     device: str | torch.device = "auto",
-    name: str = "",
-    kind: str = "",
-    eval_data: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> Scores:
-    """Train every pool member on `data` (identified by `source`) with `recipe` for each seed and score
-    it on `split` (after `transform`, e.g. a proxy's ZCA), or on `eval_data` when given (a proxy's
-    synthetic validation set; `split` then only names it); cached jobs are read back, not retrained."""
-    if eval_data is None:
-        x_eval, y_eval = bundle.split(split)
-        eval_data = (transform(x_eval) if transform else x_eval, y_eval)
+    """Train every pool member as `what` says for each seed and score it; cached jobs are read back, not retrained."""
+    eval_data = what.eval_data if what.eval_data is not None else bundle.split(what.split)
 
     def compute(job: Job) -> tuple[float, dict]:
         r = train_arch(
-            job.arch, *data, recipe, num_classes=bundle.num_classes, seed=job.seed, device=device, eval_data=eval_data
-        )
+            job.arch, *what.data, what.recipe, num_classes=bundle.num_classes, seed=job.seed, device=device,
+            eval_data=eval_data,
+        )  # fmt: skip
         d = r.to_dict()
         d.pop("history", None)
         return (r.accuracy if r.ok else math.nan), d
 
-    jobs = [Job(a, s, split) for a in pool for s in seeds]
-    results = store.run((bundle.key, source, recipe.key()), jobs, compute, desc=f"train {name or source}")
-    return collect(name or source, kind, pool, seeds, split, results, "accuracy")
+    name = what.name or what.source
+    jobs = [Job(a, s, what.split) for a in pool for s in seeds]
+    results = store.run((bundle.key, what.source, what.recipe.key()), jobs, compute, desc=f"train {name}")
+    return collect(name, what.kind, pool, seeds, what.split, results, "accuracy")
 
 
 def ground_truth(
@@ -105,16 +111,5 @@ def ground_truth(
     device: str | torch.device = "auto",
 ) -> Scores:
     """Full-data training with the truth recipe, one run per seed, scored on the test split."""
-    return train_pool(
-        store,
-        bundle,
-        pool,
-        source="train",
-        data=(bundle.x_train, bundle.y_train),
-        recipe=recipe,
-        seeds=seeds,
-        split="test",
-        device=device,
-        name="ground_truth",
-        kind="truth",
-    )
+    truth = PoolTraining("train", (bundle.x_train, bundle.y_train), recipe, "test", "ground_truth", "truth")
+    return train_pool(store, bundle, pool, truth, seeds, device=device)

@@ -143,6 +143,7 @@ def test_search_and_validate_score_on_the_synthetic_validation_set(digits, tmp_p
     from nasdd.arch import ArchSpec
     from nasdd.search.objective import training_data
     from nasdd.validate import validate
+    from nasdd.validate.config import AuditConfig
 
     plain = distill(digits, "random", 3, seed=0)
     proxy = _with_val(plain, 3)
@@ -153,8 +154,8 @@ def test_search_and_validate_score_on_the_synthetic_validation_set(digits, tmp_p
         ArchSpec.make("convnet", depth=1, width=8, activation=a, normalization="none", pooling="avgpool")
         for a in ("relu", "sigmoid", "leakyrelu")
     ]
-    kw = dict(truth_recipe="full,epochs=1,batch_size=128", proxy_recipe="proxy,epochs=3", n_resamples=10, device="cpu")
-    res = validate(digits, pool, [plain, proxy], peers="", **kw)
+    kw = dict(truth_recipe="full,epochs=1,batch_size=128", proxy_recipe="proxy,epochs=3", n_resamples=10)
+    res = validate(digits, pool, [plain, proxy], AuditConfig.from_text(peers="", **kw), device="cpu")
     rows = res.summary.set_index("name")
     split = rows.loc[rows.kind == "proxy", "split"].tolist()
     assert sorted(split) == ["synthetic_val", "val"]

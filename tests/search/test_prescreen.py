@@ -16,6 +16,7 @@ from nasdd import search as S
 from nasdd.arch import ArchSpec
 from nasdd.cli import main
 from nasdd.search import prescreen as P
+from nasdd.search.config import SearchConfig
 from nasdd.search.halving import Job
 from nasdd.storage import open_storage, sqlite_url
 from nasdd.train import TrainRecipe, train_arch
@@ -90,8 +91,9 @@ def test_a_killed_workers_job_is_finished_by_another_and_nothing_else_runs_twice
 
 def _search(digits, tmp_path, **kw):
     kw = {"study_name": "p", "budget": 12_000, "retrain_recipe": "full,epochs=4", "sampler": "random",
-          "out": tmp_path / "out", "show_progress": False, "strategy": "prescreen", **kw}  # fmt: skip
-    return S.search(TINY, "full", digits, device="cpu", **kw)
+          "strategy": "prescreen", **kw}  # fmt: skip
+    config = SearchConfig.from_text(**kw)
+    return S.search(TINY, "full", digits, config, out=tmp_path / "out", device="cpu", show_progress=False)
 
 
 def test_the_strategy_spends_within_its_budget_and_a_rerun_trains_nothing(digits, tmp_path):

@@ -9,7 +9,9 @@ from nasdd.cli import main
 from nasdd.cost import training_grads
 from nasdd.distill import distill
 from nasdd.errors import NasddError
+from nasdd.train import TrainRecipe
 from nasdd.validate import audit, truth, validate
+from nasdd.validate.config import AuditConfig
 from nasdd.validate.pool import write_archs
 
 POOL = [
@@ -17,12 +19,13 @@ POOL = [
     for act, norm in [("relu", "instancenorm"), ("sigmoid", "none"), ("leakyrelu", "batchnorm"), ("relu", "none")]
 ]
 OPTS = dict(
-    truth_recipe="full,epochs=1,batch_size=128",
-    proxy_recipe="proxy,epochs=5",
-    budgets=[0.1],
-    n_resamples=20,
-    device="cpu",
+    truth_recipe="full,epochs=1,batch_size=128", proxy_recipe="proxy,epochs=5", early_epochs=[0.1], n_resamples=20
 )
+
+
+def run(bundle, pool, proxies=(), *, out=None, **settings):
+    """`validate` on the CPU with its settings given as command-line-style text, parsed into an AuditConfig."""
+    return validate(bundle, pool, proxies, AuditConfig.from_text(**settings), out=out, device="cpu")
 
 
 @pytest.fixture
@@ -42,7 +45,7 @@ def calls(monkeypatch):
 def test_validate_tables_and_rerun_trains_nothing(digits, tmp_path, calls):
     proxy = distill(digits, "random", 2, seed=1)
     kw = dict(OPTS, peers="random,early,params,naswot", storage=f"sqlite:///{tmp_path / 'r.db'}", out=tmp_path / "o")
-    first = validate(digits, POOL, [proxy], truth_seeds=2, ipc=3, **kw)
+    first = run(digits, POOL, [proxy], truth_seeds=2, ipc=3, **kw)
     # truth 4 archs x 2 seeds, the proxy 4, the random peer (ipc 3) 4, early stopping 4
     assert len(calls) == 20
     per_arch, summary = first.per_arch, first.summary
@@ -65,20 +68,20 @@ def test_validate_tables_and_rerun_trains_nothing(digits, tmp_path, calls):
 
     # a rerun (another process would do the same) reads everything back from the storage
     n = len(calls)
-    again = validate(digits, POOL, [proxy], truth_seeds=2, ipc=3, **kw)
+    again = run(digits, POOL, [proxy], truth_seeds=2, ipc=3, **kw)
     assert len(calls) == n
     pd.testing.assert_frame_equal(again.per_arch, per_arch)
     # a third truth seed trains only the new seed
-    validate(digits, POOL, [proxy], truth_seeds=3, ipc=3, **{**kw, "peers": "params"})
+    run(digits, POOL, [proxy], truth_seeds=3, ipc=3, **{**kw, "peers": "params"})
     assert sorted(calls[n:]) == sorted((a.key(), 2) for a in POOL)
 
 
 def test_validate_in_memory_and_errors(digits):
     with pytest.raises(NasddError, match="at least 3"):
-        validate(digits, POOL[:2], peers="params", **OPTS)
+        run(digits, POOL[:2], peers="params", **OPTS)
     with pytest.raises(NasddError, match="unknown peer"):
-        validate(digits, POOL, peers="nope", **OPTS)
-    res = validate(digits, POOL[:3], peers="params", truth_seeds=1, **OPTS)
+        run(digits, POOL, peers="nope", **OPTS)
+    res = run(digits, POOL[:3], peers="params", truth_seeds=1, **OPTS)
     assert "noise_ceiling" not in set(res.summary["name"])  # one seed: no ceiling
 
 
@@ -114,25 +117,29 @@ def test_cli(digits, tmp_path, capsys):
 
 
 def test_budget_matching():
-    recipe = audit._recipe("proxy,epochs=30", "proxy")
+    recipe = TrainRecipe.parse("proxy,epochs=30", "proxy")
     assert training_grads(recipe, 100) == 3000
     # 100 images in batches of 64: epochs of 64 + 36; 7 steps = 3 epochs + one batch of 64
-    assert training_grads(audit._recipe("proxy,steps=7,batch_size=64", "proxy"), 100) == 3 * 100 + 64
+    assert training_grads(TrainRecipe.parse("proxy,steps=7,batch_size=64", "proxy"), 100) == 3 * 100 + 64
 
 
 def test_auto_budgets_match_proxy_cost_and_stay_early(digits):
-    ctx = {"truth_recipe": audit._recipe("full,epochs=3,batch_size=100", "full"), "bundle": digits}
+    def steps(early_epochs, proxy_grads):
+        recipe = TrainRecipe.parse("full,epochs=3,batch_size=100", "full")
+        ctx = audit._Audit(None, digits, [], "cpu", recipe, AuditConfig(early_epochs=early_epochs))
+        return audit._early_steps(ctx, proxy_grads)
+
     n = len(digits.y_train)  # 1295: 13 steps per epoch, 39 in all
-    assert audit._budget_steps(ctx, [1.0], []) == [13]
+    assert steps([1.0], []) == [13]
     # proxy cost 1000 sample-gradients: 0.5x, 1x, 2x = 5, 10, 20 steps of 100
-    assert audit._budget_steps(ctx, None, [1000]) == [5, 10, 20]
-    assert audit._budget_steps(ctx, None, [3000]) == [15, 30]  # 60 steps would not stop early
-    assert audit._budget_steps(ctx, None, [100 * n]) == [19]
+    assert steps(None, [1000]) == [5, 10, 20]
+    assert steps(None, [3000]) == [15, 30]  # 60 steps would not stop early
+    assert steps(None, [100 * n]) == [19]
 
 
 def test_coreset_peer_already_audited_as_proxy_is_skipped(digits):
     proxy = distill(digits, "random", 2, seed=1)
-    res = validate(digits, POOL[:3], [proxy], peers="random", truth_seeds=1, **OPTS)
+    res = run(digits, POOL[:3], [proxy], peers="random", truth_seeds=1, **OPTS)
     assert list(res.summary["name"]) == ["ground_truth", "random-ipc2"]
 
 

@@ -1,5 +1,6 @@
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -115,7 +116,7 @@ def test_train_member_records_every_kind_within_budget_and_caches(digits, tmp_pa
                                "normalization": "batchnorm", "pooling": "avgpool"})  # fmt: skip
     r = ScoringRecipe(budget=0.5, passes=2, lr=0.05, batch_size=16, curve_images=20)
     cache = ScoreCache(tmp_path / "c.jsonl")
-    [rec] = scoring.score_pool(cache, digits, [arch], r, [0], truth_grads=2000, bn_images=60, log=False)
+    [rec] = scoring.score_pool(cache, digits, [arch], replace(r, bn_images=60), [0], truth_grads=2000, log=False)
     assert rec["status"] == "ok" and rec["has_bn"] and rec["bn_forwards"] == 60
     assert rec["sample_grads"] + (60 + rec["curve_forwards"]) / 3 <= 0.5 * 2000 * 1.05
     for kind in scoring.SCORE_KINDS:
@@ -127,15 +128,17 @@ def test_train_member_records_every_kind_within_budget_and_caches(digits, tmp_pa
 def test_validate_adds_the_scoring_row_and_leaves_calibration_members_out(digits):
     from nasdd.spaces import draw_pool, load_space
     from nasdd.validate.audit import validate
+    from nasdd.validate.config import AuditConfig
 
     space = load_space("convnet_cpu_pooled")
     pool = draw_pool(space, 5, 0)
     recipe = ScoringRecipe(budget=0.25, passes=2, lr=0.05, batch_size=32, score="tse", space=space.name,
                            dataset_key=digits.key, members=(pool[0].key(),))  # fmt: skip
-    v = validate(digits, pool, space=space, peers=[], truth_seeds=1, truth_recipe="full,epochs=1", scoring=recipe,
-                 n_resamples=20)  # fmt: skip
+    kw = {"peers": "", "truth_seeds": 1, "truth_recipe": "full,epochs=1", "n_resamples": 20}
+    config = AuditConfig.from_text(scoring=recipe, **kw)
+    v = validate(digits, pool, (), config, space=space)
     assert len(v.per_arch) == 4 and pool[0].key() not in set(v.per_arch.index.astype(str))
     assert v.config["scoring_recipe"]["members_left_out"] == 1
     assert any(str(n).startswith("scored-tse") for n in v.summary["name"])
     with pytest.raises(NasddError, match="calibrated for dataset"):
-        validate(digits, pool, space=space, peers=[], scoring=ScoringRecipe(dataset_key="mnist5k-x"))
+        validate(digits, pool, (), AuditConfig(peers="", scoring=ScoringRecipe(dataset_key="mnist5k-x")), space=space)

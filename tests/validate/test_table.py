@@ -9,6 +9,7 @@ from nasdd.errors import NasddError
 from nasdd.train import TrainRecipe, TrainResult
 from nasdd.validate import table as tt
 from nasdd.validate import validate
+from nasdd.validate.config import AuditConfig
 
 POOL = [
     ArchSpec.make("convnet", depth=1, width=8, activation=act, normalization=norm, pooling="avgpool")
@@ -87,7 +88,8 @@ def test_a_mismatched_table_is_refused(digits, tmp_path):
     with pytest.raises(NasddError, match="space"):
         tt.TruthTable.merge([t, other])
     with pytest.raises(NasddError, match="truth table"):
-        validate(digits, POOL, truth_table=t, truth_recipe="full,epochs=3", device="cpu", peers="params")
+        config = AuditConfig.from_text(truth_recipe="full,epochs=3", peers="params")
+        validate(digits, POOL, (), config, truth_table=t, device="cpu")
 
 
 def test_a_damaged_table_is_refused(tmp_path):
@@ -103,7 +105,7 @@ def test_a_partial_table_audits_the_members_it_holds(digits, tmp_path):
     path = tmp_path / "truth.csv"
     tt.build(new_table(digits), path, POOL[:4], [0, 1], fake_train)
     t = tt.TruthTable.load(path)
-    res = validate(digits, POOL, truth_table=t, peers="params,flops", n_resamples=20, device="cpu")
+    res = validate(digits, POOL, (), AuditConfig(peers="params,flops", n_resamples=20), truth_table=t, device="cpu")
     assert len(res.per_arch) == 4 and res.config["truth_table"]["members_used"] == 4
     assert res.config["truth_table"]["pool_requested"] == 5
     truth_row = res.summary.set_index("name").loc["ground_truth"]
