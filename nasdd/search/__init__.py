@@ -37,7 +37,7 @@ cheap signal, then runs synchronous successive halving on the real data, planned
 Modules: `objective` (scoring one candidate), `samplers` (samplers, pruners, objectives), `workers` (liveness,
 counting, retries), `study` (the loop: `search()`), `outputs` (progress, CSV, plots), `retraining` (the top
 candidates on the full data), `strategies`, `halving`, `prescreen`; `nasdd search` is `nasdd.cli.search`. Names
-are imported on first use, so `nasdd search --help` (which reads the sampler and pruner names) loads no torch.
+are imported on first use, so `config`, `samplers` and `workers` (what `nasdd search --help` reads) load no torch.
 """
 
 from __future__ import annotations
