@@ -41,7 +41,9 @@ def command(args: argparse.Namespace) -> int:
     if args.seeds < 1:
         raise NasddError(f"--seeds must be at least 1, got {args.seeds}")
     space = load_space(args.space)
-    pool = tt.shard(pool_from_args(args, space), args.shard)
+    drawn = pool_from_args(args, space)
+    assert drawn is not None  # --pool or --archs, checked above
+    pool = tt.shard(drawn, args.shard)
     recipe = TrainRecipe.parse(args.recipe, "full")
     bundle = load_data_from_args(args)
     if out.exists():
