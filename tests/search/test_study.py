@@ -24,7 +24,7 @@ from nasdd.search.config import SearchConfig
 from nasdd.spaces import load_space, parse_space
 from nasdd.train import TrainRecipe
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TINY = str(ROOT / "tests" / "fixtures" / "tiny_space.yaml")  # 12 ConvNets
 RECIPE = "proxy,epochs=5"
 

@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 
 from nasdd import search as S
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TINY = str(ROOT / "tests" / "fixtures" / "tiny_space.yaml")
 RECIPE = "proxy,epochs=400"  # about a second per trial: long enough to be killed in the middle of one
 SLOW = ("--recipe", "proxy,epochs=2000")  # ~5 s per trial: a SIGINT lands inside one even on a loaded CPU
@@ -90,7 +90,7 @@ def test_three_workers_finish_one_study_on_postgresql(proxy, tmp_path, postgres_
     assert len(done) == len({t.number for t in done})
 
 
-@pytest.mark.slow  # ~40 s; a killed process resuming is covered fast by test_search.py, requeueing by the SIGINT test
+@pytest.mark.slow  # ~40 s; a killed process resuming is covered fast by test_study.py, requeueing by the SIGINT test
 @pytest.mark.parametrize("kind", ["journal", pytest.param("postgres", marks=pytest.mark.postgres)])
 def test_killed_worker_has_its_trial_redone(proxy, tmp_path, kind, request):
     url = storage_url(kind, tmp_path, request.getfixturevalue("postgres_url") if kind == "postgres" else None)

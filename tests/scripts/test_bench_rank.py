@@ -12,7 +12,7 @@ from nasdd.arch import ArchSpec
 from nasdd.train import TrainRecipe, TrainResult
 from nasdd.validate import table as tt
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bench_rank.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_rank.py"
 
 POOL = [
     ArchSpec.make("convnet", depth=1, width=8, activation=act, normalization=norm, pooling="avgpool")
