@@ -4,7 +4,7 @@ The rows come from the registries themselves, which import torch (seconds). So t
 at once, `catalog.json` beside this module holds a snapshot of them: it is used while the method modules
 (discovered by file, see nasdd.distill) are the ones it was taken with and, for a space, while its YAML is
 unchanged; otherwise the rows are read live. Refresh it with `python -m nasdd.catalog` after changing a
-description (tests/test_cli.py checks that it equals the registries).
+description (tests/cli/test_main.py checks that it equals the registries).
 """
 
 from __future__ import annotations

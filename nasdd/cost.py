@@ -95,7 +95,8 @@ class SearchBudget:
             parts += f" + retraining the top k ({self.reserve:,})" if self.reserve else ""
             parts += f" + distillation ({self.distill:,})" if self.distill else ""
             raise NasddError(
-                f"--budget {self.total} sample-gradients is less than {parts}; the minimum is {self.minimum}"
+                f"`budget` {self.total} sample-gradients is less than {parts}; the minimum is {self.minimum}",
+                params=("budget",),
             )
 
     @property

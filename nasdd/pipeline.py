@@ -9,15 +9,12 @@ so a CPU-sized space gives a CPU-sized run.
 
 from __future__ import annotations
 
-import argparse
 import json
-import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nasdd.arch import ArchSpec
-from nasdd.cli import add_data_args, load_data_from_args
 from nasdd.data import DatasetBundle
 from nasdd.distill import METHODS, ProxySet, Saving, distill
 from nasdd.errors import NasddError
@@ -200,9 +197,11 @@ def check_rerun(out: Path, config: dict) -> None:
         diff = _differences(old, new)
         if diff:
             shown = "; ".join(f"{k}: {a} there, {b} now" for k, a, b in diff[:3])
-            raise NasddError(f"--out {out} holds a run with other settings ({shown}); give another --out")
+            raise NasddError(
+                f"`out` {out} holds a run with other settings ({shown}); give another `out`", params=("out",)
+            )
     elif out.is_dir() and any(out.iterdir()):
-        raise NasddError(f"--out {out} is not empty and holds no `nasdd run`; give another --out")
+        raise NasddError(f"`out` {out} is not empty and holds no `nasdd run`; give another `out`", params=("out",))
 
 
 def _differences(old: object, new: object, key: str = "") -> list[tuple[str, object, object]]:
@@ -214,42 +213,3 @@ def _differences(old: object, new: object, key: str = "") -> list[tuple[str, obj
 
 def _stage(name: str, what: object) -> None:
     print(f"[{name}] {what}", flush=True)
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_data_args(p)
-    p.add_argument("--methods", default="dm,random", help="comma list of distillation methods (default dm,random)")
-    p.add_argument("--ipc", type=int, default=10, help="images per class (default 10)")
-    p.add_argument("--preset", default="quick", choices=list(PRESETS), help="size of every stage (default quick)")
-    p.add_argument("--space", default=None, help="search space (default: the preset's; quick: convnet_cpu_pooled)")
-    p.add_argument("--seed", type=int, default=0, help="seed of every stage (same seed, same result)")
-    p.add_argument("--scoring", default=None, metavar="JSON", help="scoring recipe file from `nasdd calibrate`")
-    p.add_argument("--out", default=None, help="output folder (default runs/run-<time>)")
-    p.add_argument(
-        "--budget",
-        default=None,
-        help="search within this many sample-gradients (648k, 3.2M) with `nasdd search --strategy prescreen`: a snip "
-        "pre-screen, then synchronous successive halving on the full data (rungs: epochs of the truth recipe)",
-    )
-
-
-def command(args: argparse.Namespace) -> int:
-    from nasdd.cost import parse_grads
-    from nasdd.validate.scoring import ScoringRecipe
-
-    out = Path(args.out or f"runs/run-{time.strftime('%Y%m%d-%H%M%S')}")
-    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
-    if not methods:
-        raise NasddError("--methods is empty; give at least one method (see `nasdd list methods`)")
-    config = RunConfig(
-        methods,
-        ipc=args.ipc,
-        preset=args.preset,
-        space=args.space,
-        seed=args.seed,
-        budget=parse_grads(args.budget) if args.budget is not None else None,
-        scoring=ScoringRecipe.load(args.scoring) if args.scoring else None,
-    )
-    files = run_pipeline(load_data_from_args(args), config, out=out, device=args.device)
-    print(f"report: {files.get('html', files.get('md'))}")
-    return 0

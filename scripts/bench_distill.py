@@ -34,9 +34,9 @@ import _bench  # noqa: E402  (puts this checkout's nasdd first on the path)
 import pandas as pd
 import torch
 
+from nasdd.cli.distill import parse_options  # noqa: E402
 from nasdd.data import load_dataset  # noqa: E402
 from nasdd.distill import METHODS, ProxySet, Saving, distill  # noqa: E402
-from nasdd.distill.cli import parse_options  # noqa: E402
 from nasdd.distill.evaluate import evaluate_proxy  # noqa: E402
 from nasdd.errors import NasddError  # noqa: E402
 from nasdd.layout import RunLayout  # noqa: E402

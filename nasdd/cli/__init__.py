@@ -1,13 +1,12 @@
 """The `nasdd` command line: `main`, the options every subcommand shares, and one module per subcommand.
 
-Every subcommand module exposes `add_arguments(parser)` and `command(args) -> int`; SUBCOMMANDS names it: a
-module of this package (`list` is `nasdd.cli.catalog`, `import-proxy` is `nasdd.cli.import_proxy`), or the
-stage's own `cli` module for the subcommands not moved here yet (distill, search, validate, run). Only the
-requested subcommand's module is imported, and a module of this package imports the library inside
-`command`, so `--help`, `--version` and `nasdd list` start without torch. Errors the user can fix
-(NasddError) print one line, each parameter they name shown as the flag that set it (`NasddError.render`),
-and exit with code 2; `--debug` shows the traceback instead. Ctrl-C at any moment (start-up included)
-prints one line and exits with code 130.
+Every subcommand module exposes `add_arguments(parser)` and `command(args) -> int`; SUBCOMMANDS names it, a
+module of this package (`list` is `nasdd.cli.catalog`, `import-proxy` is `nasdd.cli.import_proxy`). Only the
+requested subcommand's module is imported, and it imports the library inside its functions, so `--help`,
+`--version` and `nasdd list` start without torch (so does every `X --help` but those of distill and run, whose
+options list the registered methods). Errors the user can fix (NasddError) print one line, each parameter they
+name shown as the flag that set it (`NasddError.render`), and exit with code 2; `--debug` shows the traceback
+instead. Ctrl-C at any moment (start-up included) prints one line and exits with code 130.
 """
 
 from __future__ import annotations
@@ -26,16 +25,16 @@ from nasdd.errors import NasddError
 # subcommand -> (module that implements it, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "list": ("nasdd.cli.catalog", "list datasets, search spaces, methods, peers, samplers and pruners"),
-    "distill": ("nasdd.distill.cli", "distil a dataset into a synthetic proxy set"),
+    "distill": ("nasdd.cli.distill", "distil a dataset into a synthetic proxy set"),
     "experts": ("nasdd.cli.experts", "train expert trajectories for trajectory matching"),
-    "search": ("nasdd.search.cli", "Optuna architecture search with candidates trained on a proxy"),
-    "validate": ("nasdd.validate.cli", "audit how faithfully proxies rank architectures"),
+    "search": ("nasdd.cli.search", "Optuna architecture search with candidates trained on a proxy"),
+    "validate": ("nasdd.cli.validate", "audit how faithfully proxies rank architectures"),
     "truth": ("nasdd.cli.truth", "train a pool on full data into a reusable truth table (CSV)"),
     "import-proxy": ("nasdd.cli.import_proxy", "turn another codebase's synthetic set into a ProxySet"),
     "bench": ("nasdd.cli.bench", "rank your proxies against a shipped benchmark at matched cost"),
     "calibrate": ("nasdd.cli.calibrate", "choose a scoring recipe on a calibration truth table"),
     "report": ("nasdd.cli.report", "tables and plots of cost against ranking fidelity"),
-    "run": ("nasdd.pipeline", "distil -> search -> validate -> report in one command"),
+    "run": ("nasdd.cli.run", "distil -> search -> validate -> report in one command"),
 }
 
 
@@ -211,4 +210,3 @@ def set_threads(threads: int | None) -> int | None:
     else:
         os.environ["OMP_NUM_THREADS"] = str(n)
     return n
-

@@ -7,8 +7,8 @@ import argparse
 from pathlib import Path
 
 from nasdd.cli import add_data_args, load_data_from_args
+from nasdd.cli.pool import add_pool_arguments, pool_from_args
 from nasdd.errors import NasddError
-from nasdd.validate.pool import add_pool_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,7 +26,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def command(args: argparse.Namespace) -> int:
     from nasdd.spaces import load_space
     from nasdd.train import TrainRecipe, train_arch
-    from nasdd.validate import pool as pools
     from nasdd.validate import table as tt
 
     out = Path(args.out)
@@ -42,9 +41,9 @@ def command(args: argparse.Namespace) -> int:
     if args.seeds < 1:
         raise NasddError(f"--seeds must be at least 1, got {args.seeds}")
     space = load_space(args.space)
-    members = pools.pool_from_args(args, space)
-    assert members is not None  # --pool or --archs is given (checked above)
-    pool = tt.shard(members, args.shard)
+    drawn = pool_from_args(args, space)
+    assert drawn is not None  # --pool or --archs, checked above
+    pool = tt.shard(drawn, args.shard)
     recipe = TrainRecipe.parse(args.recipe, "full")
     bundle = load_data_from_args(args)
     if out.exists():

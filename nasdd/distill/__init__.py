@@ -17,7 +17,7 @@ from nasdd.distill.proxy import ProxySet
 from nasdd.errors import NasddError
 from nasdd.layout import RunLayout
 
-_NOT_METHODS = {"base", "options", "proxy", "cli", "evaluate", "experts", "hypergrad", "importers"}
+_NOT_METHODS = {"base", "options", "proxy", "evaluate", "experts", "hypergrad", "importers"}
 for _m in pkgutil.iter_modules(__path__):
     if _m.name not in _NOT_METHODS:
         importlib.import_module(f"{__name__}.{_m.name}")
@@ -52,7 +52,10 @@ def distill(
     saving = saving or Saving()
     out = saving.out
     if out is not None and RunLayout(Path(out)).holds_proxy() and not saving.overwrite:
-        raise NasddError(f"{out} already holds a proxy ({_describe(Path(out))}); use another --out, or --overwrite")
+        raise NasddError(
+            f"{out} already holds a proxy ({_describe(Path(out))}); use another `out`, or `overwrite`",
+            params=("out", "overwrite"),
+        )
     proxy = distiller.run(bundle, saving)
     if out is not None:
         proxy.save(out)

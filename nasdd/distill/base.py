@@ -80,7 +80,7 @@ def match_pool(space: str | Path | SearchSpace, n: int | None, seed: int) -> tup
     space = space if isinstance(space, SearchSpace) else load_space(space)
     n = DEFAULT_MATCH_POOL if n is None else n
     if not (isinstance(n, int) and n >= 1):
-        raise NasddError(f"--match-pool must be a positive integer, got {n!r}")
+        raise NasddError(f"`match_pool` must be a positive integer, got {n!r}", params=("match_pool",))
     return space, draw_pool(space, int(min(n, space.size)), seed=seed)  # size: math.inf when infinite
 
 
@@ -169,10 +169,13 @@ class Distiller:
         self.nets_: dict[tuple[ArchSpec, int], Classifier] = {}
         if self.match_space is None:
             if self.match_pool is not None:
-                raise NasddError("--match-pool needs --match-space")
+                raise NasddError("`match_pool` needs `match_space`", params=("match_pool", "match_space"))
             return
         if not self.iterative:
-            raise NasddError(f"method {self.name} selects real images and matches no network; drop --match-space")
+            raise NasddError(
+                f"method {self.name} selects real images and matches no network; drop `match_space`",
+                params=("match_space",),
+            )
         self.space_, self.pool_ = match_pool(self.match_space, self.match_pool, self.seed)
 
     def matching_archs(self, it: int, k: int = 1) -> list[ArchSpec]:
@@ -231,7 +234,8 @@ class Distiller:
         if self.ipc > smallest:
             raise NasddError(
                 f"ipc {self.ipc} exceeds the smallest class of {bundle.name} ({smallest} images); "
-                f"use --ipc {smallest} or less"
+                f"use `ipc` {smallest} or less",
+                params=("ipc",),
             )
         if self.iterations < 0:
             raise NasddError(f"iterations must be >= 0, got {self.iterations}")
@@ -359,12 +363,14 @@ class Distiller:
             differ = sorted(k for k in {*saved, *now} if saved.get(k) != now.get(k))
             raise NasddError(
                 f"{path} holds a checkpoint of another configuration ({', '.join(differ[:3])} differ); "
-                "use another --out, or --overwrite to discard it"
+                "use another `out`, or `overwrite` to discard it",
+                params=("out", "overwrite"),
             )
         if not resume:
             raise NasddError(
                 f"{path} holds a checkpoint of this configuration (iteration {state['iteration']}); "
-                "resume it with --resume or use another --out"
+                "resume it with `resume` or use another `out`",
+                params=("resume", "out"),
             )
         print(f"resuming from {path} (iteration {state['iteration']} of {self.iterations})", file=sys.stderr)
         with torch.no_grad():
@@ -390,7 +396,8 @@ class Distiller:
             where = f"; the last good images are kept in {Path(out) / CHECKPOINT}"
         raise NasddError(
             f"{self.name} diverged at iteration {it} (loss {loss}){where}; "
-            "lower --lr-img or the method's learning rates"
+            "lower `lr_img` or the method's learning rates",
+            params=("lr_img",),
         )
 
 

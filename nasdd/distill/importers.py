@@ -76,7 +76,8 @@ class Normalization:
                 known = ", ".join(SOURCE_NORMALIZATION)
                 raise NasddError(
                     f"the DC/DSA/DM code has no normalisation constants for {bundle.name} (it has {known}); "
-                    "state them with --normalization MEAN,STD or none"
+                    "state them with `normalization` MEAN,STD or none",
+                    params=("normalization",),
                 )
             mean, std = SOURCE_NORMALIZATION[bundle.name]
             return cls(f"dataset ({bundle.name}: mean {list(mean)}, std {list(std)})", mean, std)
@@ -90,12 +91,14 @@ class Normalization:
                     raise ValueError
         except (ValueError, IndexError):
             raise NasddError(
-                f"--normalization is dataset, none, nasdd, MEAN,STD or M1,M2,M3/S1,S2,S3, got {text!r}"
+                f"`normalization` is dataset, none, nasdd, MEAN,STD or M1,M2,M3/S1,S2,S3, got {text!r}",
+                params=("normalization",),
             ) from None
         if len(mean) != bundle.channels or len(std) != bundle.channels or min(std) <= 0:
             raise NasddError(
-                f"--normalization {text!r} gives {len(mean)} mean(s) and {len(std)} std(s); {bundle.name} has "
-                f"{bundle.channels} channel(s) and every std must be > 0"
+                f"`normalization` {text!r} gives {len(mean)} mean(s) and {len(std)} std(s); {bundle.name} has "
+                f"{bundle.channels} channel(s) and every std must be > 0",
+                params=("normalization",),
             )
         return cls(f"mean {list(mean)}, std {list(std)}", mean, std)
 
@@ -163,7 +166,10 @@ def read_dc(path: Path, experiment: int = 0) -> Imported:
     if not isinstance(data, list | tuple) or not data:
         raise NasddError(f"{path}: 'data' holds no experiment ([images, labels] pairs)")
     if not 0 <= experiment < len(data):
-        raise NasddError(f"{path} holds {len(data)} experiment(s); --experiment must lie in 0..{len(data) - 1}")
+        raise NasddError(
+            f"{path} holds {len(data)} experiment(s); `experiment` must lie in 0..{len(data) - 1}",
+            params=("experiment",),
+        )
     pair = data[experiment]
     if not isinstance(pair, list | tuple) or len(pair) < 2:
         raise NasddError(f"{path}: data[{experiment}] is not an [images, labels] pair")
@@ -306,13 +312,15 @@ def convert(images: torch.Tensor, norm: Normalization, bundle: DatasetBundle, so
     lo, hi = float(images.min()), float(images.max())
     if norm.pixels and (lo < -0.01 or hi > 1.01):
         raise NasddError(
-            f"{source}: images span [{lo:.2f}, {hi:.2f}], not pixels in [0, 1] as --normalization none says; "
-            "they look normalised: state --normalization dataset or MEAN,STD"
+            f"{source}: images span [{lo:.2f}, {hi:.2f}], not pixels in [0, 1] as `normalization` none says; "
+            "they look normalised: state `normalization` dataset or MEAN,STD",
+            params=("normalization",),
         )
     if not norm.pixels and lo >= 0 and hi <= 1:
         raise NasddError(
-            f"{source}: images all lie in [0, 1], as unnormalised pixels do, but --normalization {norm.text} "
-            "says they were normalised; state --normalization none"
+            f"{source}: images all lie in [0, 1], as unnormalised pixels do, but `normalization` {norm.text} "
+            "says they were normalised; state `normalization` none",
+            params=("normalization",),
         )
     if norm.text == "nasdd":
         return images.float().clone()
@@ -345,7 +353,10 @@ def import_proxy(
     raw = reader(path, experiment=experiment, **kw)
     stated = normalization or raw.normalization
     if stated is None:
-        raise NasddError(f"{path}: the {fmt} format does not record its normalisation; state --normalization")
+        raise NasddError(
+            f"{path}: the {fmt} format does not record its normalisation; state `normalization`",
+            params=("normalization",),
+        )
     norm = Normalization.parse(stated, bundle)
     images = _shape(raw.images, bundle, str(path))
     labels = _labels(raw.labels, len(images), bundle.num_classes, str(path))

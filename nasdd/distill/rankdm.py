@@ -86,7 +86,10 @@ class RankDM(DistributionMatching):
 
     def setup(self, bundle: DatasetBundle) -> None:
         if self.space_ is None:
-            raise NasddError(f"rankdm matches a pool of architectures: give --match-space ({', '.join(space_names())})")
+            raise NasddError(
+                f"rankdm matches a pool of architectures: give `match_space` ({', '.join(space_names())})",
+                params=("match_space",),
+            )
         super().setup(bundle)
         self.archs = min(self.opts.archs_per_iteration, len(self.pool_))
 

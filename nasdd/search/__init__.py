@@ -34,12 +34,10 @@ Strategies (`strategy=`, module `strategies`): `default` is the above; `prescree
 cheap signal, then runs synchronous successive halving on the real data, planned from the budget (modules
 `halving`: the protocol, without training; `prescreen`: its trials, checkpoints and workers).
 
-Modules: `objective` (scoring one candidate), `samplers` (samplers, pruners,
-objectives), `workers` (liveness, counting, retries), `study` (the loop: `search()`), `outputs` (progress,
-CSV, plots), `retraining` (the top candidates on the full data), `strategies`, `halving`, `prescreen`, `cli`
-(`nasdd search`). Names are imported
-on first use, so
-`nasdd list` and `nasdd search --help` do not load torch.
+Modules: `objective` (scoring one candidate), `samplers` (samplers, pruners, objectives), `workers` (liveness,
+counting, retries), `study` (the loop: `search()`), `outputs` (progress, CSV, plots), `retraining` (the top
+candidates on the full data), `strategies`, `halving`, `prescreen`; `nasdd search` is `nasdd.cli.search`. Names
+are imported on first use, so `config`, `samplers` and `workers` (what `nasdd search --help` reads) load no torch.
 """
 
 from __future__ import annotations
@@ -69,8 +67,6 @@ _EXPORTS = {
     "retrain": "retraining",
     "retrain_one": "retraining",
     "STRATEGIES": "strategies",
-    "add_arguments": "cli",  # `nasdd search` (nasdd.cli registers this package)
-    "command": "cli",
 }
 __all__ = list(_EXPORTS)
 

@@ -94,9 +94,10 @@ def plan(budget: int, epochs: int, *, eta: int = 3, candidates: int) -> Bracket:
     if budget < rungs[0] or candidates < 1:
         raise NasddError(
             f"the budget buys {budget} epochs of real-data training, less than one rung ({rungs[0]} epoch of one "
-            "candidate); raise --budget"
+            "candidate); raise `budget`"
             if candidates >= 1
-            else "no candidates to pre-screen"
+            else "no candidates to pre-screen",
+            params=("budget",),
         )
     trusted = [i for i, r in enumerate(rungs) if r * eta >= epochs]
     widest = [_widest(rungs[i:], budget, eta, candidates) for i in reversed(trusted)]

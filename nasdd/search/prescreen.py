@@ -76,7 +76,10 @@ def signals() -> list[str]:
 def draw_candidates(space: SearchSpace, n: int, *, sampler: str, seed: int) -> list[ArchSpec]:
     """`n` distinct architectures from Optuna's `sampler` (fewer when the space runs out)."""
     if sampler not in CANDIDATE_SAMPLERS:
-        raise NasddError(f"--strategy prescreen draws candidates with --sampler random, qmc or grid, not {sampler!r}")
+        raise NasddError(
+            f"`strategy` prescreen draws candidates with `sampler` random, qmc or grid, not {sampler!r}",
+            params=("strategy", "sampler"),
+        )
     if space.finite and space.size <= n:
         return sorted(space.enumerate(), key=ArchSpec.key)
     from nasdd.search.samplers import make_sampler
@@ -96,7 +99,10 @@ def draw_candidates(space: SearchSpace, n: int, *, sampler: str, seed: int) -> l
 def epoch_grads(recipe: TrainRecipe, n_train: int) -> int:
     """Sample-gradients of one epoch (every image once): the unit the budget buys rungs in."""
     if recipe.steps is not None:
-        raise NasddError("--strategy prescreen needs a --retrain-recipe that counts epochs (its rungs), not steps")
+        raise NasddError(
+            "`strategy` prescreen needs a `retrain_recipe` that counts epochs (its rungs), not steps",
+            params=("strategy", "retrain_recipe"),
+        )
     return n_train
 
 
@@ -106,8 +112,9 @@ def make_plan(s: Settings, n_candidates: int, n_train: int, per_candidate: int) 
     epochs = (s.budget - screen) // epoch_grads(s.recipe, n_train)
     if epochs < 1:
         raise NasddError(
-            f"--budget {s.budget:,} sample-gradients is below the pre-screen ({screen:,}) plus one rung "
-            f"(1 epoch of one candidate: {epoch_grads(s.recipe, n_train):,}); raise --budget or lower --trials"
+            f"`budget` {s.budget:,} sample-gradients is below the pre-screen ({screen:,}) plus one rung "
+            f"(1 epoch of one candidate: {epoch_grads(s.recipe, n_train):,}); raise `budget` or lower `trials`",
+            params=("budget", "trials"),
         )
     return halving.plan(int(epochs), s.recipe.epochs, eta=s.eta, candidates=n_candidates), screen
 
@@ -374,7 +381,8 @@ def _pin(study: optuna.Study, settings: dict) -> None:
     elif old != settings:
         diff = ", ".join(f"{k}: {old.get(k)!r} -> {v!r}" for k, v in settings.items() if old.get(k) != v)
         raise NasddError(
-            f"study {study.study_name!r} was run with other prescreen settings ({diff}); use a new --study"
+            f"study {study.study_name!r} was run with other prescreen settings ({diff}); use a new `study_name`",
+            params=("study_name",),
         )
 
 

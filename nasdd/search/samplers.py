@@ -79,7 +79,9 @@ def make_pruner(name: str, *, multi: bool, resource: int, every: int) -> optuna.
     if name not in PRUNERS:
         raise unknown_name("pruner", name, PRUNERS)
     if name != "none" and multi:
-        raise NasddError("Optuna does not support pruning in multi-objective studies; use --pruner none")
+        raise NasddError(
+            "Optuna does not support pruning in multi-objective studies; use `pruner` none", params=("pruner",)
+        )
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=5)
     if name == "hyperband":

@@ -221,7 +221,10 @@ def _open_study(name: str, url: str, *, fingerprint: dict, heartbeat: int | None
         study.set_user_attr("nasdd", fingerprint)
     elif old != fingerprint:
         diff = ", ".join(f"{k}: {old.get(k)!r} -> {v!r}" for k, v in fingerprint.items() if old.get(k) != v)
-        raise NasddError(f"study {name!r} in this storage was made with other settings ({diff}); use a new --study")
+        raise NasddError(
+            f"study {name!r} in this storage was made with other settings ({diff}); use a new `study_name`",
+            params=("study_name",),
+        )
     return study
 
 

@@ -2,7 +2,7 @@
 
 `validate(bundle, pool, proxies, ...)` returns the tables (see `nasdd.validate.audit`); pools come
 from `nasdd.validate.pool`, peers from `nasdd.validate.peers`, statistics from `nasdd.validate.stats`.
-The names are loaded on first use, so `nasdd validate --help` starts without torch.
+The names are loaded on first use, so the torch-free modules (`config`, `stats`, `pool`) import without torch.
 """
 
 from __future__ import annotations

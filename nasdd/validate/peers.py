@@ -57,6 +57,7 @@ def resolve_peers(names: str | list[str] | None) -> list[Peer]:
         if p.kind == "subset" and not subset_available(p.name):
             raise NasddError(
                 f"peer {p.name!r} needs the distillation method {p.name!r}, which this nasdd build does not "
-                "have yet; leave it out of --peers"
+                "have yet; leave it out of `peers`",
+                params=("peers",),
             )
     return peers

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 from nasdd.arch import ArchSpec
 from nasdd.errors import NasddError
@@ -74,19 +73,3 @@ def study_pool(study_name: str, storage: str, space: SearchSpace | None = None) 
     if not pool:
         raise NasddError(f"study {study_name!r} has no completed trials")
     return list(dict.fromkeys(pool))
-
-
-def add_pool_arguments(parser: Any, group: Any) -> None:
-    """`--pool N` / `--archs FILE` (into the mutually exclusive `group`) and `--pool-seed`."""
-    group.add_argument("--pool", type=int, help="draw this many architectures spread over the space's factors")
-    group.add_argument("--archs", help="JSON-lines file of ArchSpec dicts")
-    parser.add_argument("--pool-seed", type=int, default=0, help="seed of the pool draw (default 0)")
-
-
-def pool_from_args(args: Any, space: SearchSpace | None) -> list[ArchSpec] | None:
-    """The pool that `--pool` (drawn from `space`) or `--archs` names; None when neither is given."""
-    if args.pool is not None:
-        if space is None:
-            raise NasddError("`pool` needs `space` (the space to draw from)", params=("pool", "space"))
-        return draw_pool(space, args.pool, args.pool_seed)
-    return read_archs(args.archs) if args.archs else None

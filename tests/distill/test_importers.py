@@ -106,7 +106,7 @@ def test_tensor_files_hard_and_soft_labels(digits, subset, tmp_path):
     assert proxy.lr == pytest.approx(0.02)
     with pytest.raises(NasddError) as e:
         import_proxy(tmp_path / "soft.pt", digits)
-    assert "state --normalization" in one_line(e)
+    assert "state `normalization`" in one_line(e)
 
 
 def test_png_folder(digits, subset, tmp_path):
@@ -145,7 +145,7 @@ def test_pickled_objects_are_refused(digits, subset, tmp_path):
         ("ok", "short", "nasdd", "50 images but labels of shape (49,)"),
         ("ok", "ok", "none", "not pixels in [0, 1]"),
         ("pixels", "ok", "nasdd", "images all lie in [0, 1]"),
-        ("ok", "ok", "0.1,0.2,0.3", "--normalization is dataset, none, nasdd"),
+        ("ok", "ok", "0.1,0.2,0.3", "`normalization` is dataset, none, nasdd"),
         ("ok", "ok", "0.1,0.2/0.3,0.4", "digits has 1 channel(s)"),
     ],
 )

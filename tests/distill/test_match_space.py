@@ -59,13 +59,13 @@ def test_pool_is_capped_by_the_space_and_bad_inputs_are_one_line_errors(digits):
     assert len(_distiller(pool=100).pool_) == 48
     with pytest.raises(NasddError, match=r"unknown search space 'nope'; give a YAML path or one of: .*convnet_cpu"):
         distill(digits, "dm", 1, iterations=1, match_space="nope")
-    with pytest.raises(NasddError, match="--match-pool needs --match-space"):
+    with pytest.raises(NasddError, match="`match_pool` needs `match_space`"):
         distill(digits, "dm", 1, iterations=1, match_pool=4)
-    with pytest.raises(NasddError, match="--match-pool must be a positive integer"):
+    with pytest.raises(NasddError, match="`match_pool` must be a positive integer"):
         distill(digits, "dm", 1, iterations=1, match_space=MIXED, match_pool=0)
     with pytest.raises(NasddError, match="method herding selects real images and matches no network"):
         distill(digits, "herding", 1, match_space=MIXED)
-    with pytest.raises(NasddError, match="rankdm matches a pool of architectures: give --match-space"):
+    with pytest.raises(NasddError, match="rankdm matches a pool of architectures: give `match_space`"):
         distill(digits, "rankdm", 1, iterations=1)
 
 

@@ -154,7 +154,7 @@ def test_no_rerun_overwrites_a_checkpoint_or_a_proxy(tmp_path, digits, monkeypat
     saved = (out / CHECKPOINT).read_bytes()
     with pytest.raises(NasddError, match="holds a checkpoint of this configuration .iteration 3.; resume it"):
         distill(digits, "dm", 2, saving=Saving(out=out), **kw)  # without resume: refused
-    with pytest.raises(NasddError, match=r"another configuration \(seed differ\); use another --out, or --overwrite"):
+    with pytest.raises(NasddError, match=r"another configuration \(seed differ\); use another `out`, or `overwrite`"):
         distill(digits, "dm", 2, seed=1, saving=Saving(out=out, resume=True), **kw)
     assert (out / CHECKPOINT).read_bytes() == saved  # untouched by both refusals
     proxy = distill(digits, "dm", 2, saving=Saving(out=out, resume=True), **kw)

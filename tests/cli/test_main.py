@@ -14,7 +14,7 @@ import nasdd
 from nasdd import cli
 from nasdd.errors import NasddError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("sub", list(cli.SUBCOMMANDS))

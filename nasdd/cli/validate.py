@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 
 from nasdd.cli import add_data_args, load_data_from_args
+from nasdd.cli.pool import add_pool_arguments, pool_from_args
 from nasdd.errors import NasddError
 from nasdd.layout import RunLayout
-from nasdd.validate.pool import add_pool_arguments
 
 
 def _floats(text: str) -> list[float]:
@@ -76,7 +76,7 @@ def command(args: argparse.Namespace) -> int:
     out = ensure_dir(args.out)
     storage = args.storage or sqlite_url(RunLayout(out).results_db)
     table = TruthTable.load(args.truth_table) if args.truth_table else None
-    pool = pools.pool_from_args(args, space)
+    pool = pool_from_args(args, space)
     if pool is None and args.study:
         pool = pools.study_pool(args.study, args.study_storage or storage, space)
     if pool is None and table is not None:

@@ -7,18 +7,22 @@ import json
 import statistics
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from nasdd.arch import ArchSpec
 from nasdd.cli import add_data_args, command_line, load_data_from_args
-from nasdd.distill import CHECKPOINT, METHODS, Saving, distill
-from nasdd.distill.evaluate import evaluate_proxy
-from nasdd.distill.options import Options
 from nasdd.errors import NasddError
-from nasdd.train import RECIPES, TrainRecipe
+
+if TYPE_CHECKING:
+    from nasdd.arch import ArchSpec
+    from nasdd.data import DatasetBundle
+    from nasdd.distill.options import Options
+    from nasdd.distill.proxy import ProxySet
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from nasdd.distill import METHODS  # the methods' names and presets (imports torch)
+    from nasdd.train import RECIPES
+
     add_data_args(p)
     p.add_argument("--method", required=True, help=f"one of: {', '.join(METHODS.names())}")
     p.add_argument("--ipc", type=int, required=True, help="images per class")
@@ -59,9 +63,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-recipe", default="proxy", help=f"--evaluate recipe: a preset ({recipes}) and/or key=value")
 
 
-def parse_options(pairs: list[str], options_type: type[Options] = Options) -> dict[str, Any]:
-    """`key=value` strings -> dict, each value parsed to the type of `options_type`'s field (YAML scalars
-    for keys it lacks: numbers, booleans, strings; `Options.make` refuses unknown keys later)."""
+def parse_options(pairs: list[str], options_type: type[Options] | None = None) -> dict[str, Any]:
+    """`key=value` strings -> dict, each value parsed to the type of `options_type`'s field (default the
+    base `Options`; YAML scalars for keys it lacks: numbers, booleans, strings; `Options.make` refuses
+    unknown keys later)."""
+    from nasdd.distill.options import Options
+
+    options_type = options_type or Options
     out = {}
     for pair in pairs:
         if "=" not in pair:
@@ -78,6 +86,11 @@ def _summary(name: str, accs: list[float]) -> str:
 
 
 def command(args: argparse.Namespace) -> int:
+    from nasdd.arch import ArchSpec
+    from nasdd.distill import CHECKPOINT, METHODS, distill
+    from nasdd.distill.evaluate import evaluate_proxy
+    from nasdd.train import RECIPES, TrainRecipe
+
     try:
         arch = ArchSpec.from_json(args.arch) if args.arch else None
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
@@ -110,8 +123,10 @@ def command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _distill(args: argparse.Namespace, bundle, arch: ArchSpec | None, options: dict):  # noqa: ANN001, ANN202
+def _distill(args: argparse.Namespace, bundle: DatasetBundle, arch: ArchSpec | None, options: dict) -> ProxySet:
     """The distillation the flags ask for; a checkpoint of the same configuration in --out is resumed."""
+    from nasdd.distill import Saving, distill
+
     return distill(
         bundle,
         args.method,

@@ -35,8 +35,8 @@ def test_distill_writes_a_proxy_and_evaluates(tmp_path, capsys):
     ],
 )
 def test_option_strings_parse_to_the_fields_type(method, pair, value):
+    from nasdd.cli.distill import parse_options
     from nasdd.distill import METHODS
-    from nasdd.distill.cli import parse_options
 
     (parsed,) = parse_options([pair], METHODS.get(method).options_type).values()
     assert parsed == value and type(parsed) is type(value)

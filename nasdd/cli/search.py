@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from nasdd.cli import add_data_args, load_data_from_args
 from nasdd.errors import NasddError
-from nasdd.search.samplers import PRUNERS, REPORTS, SAMPLERS
-from nasdd.search.workers import HEARTBEAT_S
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from nasdd.cli import add_data_args
+    from nasdd.search.samplers import PRUNERS, REPORTS, SAMPLERS  # Optuna's names (imports optuna, not torch)
+    from nasdd.search.workers import HEARTBEAT_S
 
     parser.add_argument("--space", required=True, help="search space: a YAML path or a name in search_spaces/")
     parser.add_argument("--proxy", required=True, help="a proxy folder (from `nasdd distill`), or `full`")
@@ -35,7 +35,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="count the proxy's distillation cost (its provenance) in --budget",
     )
     parser.add_argument("--timeout", type=float, default=None, help="stop starting new trials after S seconds")
-    parser.add_argument("--study", required=True, help="study name; the same name and storage resume the search")
+    parser.add_argument(
+        "--study",
+        dest="study_name",  # the SearchConfig field, so that errors naming it show --study
+        metavar="STUDY",
+        required=True,
+        help="study name; the same name and storage resume the search",
+    )
     parser.add_argument(
         "--storage",
         default=None,
@@ -99,7 +105,6 @@ def command(args: argparse.Namespace) -> int:
     from optuna.trial import TrialState
 
     from nasdd.arch import ArchSpec
-    from nasdd.cli import load_data_from_args
     from nasdd.cost import parse_grads
     from nasdd.search.config import SearchConfig
     from nasdd.search.outputs import top_trials
@@ -115,7 +120,7 @@ def command(args: argparse.Namespace) -> int:
             "--strategy prescreen needs --budget (sample-gradients, e.g. 648k): it plans its rungs from it"
         )
     config = SearchConfig.from_text(
-        study_name=args.study,
+        study_name=args.study_name,
         trials=args.trials,
         timeout=args.timeout,
         storage=args.storage,
@@ -141,7 +146,7 @@ def command(args: argparse.Namespace) -> int:
         args.space, args.proxy, load_data_from_args(args), config, out=args.out, device=args.device,
         show_progress=not args.quiet,
     )  # fmt: skip
-    out = Path(args.out or Path("results") / args.study)
+    out = Path(args.out or Path("results") / args.study_name)
     if args.strategy == "prescreen":
         return _report_prescreen(out)
     counted = counted_trials(study)
@@ -152,7 +157,7 @@ def command(args: argparse.Namespace) -> int:
             "then search with a new --study"
         )
     states = pd.Series([t.state.name for t in counted]).value_counts().to_dict()
-    print(f"study {args.study}: {len(counted)} finished trials {states}; outputs in {out}")
+    print(f"study {args.study_name}: {len(counted)} finished trials {states}; outputs in {out}")
     if (out / "config.json").exists():
         scored_on = json.loads((out / "config.json").read_text())["proxy"].get("scored_on")
         if scored_on:

@@ -19,7 +19,7 @@ from nasdd.distill.proxy import ProxySet
 from nasdd.errors import NasddError
 from nasdd.search.config import SearchConfig
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TINY = str(ROOT / "tests" / "fixtures" / "tiny_space.yaml")
 SEARCH0 = ["search", "--space", TINY, "--dataset", "digits", "--study", "s", "--trials", "2"]
 SEARCH = [*SEARCH0, "--recipe", "proxy,epochs=2"]
