@@ -105,9 +105,9 @@ class RunConfig:
         if self.preset not in PRESETS:
             raise NasddError(f"unknown preset {self.preset!r}; valid presets: {', '.join(PRESETS)}")
         if self.ipc < 1:
-            raise NasddError(f"ipc must be a positive integer, got {self.ipc}")
+            raise NasddError(f"`ipc` must be a positive integer, got {self.ipc}", params=("ipc",))
         if self.budget is not None and self.budget < 1:
-            raise NasddError(f"budget must be at least 1 sample-gradient, got {self.budget}")
+            raise NasddError(f"`budget` must be at least 1 sample-gradient, got {self.budget}", params=("budget",))
 
 
 def run_pipeline(bundle: DatasetBundle, config: RunConfig, *, out: str | Path, device: str = "auto") -> dict[str, Path]:

@@ -117,7 +117,7 @@ def test_a_budget_smaller_than_one_trial_is_refused_with_one_line(digits, proxy,
     with pytest.raises(NasddError, match=f"less than one trial .*; the minimum is {COST}$") as err:
         run(digits, proxy, tmp_path, budget=COST - 1)
     assert "\n" not in str(err.value)
-    with pytest.raises(NasddError, match="budget_includes_distill needs a budget"):
+    with pytest.raises(NasddError, match="`budget_includes_distill` needs a `budget`"):
         run(digits, proxy, tmp_path, budget_includes_distill=True)
 
 

@@ -91,9 +91,9 @@ def test_run_with_a_budget_searches_with_the_prescreen_strategy(tmp_path, capsys
     ("settings", "message"),
     [
         ({"methods": ()}, "methods is empty"),
-        ({"ipc": 0}, "ipc must be a positive integer, got 0"),
+        ({"ipc": 0}, "`ipc` must be a positive integer, got 0"),
         ({"preset": "huge"}, "unknown preset 'huge'; valid presets: tiny, quick, standard"),
-        ({"budget": 0}, "budget must be at least 1 sample-gradient, got 0"),
+        ({"budget": 0}, "`budget` must be at least 1 sample-gradient, got 0"),
     ],
 )
 def test_a_bad_run_config_is_refused_in_one_line_naming_the_field(settings, message):

@@ -46,7 +46,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--proxy-recipe", default="proxy", help="proxy training recipe (default 'proxy')")
     parser.add_argument("--proxy-seeds", type=int, default=1, help="training seeds per proxy, averaged (default 1)")
     parser.add_argument("--proxy-epochs", type=_ints, default=None, help="sweep of proxy epochs, e.g. 50,300")
-    parser.add_argument("--budgets", type=_floats, default=None, help="early-stopping budgets in full-data epochs")
+    parser.add_argument(
+        "--budgets",
+        dest="early_epochs",
+        metavar="BUDGETS",
+        type=_floats,
+        default=None,
+        help="early-stopping budgets in full-data epochs",
+    )
     parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")
     parser.add_argument(
         "--storage",
@@ -92,7 +99,7 @@ def command(args: argparse.Namespace) -> int:
         proxy_recipe=args.proxy_recipe,
         proxy_seeds=args.proxy_seeds,
         proxy_epochs=args.proxy_epochs,
-        early_epochs=args.budgets,
+        early_epochs=args.early_epochs,
         ipc=args.ipc,
         subset_preset=args.subset_preset,
         storage=storage,

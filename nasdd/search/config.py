@@ -64,15 +64,20 @@ class SearchConfig:
         for name in ("trials", "jobs", "budget", "threads", "heartbeat"):
             v = getattr(self, name)
             if v is not None and v < 1:
-                raise NasddError(f"{name} must be at least 1, got {v}")
+                raise NasddError(f"`{name}` must be at least 1, got {v}", params=(name,))
         if self.top < 0 or self.retrain_top < 0:
-            raise NasddError(f"top and retrain_top must be >= 0, got {self.top} and {self.retrain_top}")
+            raise NasddError(
+                f"`top` and `retrain_top` must be >= 0, got {self.top} and {self.retrain_top}",
+                params=("top", "retrain_top"),
+            )
         if self.timeout is not None and not self.timeout > 0:
-            raise NasddError(f"timeout must be > 0 seconds, got {self.timeout:g}; leave it out for no limit")
+            raise NasddError(
+                f"`timeout` must be > 0 seconds, got {self.timeout:g}; leave it out for no limit", params=("timeout",)
+            )
         if self.eta < 2:
-            raise NasddError(f"eta must be at least 2, got {self.eta}")
+            raise NasddError(f"`eta` must be at least 2, got {self.eta}", params=("eta",))
         if self.budget_includes_distill and self.budget is None:
-            raise NasddError("budget_includes_distill needs a budget")
+            raise NasddError("`budget_includes_distill` needs a `budget`", params=("budget_includes_distill", "budget"))
         if self.strategy == "prescreen" and self.budget is None:
             raise NasddError("the prescreen strategy needs a budget (sample-gradients): it plans its rungs from it")
         if self.archs is not None and not self.archs:

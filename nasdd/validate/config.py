@@ -54,11 +54,14 @@ class AuditConfig:
         for name in ("truth_seeds", "proxy_seeds", "n_resamples", "zc_batch", "ipc"):
             v = getattr(self, name)
             if v is not None and v < 1:
-                raise NasddError(f"{name} must be at least 1, got {v}")
+                raise NasddError(f"`{name}` must be at least 1, got {v}", params=(name,))
         if self.early_epochs and min(self.early_epochs) <= 0:
-            raise NasddError(f"early_epochs must be > 0 full-data epochs, got {min(self.early_epochs):g}")
+            raise NasddError(
+                f"`early_epochs` must be > 0 full-data epochs, got {min(self.early_epochs):g}", params=("early_epochs",)
+            )
         if self.proxy_epochs and min(self.proxy_epochs) < 1:
-            raise NasddError(f"proxy_epochs must be at least 1 each, got {list(self.proxy_epochs)}")
+            got = list(self.proxy_epochs)
+            raise NasddError(f"`proxy_epochs` must be at least 1 each, got {got}", params=("proxy_epochs",))
 
     @classmethod
     def from_text(

@@ -91,9 +91,9 @@ CASES = [
         "was made with other settings (space: 'tiny' -> 'convnet_cpu'",
     ),
     ("search-out-is-file", [*SEARCH_P, "--out", "{file}"], "is a file; choose another --out"),
-    ("trials-negative", [*SEARCH_P, "--trials", "-4"], "trials must be at least 1, got -4"),
+    ("trials-negative", [*SEARCH_P, "--trials", "-4"], "--trials must be at least 1, got -4"),
     ("timeout-negative", [*SEARCH_P, "--timeout", "-1"], "timeout must be > 0"),
-    ("heartbeat-zero", [*SEARCH_P, "--heartbeat", "0"], "heartbeat must be at least 1, got 0"),
+    ("heartbeat-zero", [*SEARCH_P, "--heartbeat", "0"], "--heartbeat must be at least 1, got 0"),
     (
         "lr-nan",
         [*SEARCH0, "--recipe", "proxy,lr=nan", "--proxy", "{proxy}"],
@@ -120,11 +120,11 @@ CASES = [
         [*VALIDATE[:-4], "--pool", "-2", "--proxies", "{proxy}", "--peers", "params"],
         "--pool must be",
     ),
-    ("validate-truth-seeds-zero", [*VALIDATE_P[:-2], "--truth-seeds", "0"], "truth_seeds must be at least 1, got 0"),
+    ("validate-truth-seeds-zero", [*VALIDATE_P[:-2], "--truth-seeds", "0"], "--truth-seeds must be at least 1, got 0"),
     (
         "validate-budget-negative",
         [*VALIDATE_P, "--peers", "early", "--budgets", "-1"],
-        "early_epochs must be > 0 full-data epochs, got -1",
+        "--budgets must be > 0 full-data epochs, got -1",
     ),
     (
         "validate-archs-malformed",

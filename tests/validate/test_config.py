@@ -21,13 +21,13 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [
-        ("truth_seeds", 0, "truth_seeds must be at least 1, got 0"),
-        ("proxy_seeds", 0, "proxy_seeds must be at least 1, got 0"),
-        ("n_resamples", 0, "n_resamples must be at least 1, got 0"),
-        ("zc_batch", 0, "zc_batch must be at least 1, got 0"),
-        ("ipc", 0, "ipc must be at least 1, got 0"),
-        ("early_epochs", (0.5, -1.0), "early_epochs must be > 0 full-data epochs, got -1"),
-        ("proxy_epochs", (10, 0), r"proxy_epochs must be at least 1 each, got \[10, 0\]"),
+        ("truth_seeds", 0, "`truth_seeds` must be at least 1, got 0"),
+        ("proxy_seeds", 0, "`proxy_seeds` must be at least 1, got 0"),
+        ("n_resamples", 0, "`n_resamples` must be at least 1, got 0"),
+        ("zc_batch", 0, "`zc_batch` must be at least 1, got 0"),
+        ("ipc", 0, "`ipc` must be at least 1, got 0"),
+        ("early_epochs", (0.5, -1.0), "`early_epochs` must be > 0 full-data epochs, got -1"),
+        ("proxy_epochs", (10, 0), r"`proxy_epochs` must be at least 1 each, got \[10, 0\]"),
     ],
 )
 def test_a_bad_value_is_refused_in_one_line_naming_the_field(field, value, message):
