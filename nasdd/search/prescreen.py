@@ -195,11 +195,14 @@ def work(
 
 def _rivals(study: optuna.Study, number: int, job: str, poll: float) -> list[FrozenTrial]:
     """Other trials holding `job`: recorded ones, or older live claims. An older trial not yet claimed may be
-    claiming the same job: wait (a moment, or until it is orphaned) to see which."""
+    claiming the same job: wait (a moment, or until it is orphaned) to see which. An older trial still shown
+    WAITING (a dead worker's retry) is being taken by another worker (`ask` pops the oldest waiting trial, so it
+    was not waiting when this one was made): wait for it too, or it could claim this job unseen."""
     while True:
         now = study.get_trials(deepcopy=False)
         older = [t for t in now if t.number < number]
-        if any(t.state == TrialState.RUNNING and "job" not in t.user_attrs and not _orphaned(t) for t in older):
+        unclaimed = (TrialState.RUNNING, TrialState.WAITING)
+        if any(t.state in unclaimed and "job" not in t.user_attrs and not _orphaned(t) for t in older):
             time.sleep(min(poll, 0.1))
             continue
         same = [t for t in now if t.number != number and t.user_attrs.get("job") == job]
