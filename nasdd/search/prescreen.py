@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import time
+import uuid
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -171,8 +172,13 @@ def work(
         with warnings.catch_warnings():  # Optuna warns that heartbeats are meant for optimize(): we beat below
             warnings.simplefilter("ignore", UserWarning)
             trial = study.ask()
+        token = uuid.uuid4().hex
         trial.set_user_attr("job", free[0])
         trial.set_user_attr("worker", worker_id())
+        trial.set_user_attr("claim", token)
+        time.sleep(min(poll, 0.1))  # SQLite can hand one waiting trial to two workers: the last claim keeps it
+        if study._storage.get_trial(trial._trial_id).user_attrs.get("claim") != token:
+            continue  # the other worker runs (and tells) this trial
         rivals = _rivals(study, trial.number, free[0], poll)
         if rivals:  # another worker claimed it first: yield, uncounted
             trial.set_user_attr("surplus", f"job {free[0]} claimed by trial {rivals[0].number}")
