@@ -40,7 +40,7 @@ from nasdd.data import DatasetBundle
 from nasdd.errors import NasddError, unknown_name
 from nasdd.search import halving
 from nasdd.search.halving import Bracket, Job
-from nasdd.search.workers import _orphaned, fail_dead_trials
+from nasdd.search.workers import _orphaned, fail_dead_trials, pin
 from nasdd.spaces import SearchSpace
 from nasdd.storage import worker_id
 from nasdd.train import Monitor, TrainRecipe, build_seeded, evaluate, fit, train_arch
@@ -384,15 +384,7 @@ def prescreen(
 
 
 def _pin(study: optuna.Study, settings: dict) -> None:
-    old = study.user_attrs.get("prescreen")
-    if old is None:
-        study.set_user_attr("prescreen", settings)
-    elif old != settings:
-        diff = ", ".join(f"{k}: {old.get(k)!r} -> {v!r}" for k, v in settings.items() if old.get(k) != v)
-        raise NasddError(
-            f"study {study.study_name!r} was run with other prescreen settings ({diff}); use a new `study_name`",
-            params=("study_name",),
-        )
+    pin(study, "prescreen", settings, f"study {study.study_name!r} was run with other prescreen settings")
 
 
 def _write(

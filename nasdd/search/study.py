@@ -30,6 +30,7 @@ from nasdd.search.workers import (
     holding,
     interrupted,
     is_counted,
+    pin,
     retry_trial,
 )
 from nasdd.spaces import SearchSpace, load_space
@@ -216,15 +217,7 @@ def _open_study(name: str, url: str, *, fingerprint: dict, heartbeat: int | None
         study = optuna.create_study(study_name=name, storage=store, load_if_exists=True, **kwargs)
     except ValueError as exc:
         raise NasddError(f"cannot open study {name!r}: {exc}") from exc
-    old = study.user_attrs.get("nasdd")
-    if old is None:
-        study.set_user_attr("nasdd", fingerprint)
-    elif old != fingerprint:
-        diff = ", ".join(f"{k}: {old.get(k)!r} -> {v!r}" for k, v in fingerprint.items() if old.get(k) != v)
-        raise NasddError(
-            f"study {name!r} in this storage was made with other settings ({diff}); use a new `study_name`",
-            params=("study_name",),
-        )
+    pin(study, "nasdd", fingerprint, f"study {name!r} in this storage was made with other settings")
     return study
 
 

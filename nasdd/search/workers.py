@@ -16,6 +16,7 @@ from datetime import datetime
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from nasdd.errors import NasddError
 from nasdd.storage import died_here, worker_id
 
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -33,6 +34,17 @@ def retry_trial(study: optuna.Study, trial: FrozenTrial) -> bool:
     retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)  # Optuna >= 4.9
     (retry or optuna.storages.RetryFailedTrialCallback)(max_retry=MAX_RETRY)(study, clean)
     return len(trial.system_attrs.get("retry_history", [])) < MAX_RETRY  # Optuna's own condition
+
+
+def pin(study: optuna.Study, key: str, settings: dict, refusal: str) -> None:
+    """Record `settings` in the study's user attribute `key`, or refuse (one line: `refusal`, then the differing
+    settings) a study made with others."""
+    old = study.user_attrs.get(key)
+    if old is None:
+        study.set_user_attr(key, settings)
+    elif old != settings:
+        diff = ", ".join(f"{k}: {old.get(k)!r} -> {v!r}" for k, v in settings.items() if old.get(k) != v)
+        raise NasddError(f"{refusal} ({diff}); use a new `study_name`", params=("study_name",))
 
 
 ORPHAN_S = 60.0  # a running trial without a worker after this long was orphaned at creation
