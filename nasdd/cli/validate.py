@@ -32,7 +32,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--study", help="use the architectures of this Optuna study's completed trials")
     parser.add_argument("--study-storage", help="storage URL of --study (default: --storage)")
     parser.add_argument("--proxies", nargs="*", default=[], metavar="DIR", help="ProxySet folders to audit")
-    parser.add_argument("--peers", default="all", help="comma-separated peers or 'all' (see `nasdd list peers`)")
+    parser.add_argument(
+        "--peers", default="all",
+        help="comma-separated peers; 'all' is every cheap peer (see `nasdd list peers`); add stack as 'all,stack'",
+    )  # fmt: skip
+    parser.add_argument(
+        "--stack-members", type=int, default=20, metavar="K",
+        help="pool members whose truth fits the stack peer; it is scored on the others (default 20)",
+    )  # fmt: skip
     parser.add_argument("--ipc", type=int, default=None, help="ipc of the subset peers (default: the proxies')")
     parser.add_argument("--subset-preset", default=None, help="distillation preset of the subset peers (e.g. cpu)")
     parser.add_argument("--truth-seeds", type=int, default=2, help="ground-truth seeds (default 2)")
@@ -105,6 +112,7 @@ def command(args: argparse.Namespace) -> int:
         storage=storage,
         scoring=ScoringRecipe.load(args.scoring) if args.scoring else None,
         n_resamples=args.resamples,
+        stack_members=args.stack_members,
     )
     result = validate(bundle, pool, proxies, config, space=space, out=out, device=args.device, truth_table=table)
     cols = ["name", "tau", "tau_low", "tau_high", "rho", "p@5", "regret@1", "speedup_sample_grads"]
@@ -112,6 +120,12 @@ def command(args: argparse.Namespace) -> int:
     synthetic = result.summary[result.summary.split == "synthetic_val"]
     for _, row in synthetic.iterrows():
         print(f"{row['name']}: scored on its {row['scored_on']}, not the real val split")
+    for _, row in result.summary[result.summary.kind == "peer:stack"].iterrows():
+        line = f"stack: fitted on {row['calibration_members']:.0f} members' truth, judged on the other {row['n_archs']}"
+        if isinstance(row.get("paired_against"), str):  # the best single row on the calibration members
+            lo, hi = row["dtau_low"], row["dtau_high"]
+            line += f"; Δτ vs {row['paired_against']} {row['dtau']:+.3f} [{lo:+.3f}, {hi:+.3f}] on them"
+        print(line)
     if table is not None:
         used = result.config["truth_table"]
         print(f"truth table {args.truth_table}: {used['members_used']} of {used['pool_requested']} pool members held")

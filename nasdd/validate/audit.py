@@ -175,20 +175,61 @@ def _early_steps(ctx: _Audit, proxy_grads: list[int]) -> list[int]:
     return [s for s in steps if s < full] or [max(1, full // 2)]  # as long as the truth is not early
 
 
-def _per_arch(pool: Sequence[ArchSpec], space: SearchSpace | None, truth: Scores, rows: list[Scores]) -> pd.DataFrame:
-    factors = space.factors() if space is not None else sorted({k for a in pool for k, _ in a.params})
+def _factors(pool: Sequence[ArchSpec], space: SearchSpace | None) -> pd.DataFrame:
+    """[arch key x factor]: the space's factors (or every parameter of the members) of each member."""
+    names = space.factors() if space is not None else sorted({k for a in pool for k, _ in a.params})
+    return pd.DataFrame([{f: a.get(f) for f in names} for a in pool], index=[a.key() for a in pool], columns=names)
+
+
+def _per_arch(pool: Sequence[ArchSpec], factors: pd.DataFrame, truth: Scores, rows: list[Scores]) -> pd.DataFrame:
     first = truth.table.columns[0]
     records = []
     for a in pool:
         k = a.key()
         r0 = truth.results[Job(a, first, TRUTH_SPLIT).key]
-        rec: dict[str, Any] = {"arch_key": k, "arch": a.to_json(), **{f: a.get(f) for f in factors}}
+        rec: dict[str, Any] = {"arch_key": k, "arch": a.to_json(), **factors.loc[k].to_dict()}
         rec["params"], rec["flops"] = r0.get("params"), r0.get("flops_per_sample")
         rec.update({f"truth_s{s}": truth.table.loc[k, s] for s in truth.table.columns})
         rec["truth_mean"] = truth.mean[k]
-        rec.update({sc.name: sc.mean[k] for sc in rows})
+        rec.update({sc.name: sc.mean.get(k, math.nan) for sc in rows})  # a held-out row lacks its fitted members
         records.append(rec)
     return pd.DataFrame.from_records(records)
+
+
+def _stack(ctx: _Audit, truth: Scores, rows: list[Scores], factors: pd.DataFrame) -> Scores:
+    """The `stack` peer: `StackRanker` (ridge) over every other row's mean scores plus `factors`, fitted on the
+    truth of `stack_members` members (a draw seeded by `bootstrap_seed`) and scored on the others only. Its
+    cost: every row it reads, plus one truth seed of each calibration member. Its row also holds the paired
+    Δτ against the single row that ranked the calibration members best (chosen on them, judged on the rest)."""
+    from nasdd.validate.calibrate import StackRanker, splits
+
+    c = ctx.config
+    mean = truth.mean.reindex(factors.index)
+    keys = [k for k in factors.index if math.isfinite(mean[k])]
+    if len(keys) - c.stack_members < 3:
+        raise NasddError(
+            f"the stack peer is fitted on `stack_members` {c.stack_members} of {len(keys)} members with a truth "
+            "and scored on the rest; at least 3 must be left: lower `stack_members` or grow the pool",
+            params=("stack_members",),
+        )
+    cal, ev = splits(keys, c.stack_members, 1, seed=c.bootstrap_seed)[0]
+    scores = pd.DataFrame({sc.name: sc.mean.reindex(keys) for sc in rows}, index=keys)
+    ranker = StackRanker(model="ridge", seed=c.bootstrap_seed).fit(ctx.bundle.key, scores.loc[cal], factors, mean)
+    sc = Scores("stack", "peer:stack", ranker.predict(ctx.bundle.key, scores.loc[ev], factors).to_frame(0))
+    n_seeds = truth.table.shape[1]
+    calib_grads = truth.sample_grads / n_seeds * len(cal) / len(mean)
+    sc.seconds = sum(r.seconds + r.info.get("distill_seconds", 0.0) for r in rows)
+    sc.seconds += truth.seconds / n_seeds * len(cal) / len(mean)
+    sc.sample_grads = int(sum(r.sample_grads + r.info.get("distill_sample_grads", 0) for r in rows) + calib_grads)
+    t_cal, t_ev = mean.loc[cal].to_numpy(float), mean.loc[ev].to_numpy(float)
+    best = max(rows, key=lambda r: stats.kendall_tau(t_cal, scores.loc[cal, r.name].to_numpy(float)), default=None)
+    sc.info = {"method": "stack", "calibration_members": len(cal), "features": len(rows),
+               "calibration_sample_grads": int(calib_grads)}  # fmt: skip
+    if best is not None:
+        pair = stats.paired_delta_tau(t_ev, sc.mean.loc[ev].to_numpy(float), scores.loc[ev, best.name].to_numpy(float),
+                                      n_resamples=c.n_resamples, seed=c.bootstrap_seed)  # fmt: skip
+        sc.info.update(paired_against=best.name, **pair)
+    return sc
 
 
 def _cost(sc: Scores, truth_grads: float, truth_seconds: float) -> dict[str, float]:
@@ -233,14 +274,15 @@ def _summary(truth: Scores, rows: list[Scores], ctx: _Audit) -> pd.DataFrame:
         }
     )
     for sc in rows:
-        s = sc.mean.reindex(keys).to_numpy(float)[keep]
+        judged = keep & np.isin(keys, sc.table.index)  # a held-out row (stack) is judged on its members only
+        s = sc.mean.reindex(keys).to_numpy(float)[judged]
         split = "train batch" if "zerocost" in sc.kind else PROXY_SPLIT
         if str(sc.info.get("scored_on", "")).startswith("synthetic"):
             split = SYNTHETIC_VAL
         row = {"name": sc.name, "kind": sc.kind, "split": split}
-        row.update({"n_archs": int(keep.sum()), "seeds": sc.table.shape[1], "failed": sc.failed})
+        row.update({"n_archs": int(judged.sum()), "seeds": sc.table.shape[1], "failed": sc.failed})
         row.update({k: v for k, v in sc.info.items() if k not in ("distill_seconds", "distill_sample_grads")})
-        row.update(stats.rank_statistics(t[keep], s, **opts))
+        row.update(stats.rank_statistics(t[judged], s, **opts))
         row.update(_cost(sc, per_seed_grads, per_seed_seconds))
         out.append(row)
     front = ["name", "kind", "method", "ipc", "split", "n_archs", "seeds", "failed"]
@@ -327,7 +369,10 @@ def validate(
         rows += [_early(ctx, steps) for steps in _early_steps(ctx, grads)]
     if scoring is not None:
         rows.append(_scored(ctx, scoring, out))
-    per_arch = _per_arch(pool, space, truth, rows)
+    factors = _factors(pool, space)
+    if any(p.kind == "stack" for p in peer_list):
+        rows.append(_stack(ctx, truth, rows, factors))
+    per_arch = _per_arch(pool, factors, truth, rows)
     summary = _summary(truth, rows, ctx)
     record = {
         "nasdd_version": __version__,

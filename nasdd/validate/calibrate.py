@@ -172,8 +172,9 @@ def _ranks(frame: pd.DataFrame) -> pd.DataFrame:
 
 class StackRanker:
     """Ridge regression (or gradient boosting) on ranks: cheap score columns plus one-hot architecture
-    factors -> the truth's rank (NAS-Bench-Suite-Zero's stacking of cheap signals, White et al. NeurIPS 2022).
-    Learned state ends in `_`; it refuses to score a (dataset, member) it was fitted on."""
+    factors (every column of the `factors` frame) -> the truth's rank (NAS-Bench-Suite-Zero's stacking of
+    cheap signals, White et al. NeurIPS 2022). Learned state ends in `_`; it refuses to score a (dataset,
+    member) it was fitted on."""
 
     def __init__(self, *, model: str = "ridge", alpha: float = 1.0, seed: int = 0) -> None:
         if model not in ("ridge", "gbr"):
@@ -181,7 +182,8 @@ class StackRanker:
         self.model, self.alpha, self.seed = model, alpha, seed
 
     def _features(self, scores: pd.DataFrame, factors: pd.DataFrame) -> pd.DataFrame:
-        f = pd.get_dummies(factors[list(FACTORS)].astype(str), dtype=float)
+        """Ranks of the score columns and one-hot columns of every factor (each value as a category)."""
+        f = pd.get_dummies(factors.astype(str), dtype=float)
         return pd.concat([_ranks(scores), f], axis=1)
 
     def fit(self, dataset_key: str, scores: pd.DataFrame, factors: pd.DataFrame, truth: pd.Series) -> StackRanker:

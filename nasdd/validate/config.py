@@ -29,6 +29,7 @@ class AuditConfig:
     `subset_preset` where the method has it. `storage`: the result cache (an Optuna storage URL; None:
     `<out>/results.db`, or in memory without an output folder). `ks`, `n_resamples`, `bootstrap_seed`: the
     rank statistics. `zc_batch`: images of the zero-cost scores' batch. `scoring`: a recipe whose row is added.
+    `stack_members`: pool members whose truth fits the `stack` peer (drawn with `bootstrap_seed`).
     """
 
     peers: str | None = None
@@ -46,11 +47,14 @@ class AuditConfig:
     bootstrap_seed: int = 0
     zc_batch: int = 64
     scoring: ScoringRecipe | None = None
+    stack_members: int = 20
 
     def __post_init__(self) -> None:
         for name in TUPLE_FIELDS:  # lists (e.g. from JSON) become tuples; an empty sweep is no sweep (None)
             v = getattr(self, name)
             object.__setattr__(self, name, tuple(v) if v or (name == "ks" and v is not None) else None)
+        if self.stack_members < 2:
+            raise NasddError(f"`stack_members` must be at least 2, got {self.stack_members}", params=("stack_members",))
         for name in ("truth_seeds", "proxy_seeds", "n_resamples", "zc_batch", "ipc"):
             v = getattr(self, name)
             if v is not None and v < 1:

@@ -163,3 +163,30 @@ def test_validate_reports_progress_in_a_log(tmp_path):
     assert any(ln.startswith("train ground_truth: 6/6 (100%) jobs, ") and "seed 1]" in ln for ln in lines), lines
     assert any(ln.startswith("zero-cost params: 3/3 (100%) jobs, ") for ln in lines), lines  # every stage
     # (lines with an ETA in between, for slower jobs: tests/test_utils.py::test_log_progress_prints_lines_with_eta)
+
+
+def test_stack_peer_is_fitted_on_some_members_and_judged_on_the_others(digits):
+    from nasdd.validate.calibrate import StackRanker, splits
+
+    pool = POOL + [
+        ArchSpec.make("convnet", depth=2, width=8, activation=act, normalization="none", pooling="avgpool")
+        for act in ("relu", "sigmoid")
+    ]
+    opts = dict(OPTS, peers="params,naswot,stack", truth_seeds=1, stack_members=3)
+    res = run(digits, pool, **opts)
+    keys = [a.key() for a in pool]
+    cal, ev = splits(keys, 3, 1, seed=0)[0]
+    per_arch = res.per_arch.set_index("arch_key")
+    assert per_arch.loc[cal, "stack"].isna().all() and per_arch.loc[ev, "stack"].notna().all()
+    row = res.summary.set_index("name").loc["stack"]
+    assert row["n_archs"] == 3 and row["calibration_members"] == 3 and row["features"] == 2
+    assert row["paired_against"] in ("params", "naswot") and row["dtau_low"] <= row["dtau_high"]
+    others = res.summary.set_index("name").loc[["params", "naswot"]]
+    assert row["cost_sample_grads"] >= others["cost_sample_grads"].sum() + row["calibration_sample_grads"] > 0
+    # the row is the ranker fitted on the calibration members' truth alone
+    factors = per_arch[["depth", "width", "activation", "normalization", "pooling"]]
+    scores = per_arch[["params", "naswot"]]
+    by_hand = StackRanker().fit(digits.key, scores.loc[cal], factors, per_arch["truth_mean"])
+    assert np.allclose(by_hand.predict(digits.key, scores.loc[ev], factors), per_arch.loc[ev, "stack"])
+    with pytest.raises(NasddError, match="stack_members"):
+        run(digits, pool, **dict(opts, stack_members=4))
