@@ -10,6 +10,7 @@ under, tables written atomically, and the command that made a file recorded in `
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import sys
 from collections.abc import Mapping, Sequence
@@ -78,11 +79,18 @@ def command(root: Path, argv: Sequence[str] | None = None) -> str:
     return f"{env}python {name} " + " ".join(map(shlex.quote, args))
 
 
+def _program(cmd: str) -> str:
+    """The script a command line runs (`scripts/x.py`), or its first two words after VAR=value settings."""
+    words = [w for w in cmd.strip("`").split() if not re.match(r"^[A-Z_]+=", w)]
+    return next((w for w in words if w.endswith(".py")), " ".join(words[:2]))
+
+
 def record(out: str | Path, readme: Path, *, root: Path, argv: Sequence[str] | None = None) -> bool:
     """Write the command (`command(root, argv)`) into the `readme` table row of `out` (its first cell's first
-    name): the row's first code span in the command cell is replaced, notes after it are kept; a new row is
-    added when none names `out`. Outputs outside the readme's folder are not recorded. Returns whether it
-    wrote."""
+    name). A row whose command cell holds one command of the same script gets it replaced (notes after it are
+    kept); a row made by several commands, or by another program, gets this one appended ("; also ..."); a row
+    already holding this exact command is left alone; a new row is added when none names `out`. Outputs outside
+    the readme's folder are not recorded. Returns whether it wrote."""
     path = Path(out).resolve()
     if not path.is_relative_to(readme.parent.resolve()) or not readme.exists():
         return False
@@ -92,8 +100,15 @@ def record(out: str | Path, readme: Path, *, root: Path, argv: Sequence[str] | N
     for i, line in enumerate(lines):
         cells = line.split(" | ")
         if line.startswith("| `") and len(cells) >= 3 and cells[0][2:].split("`")[1] == name:
-            notes = cells[1][1:].partition("`")[2] if cells[1].startswith("`") else f" {cells[1]}"
-            cells[1] = f"`{cmd}`{notes}"
+            spans = re.findall(r"`[^`]*`", cells[1])
+            if f"`{cmd}`" in spans:
+                return False
+            if not spans:
+                cells[1] = f"`{cmd}` {cells[1]}".rstrip()
+            elif len(spans) == 1 and cells[1].startswith("`") and _program(spans[0]) == _program(cmd):
+                cells[1] = f"`{cmd}`{cells[1][len(spans[0]):]}"
+            else:
+                cells[1] = f"{cells[1].rstrip()}; also `{cmd}`"
             lines[i] = " | ".join(cells)
             break
     else:

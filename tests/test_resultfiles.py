@@ -30,7 +30,7 @@ def test_the_command_goes_into_the_results_readme(tmp_path, monkeypatch):
     readme = tmp_path / "results" / "README.md"
     readme.parent.mkdir()
     head = "| file | command | what |\n|---|---|---|\n"
-    readme.write_text(head + "| `a.csv`, `a.png` | `python old.py` (two runs) | a |\n")
+    readme.write_text(head + "| `a.csv`, `a.png` | `python scripts/bench_a.py --ipc 1` (two runs) | a |\n")
     monkeypatch.setattr(sys, "argv", [str(ROOT / "scripts" / "bench_a.py"), "--ipc", "10"])
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     assert resultfiles.record(readme.parent / "a.csv", readme, root=ROOT)
@@ -39,3 +39,17 @@ def test_the_command_goes_into_the_results_readme(tmp_path, monkeypatch):
     lines = readme.read_text().splitlines()
     assert lines[2] == "| `a.csv`, `a.png` | `OMP_NUM_THREADS=1 python scripts/bench_a.py --ipc 10` (two runs) | a |"
     assert lines[3] == "| `b.csv` | `OMP_NUM_THREADS=1 python scripts/bench_a.py --x 'a b'` | |" and len(lines) == 4
+
+
+def test_a_row_made_by_several_commands_keeps_them_all(tmp_path, monkeypatch):
+    readme = tmp_path / "results" / "README.md"
+    readme.parent.mkdir()
+    row = "| `c/` rows x | `nasdd distill --method M` for M in a, b, then `python scripts/bench_c.py --b 1` | c |"
+    readme.write_text("| file | command | what |\n|---|---|---|\n" + row + "\n")
+    monkeypatch.setattr(sys, "argv", [str(ROOT / "scripts" / "bench_c.py")])
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    (readme.parent / "c").mkdir()
+    assert resultfiles.record(readme.parent / "c", readme, root=ROOT, argv=["--b", "2"])
+    line = readme.read_text().splitlines()[2]
+    assert line == row[: -len(" | c |")] + "; also `python scripts/bench_c.py --b 2` | c |"
+    assert not resultfiles.record(readme.parent / "c", readme, root=ROOT, argv=["--b", "2"])  # already there
