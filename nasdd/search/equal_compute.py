@@ -149,8 +149,12 @@ def projector(space: SearchSpace, members: Sequence[ArchSpec]) -> Callable[[Arch
 
 
 def _study(sampler: str, seed: int, pruner: optuna.pruners.BasePruner | None = None) -> optuna.Study:
+    """An in-memory study named after its sampler and seed: Optuna's HyperbandPruner assigns a trial's bracket
+    from a hash of the study name, so an unnamed (randomly named) study would not repeat run to run."""
     s = optuna.samplers.TPESampler(seed=seed) if sampler == "tpe" else optuna.samplers.RandomSampler(seed=seed)
-    return optuna.create_study(direction="maximize", sampler=s, pruner=pruner or optuna.pruners.NopPruner())
+    pruner = pruner or optuna.pruners.NopPruner()
+    name = f"{sampler}-{type(pruner).__name__}-{seed}"
+    return optuna.create_study(study_name=name, direction="maximize", sampler=s, pruner=pruner)
 
 
 def retrain_top(ec: EqualCompute, ranked: list[ArchSpec], k: int) -> tuple[ArchSpec, int]:

@@ -50,6 +50,9 @@ def test_searches_stay_within_the_budget_and_score_regret(digits, space, members
     # Hyperband with half a truth training (2 epochs) never trains anyone to the end
     row = ec.run(bench, "hyperband", 0.5, seed=0)
     assert row["full_trainings"] == 0 and row["spent_grads"] == 2 * n
+    # the same seed repeats the same Hyperband search (its brackets hash the study name)
+    again = [ec.run(bench, "hyperband", 2.5, seed=1) for _ in range(2)]
+    assert again[0] == again[1]
 
 
 def test_a_suggestion_maps_onto_the_nearest_member(space, members):
