@@ -60,7 +60,8 @@ def _outcome(t: FrozenTrial) -> str:
     a = t.user_attrs
     if t.state == TrialState.COMPLETE:
         how = f"cached from trial {a['cached_from']}" if "cached_from" in a else f"{a.get('seconds', 0):.1f} s"
-        return f"val {t.values[0]:.4f} ({how})"
+        label = f"score({a['score_kind']})" if "score_kind" in a else "val"
+        return f"{label} {t.values[0]:.4f} ({how})"
     if t.state == TrialState.PRUNED:
         return f"pruned at {a.get('pruned_at', '?')}"
     return f"failed: {a.get('fail_reason', 'unknown')}"
