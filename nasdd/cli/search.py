@@ -179,9 +179,10 @@ def command(args: argparse.Namespace) -> int:
         scored_on = json.loads((out / "config.json").read_text())["proxy"].get("scored_on")
         if scored_on:
             print(f"candidates scored on the {scored_on}")
-    if len(study.directions) > 1 and counted:
-        print(f"Pareto front: {len(study.best_trials)} trials (listed first in top.csv, by val accuracy)")
     value = "val" if scoring is None else f"score({scoring.score})"
+    if len(study.directions) > 1 and counted:
+        by = "val accuracy" if scoring is None else value
+        print(f"Pareto front: {len(study.best_trials)} trials (listed first in top.csv, by {by})")
     for t in top_trials(study, 1):
         extra = f" {args.objective.split(',')[1]} {t.values[1]:g}" if len(t.values) > 1 else ""
         print(f"best: trial {t.number} {ArchSpec.from_json(t.user_attrs['arch'])} {value} {t.values[0]:.4f}{extra}")

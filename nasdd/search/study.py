@@ -116,7 +116,10 @@ def search(
     `nasdd.cost`) and no `trials`, only the budget stops the search; budget.json records the budget,
     what trials and retraining spent, and what is left. `strategy` "prescreen" (`nasdd.search.prescreen`):
     `trials` candidates scored with the cheap signal `prescreen`, then synchronous successive halving with
-    factor `eta` on the full training split with `retrain_recipe`, planned from `budget`.
+    factor `eta` on the full training split with `retrain_recipe`, planned from `budget`. With `scoring` (a
+    calibrated `ScoringRecipe`; `proxy` must be "full"), each candidate is trained by `train_member` on real
+    training images and valued by the recipe's score; its budget is a fraction of one `retrain_recipe`
+    training on the full training split.
     """
     if config.strategy == "prescreen":
         return _prescreen(space, proxy, bundle, config, out=out, device=device, show_progress=show_progress)
@@ -166,7 +169,8 @@ def search(
             "source": str(proxy) if isinstance(proxy, str | Path) else "object",
             "provenance": data.provenance,
             "train_size": len(data.x),
-            "scored_on": data.scored_on if scoring is None else f"{data.scored_on} by score {scoring.recipe.score}",
+            "scored_on": data.scored_on
+            + ("" if scoring is None else f"; value: the scoring recipe's {scoring.recipe.score}"),
         },
         "scoring": None if scoring is None else scoring.record(),
         "recipe": asdict(train_recipe) if scoring is None else None,  # a scoring recipe replaces it

@@ -6,6 +6,7 @@ import math
 from dataclasses import replace
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
@@ -52,6 +53,10 @@ def test_each_value_is_the_recipes_score_of_that_training_within_its_budget(digi
     assert SearchConfig.from_dict(written["search"]).scoring == recipe
     assert written["scoring"]["key"] == recipe.key() and written["scoring"]["truth_grads"] == truth_grads
     assert written["recipe"] is None and kind in written["proxy"]["scored_on"]
+    top = pd.read_csv(tmp_path / "sc" / "top.csv")  # its value column is the score, not a val accuracy
+    assert (
+        "accuracy" not in top and top["score"].is_monotonic_decreasing and (top["score"] < 0).all() == (kind == "tse")
+    )
 
 
 def test_a_budget_counts_each_trial_at_the_recipes_share_of_a_truth_training(digits, tmp_path):
@@ -92,7 +97,7 @@ def test_cli_search_with_scoring_and_its_errors(digits, proxy, tmp_path, capsys)
     base += ["--retrain-recipe", TRUTH]
     assert main([*base, "--study", "c", "--out", str(tmp_path / "c"), "--scoring", str(path)]) == 0
     text = capsys.readouterr().out
-    assert "2 finished trials" in text and "score(val_acc)" in text and "by score val_acc" in text
+    assert "2 finished trials" in text and "score(val_acc)" in text and "value: the scoring recipe's val_acc" in text
     assert main([*base, "--study", "d", "--out", str(tmp_path / "d")]) == 2
     assert capsys.readouterr().err.strip().endswith("--proxy is required: a proxy folder (from `nasdd distill`) "
                                                     "or `full` (or give --scoring)")  # fmt: skip
