@@ -14,7 +14,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from nasdd.search.workers import HEARTBEAT_S
 
     parser.add_argument("--space", required=True, help="search space: a YAML path or a name in search_spaces/")
-    parser.add_argument("--proxy", required=True, help="a proxy folder (from `nasdd distill`), or `full`")
+    parser.add_argument(
+        "--proxy",
+        default=None,
+        help="a proxy folder (from `nasdd distill`), or `full`; required unless --scoring (which trains on full)",
+    )
+    parser.add_argument(
+        "--scoring",
+        default=None,
+        metavar="JSON",
+        help="a scoring recipe file from `nasdd calibrate`: each candidate is trained on real training images at "
+        "the recipe's budget (a fraction of one --retrain-recipe training on the full training split) and its "
+        "value is the recipe's score (--proxy full; no --pruner, --recipe or --strategy prescreen)",
+    )
     add_data_args(parser)
     parser.add_argument(
         "--trials",
@@ -112,8 +124,12 @@ def command(args: argparse.Namespace) -> int:
     from nasdd.search.study import search
     from nasdd.search.workers import counted_trials
     from nasdd.validate.pool import read_archs
+    from nasdd.validate.scoring import ScoringRecipe
 
     check(args.strategy)  # before the data loads
+    if args.proxy is None and args.scoring is None:
+        raise NasddError("--proxy is required: a proxy folder (from `nasdd distill`) or `full` (or give --scoring)")
+    scoring = ScoringRecipe.load(args.scoring) if args.scoring else None
     budget = parse_grads(args.budget) if args.budget is not None else None
     if args.strategy == "prescreen" and budget is None:
         raise NasddError(
@@ -141,9 +157,10 @@ def command(args: argparse.Namespace) -> int:
         prescreen=args.prescreen,
         eta=args.eta,
         archs=tuple(read_archs(args.archs)) if args.archs else None,
+        scoring=scoring,
     )
     study = search(
-        args.space, args.proxy, load_data_from_args(args), config, out=args.out, device=args.device,
+        args.space, args.proxy or "full", load_data_from_args(args), config, out=args.out, device=args.device,
         show_progress=not args.quiet,
     )  # fmt: skip
     out = Path(args.out or Path("results") / args.study_name)
@@ -162,11 +179,13 @@ def command(args: argparse.Namespace) -> int:
         scored_on = json.loads((out / "config.json").read_text())["proxy"].get("scored_on")
         if scored_on:
             print(f"candidates scored on the {scored_on}")
+    value = "val" if scoring is None else f"score({scoring.score})"
     if len(study.directions) > 1 and counted:
-        print(f"Pareto front: {len(study.best_trials)} trials (listed first in top.csv, by val accuracy)")
+        by = "val accuracy" if scoring is None else value
+        print(f"Pareto front: {len(study.best_trials)} trials (listed first in top.csv, by {by})")
     for t in top_trials(study, 1):
         extra = f" {args.objective.split(',')[1]} {t.values[1]:g}" if len(t.values) > 1 else ""
-        print(f"best: trial {t.number} {ArchSpec.from_json(t.user_attrs['arch'])} val {t.values[0]:.4f}{extra}")
+        print(f"best: trial {t.number} {ArchSpec.from_json(t.user_attrs['arch'])} {value} {t.values[0]:.4f}{extra}")
     if budget is not None and (out / "budget.json").exists():
         b = json.loads((out / "budget.json").read_text())
         print(

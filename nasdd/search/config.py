@@ -4,7 +4,7 @@ by `SearchConfig.from_text`, or given as `TrainRecipe`s)."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from nasdd.arch import ArchSpec
@@ -16,6 +16,7 @@ from nasdd.search.workers import HEARTBEAT_S
 
 if TYPE_CHECKING:
     from nasdd.train import TrainRecipe
+    from nasdd.validate.scoring import ScoringRecipe
 
 RECIPE_FIELDS = ("recipe", "retrain_recipe")
 
@@ -30,6 +31,9 @@ class SearchConfig:
     top `retrain_top` and, with `budget_includes_distill`, the distillation. `heartbeat`: seconds between
     trial heartbeats in RDB storages. `threads`: torch threads per trial (None: shared among the trials on
     this host). `strategy` "prescreen" uses `prescreen` (the cheap signal), `eta`, `archs` and `budget`.
+    `scoring`: a calibrated scoring recipe (`nasdd calibrate`) that trains and scores every candidate on
+    real training images instead of `recipe` (its budget a fraction of one `retrain_recipe` training on the
+    full training split); only with the default strategy and no pruner.
     """
 
     study_name: str
@@ -53,6 +57,7 @@ class SearchConfig:
     prescreen: str = "snip"
     eta: int = 3
     archs: tuple[ArchSpec, ...] | None = None
+    scoring: ScoringRecipe | None = None
 
     def __post_init__(self) -> None:
         check_strategy(self.strategy)
@@ -82,6 +87,20 @@ class SearchConfig:
             raise NasddError("the prescreen strategy needs a budget (sample-gradients): it plans its rungs from it")
         if self.archs is not None and not self.archs:
             raise NasddError("archs is empty; give at least one architecture or leave it out")
+        if self.scoring is not None:
+            self._check_scoring()
+
+    def _check_scoring(self) -> None:
+        """A scoring recipe replaces the candidates' recipe and reports no intermediate values."""
+        if self.pruner != "none":
+            raise NasddError(f"a `scoring` recipe reports no intermediate values to prune on; `pruner` must be none, "
+                             f"not {self.pruner!r}", params=("pruner", "scoring"))  # fmt: skip
+        if self.strategy != "default":
+            raise NasddError(f"a `scoring` recipe works with the default `strategy`, not {self.strategy!r}",
+                             params=("strategy", "scoring"))  # fmt: skip
+        if self.recipe is not None:
+            raise NasddError("a `scoring` recipe sets the candidates' training; leave `recipe` out",
+                             params=("recipe", "scoring"))  # fmt: skip
 
     @classmethod
     def from_text(
@@ -108,6 +127,7 @@ class SearchConfig:
         """Every field as JSON values (what config.json records under "search"; the storage masked)."""
         d = to_json(self, RECIPE_FIELDS)
         d["archs"] = None if self.archs is None else [a.to_dict() for a in self.archs]
+        d["scoring"] = None if self.scoring is None else asdict(self.scoring)
         return d
 
     @classmethod
@@ -115,4 +135,8 @@ class SearchConfig:
         """The inverse of `to_dict` (a config.json's "search")."""
         d = recipes_from_json(d, RECIPE_FIELDS)
         d["archs"] = None if d.get("archs") is None else tuple(ArchSpec.from_dict(a) for a in d["archs"])
+        if d.get("scoring") is not None:
+            from nasdd.validate.scoring import ScoringRecipe
+
+            d["scoring"] = ScoringRecipe.from_dict(d["scoring"])
         return cls(**d)

@@ -60,7 +60,8 @@ def _outcome(t: FrozenTrial) -> str:
     a = t.user_attrs
     if t.state == TrialState.COMPLETE:
         how = f"cached from trial {a['cached_from']}" if "cached_from" in a else f"{a.get('seconds', 0):.1f} s"
-        return f"val {t.values[0]:.4f} ({how})"
+        label = f"score({a['score_kind']})" if "score_kind" in a else "val"
+        return f"{label} {t.values[0]:.4f} ({how})"
     if t.state == TrialState.PRUNED:
         return f"pruned at {a.get('pruned_at', '?')}"
     return f"failed: {a.get('fail_reason', 'unknown')}"
@@ -90,10 +91,13 @@ def top_trials(study: optuna.Study, k: int) -> list[FrozenTrial]:
 
 
 def write_outputs(study: optuna.Study, out: Path, top: int) -> None:
-    """trials.csv, top.csv and Optuna's matplotlib plots (PNG) in `out`."""
+    """trials.csv, top.csv and Optuna's matplotlib plots (PNG) in `out`; top.csv's first value column is
+    `accuracy` (val), or `score` when a scoring recipe valued the trials."""
     with atomic_open(out / "trials.csv") as f:
         study.trials_dataframe().to_csv(f, index=False)
-    names = ["accuracy", *(study.user_attrs.get("nasdd", {}).get("objective", "").split(",")[1:])]
+    scored = any("score_kind" in t.user_attrs for t in study.get_trials(deepcopy=False))
+    first = "score" if scored else "accuracy"
+    names = [first, *(study.user_attrs.get("nasdd", {}).get("objective", "").split(",")[1:])]
     rows = []
     for rank, t in enumerate(top_trials(study, top), 1):
         a = t.user_attrs
@@ -120,17 +124,18 @@ def write_plots(study: optuna.Study, out: Path, names: list[str]) -> list[str]:
     if not complete:
         return []
     multi = len(study.directions) > 1
+    label = "val accuracy" if names[0] == "accuracy" else names[0]
 
     def first(t: FrozenTrial) -> float:
         return t.values[0]
 
     plots: dict[str, Callable[[], Axes]] = {
-        "history": lambda: ovm.plot_optimization_history(study, target=first, target_name="val accuracy")
+        "history": lambda: ovm.plot_optimization_history(study, target=first, target_name=label)
     }
     if len({t.values[0] for t in complete}) > 1 and len(complete) >= 2:
         fanova = optuna.importance.FanovaImportanceEvaluator(seed=0)  # variance-based: indifferent to direction
         plots["importances"] = lambda: ovm.plot_param_importances(
-            study, evaluator=fanova, target=first, target_name="val accuracy"
+            study, evaluator=fanova, target=first, target_name=label
         )
     if multi:
         plots["pareto"] = lambda: ovm.plot_pareto_front(study, target_names=names)

@@ -14,12 +14,20 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from nasdd import __version__
-from nasdd.cost import SearchBudget, distill_cost, trial_cost
+from nasdd.cost import SearchBudget, distill_cost, training_grads, trial_cost
 from nasdd.data import DatasetBundle, load_dataset
 from nasdd.errors import NasddError, unknown_name
 from nasdd.layout import RunLayout
 from nasdd.search.config import SearchConfig
-from nasdd.search.objective import CandidateFailed, Objective, Proxy, Surplus, TrainingData, training_data
+from nasdd.search.objective import (
+    CandidateFailed,
+    Objective,
+    Proxy,
+    Scoring,
+    Surplus,
+    TrainingData,
+    training_data,
+)
 from nasdd.search.outputs import TrialProgress, write_outputs
 from nasdd.search.retraining import retrain
 from nasdd.search.samplers import OBJECTIVES, make_pruner, make_sampler, parse_objective, report_every
@@ -40,15 +48,16 @@ from nasdd.utils import ensure_dir, resolve_device, write_json
 
 
 def _fingerprint(
-    space: SearchSpace, bundle: DatasetBundle, data: TrainingData, recipe: TrainRecipe, objectives: list[str]
+    space: SearchSpace, bundle: DatasetBundle, data: TrainingData, recipe_key: str, objectives: list[str]
 ) -> dict:
-    """What a resumed or joining worker must share with the study (the seed may differ per worker)."""
+    """What a resumed or joining worker must share with the study (the seed may differ per worker); `recipe_key`:
+    the candidates' training recipe's, or the scoring recipe's."""
     return {
         "space": space.name,
         "family": space.family,
         "dataset": bundle.key,
         "proxy_id": data.proxy_id,
-        "recipe_key": recipe.key(),
+        "recipe_key": recipe_key,
         "objective": ",".join(objectives),
     }
 
@@ -59,6 +68,24 @@ def _recipes(config: SearchConfig, proxy: Proxy, data: TrainingData) -> tuple[Tr
     full = isinstance(proxy, str) and proxy == "full"
     base = config.recipe or TrainRecipe.parse("full" if full else "proxy")
     return with_learned_lr(base, data.lr), config.retrain_recipe or TrainRecipe.parse("full")
+
+
+def _scoring(
+    config: SearchConfig, space: SearchSpace, bundle: DatasetBundle, proxy: Proxy, rr: TrainRecipe
+) -> Scoring | None:
+    """The config's scoring recipe, checked against the space, dataset and proxy, with its truth training: one
+    training of the retraining recipe `rr` on the full training split."""
+    recipe = config.scoring
+    if recipe is None:
+        return None
+    if not (isinstance(proxy, str) and proxy == "full"):
+        raise NasddError(
+            "a scoring recipe trains candidates on real training images; use --proxy full (or leave it out)"
+        )
+    recipe.check(space=space.name, dataset_key=bundle.key)
+    scoring = Scoring(recipe, bundle, training_grads(rr, len(bundle.y_train)))
+    recipe.train_grads(scoring.truth_grads)  # refuses a budget its forward passes do not fit in, before any trial
+    return scoring
 
 
 def _setup(
@@ -89,7 +116,10 @@ def search(
     `nasdd.cost`) and no `trials`, only the budget stops the search; budget.json records the budget,
     what trials and retraining spent, and what is left. `strategy` "prescreen" (`nasdd.search.prescreen`):
     `trials` candidates scored with the cheap signal `prescreen`, then synchronous successive halving with
-    factor `eta` on the full training split with `retrain_recipe`, planned from `budget`.
+    factor `eta` on the full training split with `retrain_recipe`, planned from `budget`. With `scoring` (a
+    calibrated `ScoringRecipe`; `proxy` must be "full"), each candidate is trained by `train_member` on real
+    training images and valued by the recipe's score; its budget is a fraction of one `retrain_recipe`
+    training on the full training split.
     """
     if config.strategy == "prescreen":
         return _prescreen(space, proxy, bundle, config, out=out, device=device, show_progress=show_progress)
@@ -100,13 +130,19 @@ def search(
     multi = len(objectives) > 1
     data = training_data(proxy, bundle, device)
     train_recipe, rr = _recipes(c, proxy, data)
+    scoring = _scoring(c, space, bundle, proxy, rr)
     resource = train_recipe.steps if train_recipe.steps is not None else train_recipe.epochs
     every = report_every(c.pruner, resource=resource, steps=train_recipe.steps is not None)
     spend = None
     if c.budget is not None:
         reserve = c.retrain_top * trial_cost(rr, len(bundle.x_train))
         distill = distill_cost(data.provenance) if c.budget_includes_distill else 0
-        spend = SearchBudget(c.budget, trial_cost(train_recipe, len(data.x)), reserve, distill)
+        cost = trial_cost(train_recipe, len(data.x)) if scoring is None else scoring.trial_cost
+        spend = SearchBudget(c.budget, cost, reserve, distill)
+    torch_threads = torch.get_num_threads()
+    share = c.threads is None and device.type == "cpu"
+    run = Objective(space, data, train_recipe, objectives, target, c.seed, device, every,
+                    c.threads or torch_threads, share, spend, scoring)  # fmt: skip
     _quiet_optuna()
     url = c.storage or sqlite_url(RunLayout(out).study_db)
     study = _open_study(
@@ -114,7 +150,7 @@ def search(
         url,
         pruner=make_pruner(c.pruner, multi=multi, resource=resource, every=every),
         directions=[OBJECTIVES[o] for o in objectives],
-        fingerprint=_fingerprint(space, bundle, data, train_recipe, objectives),
+        fingerprint=_fingerprint(space, bundle, data, run.recipe_key, objectives),
         heartbeat=c.heartbeat,
     )
     # A resumed (or joining) worker continues the sampler's randomness instead of replaying it; the grid
@@ -133,9 +169,11 @@ def search(
             "source": str(proxy) if isinstance(proxy, str | Path) else "object",
             "provenance": data.provenance,
             "train_size": len(data.x),
-            "scored_on": data.scored_on,
+            "scored_on": data.scored_on
+            + ("" if scoring is None else f"; value: the scoring recipe's {scoring.recipe.score}"),
         },
-        "recipe": asdict(train_recipe),
+        "scoring": None if scoring is None else scoring.record(),
+        "recipe": asdict(train_recipe) if scoring is None else None,  # a scoring recipe replaces it
         "sampler": c.sampler,
         "pruner": c.pruner,
         "eval_every": every,
@@ -151,11 +189,6 @@ def search(
         "search": c.to_dict(),
     }
     write_json(out / "config.json", record)
-    torch_threads = torch.get_num_threads()
-    share = c.threads is None and device.type == "cpu"
-    run = Objective(
-        space, data, train_recipe, objectives, target, c.seed, device, every, c.threads or torch_threads, share, spend
-    )
     try:
         _optimize(study, run, timeout=c.timeout, jobs=c.jobs, show_progress=show_progress)
     finally:
@@ -198,7 +231,7 @@ def _prescreen(
     _quiet_optuna()
     url = c.storage or sqlite_url(RunLayout(out).study_db)
     study = _open_study(c.study_name, url, directions=["maximize"], heartbeat=c.heartbeat,
-                        fingerprint=_fingerprint(space, bundle, data, rr, ["accuracy"]))  # fmt: skip
+                        fingerprint=_fingerprint(space, bundle, data, rr.key(), ["accuracy"]))  # fmt: skip
     write_json(out / "config.json", {"version": __version__, "study": c.study_name, "storage": url,
                "strategy": "prescreen", "space": space.name, "dataset": bundle.meta(), "sampler": c.sampler,
                "settings": asdict(settings), "device": str(device), "search": c.to_dict()})  # fmt: skip

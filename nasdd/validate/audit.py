@@ -145,7 +145,7 @@ def _scored(ctx: _Audit, recipe: ScoringRecipe, out: Path | None) -> Scores:
     """The pool scored by a `ScoringRecipe` (cached in `<out>/scoring.jsonl`), as one row."""
     import tempfile
 
-    from nasdd.validate.scoring import ScoreCache, score, score_pool
+    from nasdd.validate.scoring import ScoreCache, score, score_pool, spent_grads
 
     bundle, pool, seeds = ctx.bundle, ctx.pool, ctx.proxy_seeds
     truth_grads = training_grads(ctx.truth_recipe, len(bundle.y_train))
@@ -158,7 +158,7 @@ def _scored(ctx: _Audit, recipe: ScoringRecipe, out: Path | None) -> Scores:
         table.loc[r["arch_key"], r["seed"]] = score(r, recipe)
         sc.failed += r["status"] != "ok"
         sc.seconds += r.get("seconds", 0.0)
-        sc.sample_grads += int(r.get("sample_grads", 0) + (r.get("bn_forwards", 0) + r.get("curve_forwards", 0)) / 3)
+        sc.sample_grads += spent_grads(r)
     sc.info = {"method": "scoring", "recipe": recipe.key()}
     return sc
 

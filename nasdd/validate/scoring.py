@@ -252,6 +252,13 @@ def score(record: dict, recipe: ScoringRecipe) -> float:
     return score_of(record, recipe.score, recipe.bn_images > 0)
 
 
+def spent_grads(record: dict) -> int:
+    """What one training record cost in sample-gradients: its training plus its forward passes (BN
+    re-estimation, curve evaluations) at `FORWARD_COST` each."""
+    forwards = record.get("bn_forwards", 0) + record.get("curve_forwards", 0)
+    return int(record.get("sample_grads", 0) + forwards * FORWARD_COST)
+
+
 # -- training one member -----------------------------------------------------------------------------
 def training_data(bundle: DatasetBundle, recipe: ScoringRecipe, grads: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Every training image (passes = 0) or a stratified subset of `grads / passes` images (fixed seed)."""
@@ -302,6 +309,7 @@ def train_member(
         eval_data=(curve_x, curve_y) if recipe.curve_images else None,
     )  # fmt: skip
     record.update(status=res.status, error=res.error, sample_grads=res.sample_grads, losses=res.losses)
+    record.update(params=res.params, flops=res.flops_per_sample)
     if res.ok:
         curve = [(float(s), float(a)) for s, a in res.history] + ([(float(total), res.accuracy)] if every else [])
         acc, loss = evaluate(model, x_val, y_val, device=device)

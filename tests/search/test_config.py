@@ -72,3 +72,20 @@ def test_a_config_round_trips_through_the_config_json_a_search_writes(digits, tm
     assert written["study"] == "rt" and written["sampler"] == "random" and written["seed"] == 3
     assert written["trials"] == 1 and written["budget"]["total"] == 1_000_000 and written["threads"] == 1
     assert written["recipe"] == json.loads(json.dumps(written["search"]["recipe"]))
+
+
+def test_a_scoring_recipe_round_trips_and_refuses_what_it_replaces():
+    from nasdd.validate.scoring import ScoringRecipe
+
+    recipe = ScoringRecipe(budget=0.1, passes=2, bn_images=50, score="tse", space="tiny", members=("a", "b"))
+    config = SearchConfig(study_name="s", scoring=recipe, retrain_recipe=TrainRecipe.parse("full,epochs=2"))
+    back = SearchConfig.from_dict(json.loads(json.dumps(config.to_dict())))
+    assert back == config and back.scoring.key() == recipe.key()
+    for field, value, message in [
+        ("pruner", "median", "`pruner` must be none, not 'median'"),
+        ("strategy", "prescreen", "default `strategy`, not 'prescreen'"),
+        ("recipe", TrainRecipe.parse("proxy"), "leave `recipe` out"),
+    ]:
+        with pytest.raises(NasddError, match=message) as err:
+            SearchConfig(study_name="s", scoring=recipe, budget=10**6, **{field: value})
+        assert "\n" not in str(err.value) and field in err.value.params
