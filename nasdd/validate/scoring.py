@@ -300,7 +300,7 @@ def train_member(
     x_val, y_val = bundle.split("val")
     curve_x, curve_y = x_val[: recipe.curve_images], y_val[: recipe.curve_images]
     total = train_recipe.total_steps(len(x))
-    every = max(1, total // CURVE_POINTS) if recipe.curve_images else 0
+    every = -(-total // CURVE_POINTS) if recipe.curve_images else 0  # <= CURVE_POINTS - 1 evaluations + the final
     record: dict = {"train_recipe": train_recipe.key(), "images": len(x), "steps": total}
     start = time.perf_counter()
     model = build_seeded(arch, image_shape(x), bundle.num_classes, seed)

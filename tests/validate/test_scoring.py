@@ -123,6 +123,9 @@ def test_train_member_records_every_kind_within_budget_and_caches(digits, tmp_pa
         assert math.isfinite(scoring.score_of(rec, kind, bn=True))
     again = ScoreCache(tmp_path / "c.jsonl")  # read back, not retrained
     assert again.get(digits.key, r, 60, arch.key(), 0)["losses"] == rec["losses"]
+    for budget in (0.05, 0.07, 0.1, 0.13):  # 5 to 10 steps: the curve holds the planned points, never more
+        rec = scoring.train_member(arch, digits, replace(r, budget=budget), 0, truth_grads=2000, bn_images=0)
+        assert 3 <= len(rec["curve"]) <= scoring.CURVE_POINTS, (budget, rec["steps"], len(rec["curve"]))
 
 
 def test_validate_adds_the_scoring_row_and_leaves_calibration_members_out(digits):
