@@ -89,8 +89,8 @@ def record(out: str | Path, readme: Path, *, root: Path, argv: Sequence[str] | N
     """Write the command (`command(root, argv)`) into the `readme` table row of `out` (its first cell's first
     name). A row whose command cell holds one command of the same script gets it replaced (notes after it are
     kept); a row made by several commands, or by another program, gets this one appended ("; also ..."); a row
-    already holding this exact command is left alone; a new row is added when none names `out`. Outputs outside
-    the readme's folder are not recorded. Returns whether it wrote."""
+    already holding this exact command is left alone; a new row ends the table of files when none names `out`.
+    Outputs outside the readme's folder are not recorded. Returns whether it wrote."""
     path = Path(out).resolve()
     if not path.is_relative_to(readme.parent.resolve()) or not readme.exists():
         return False
@@ -111,8 +111,10 @@ def record(out: str | Path, readme: Path, *, root: Path, argv: Sequence[str] | N
                 cells[1] = f"{cells[1].rstrip()}; also `{cmd}`"
             lines[i] = " | ".join(cells)
             break
-    else:
-        lines.append(f"| `{name}` | `{cmd}` | |")
+    else:  # a new row at the end of the table of files (the first one whose rows name files), not after prose
+        first = next((i for i, line in enumerate(lines) if line.startswith("| `")), len(lines))
+        end = next((i for i in range(first, len(lines)) if not lines[i].startswith("| ")), len(lines))
+        lines.insert(end, f"| `{name}` | `{cmd}` | |")
     with atomic_open(readme) as f:
         f.write("\n".join(lines) + "\n")
     return True

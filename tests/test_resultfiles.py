@@ -30,7 +30,7 @@ def test_the_command_goes_into_the_results_readme(tmp_path, monkeypatch):
     readme = tmp_path / "results" / "README.md"
     readme.parent.mkdir()
     head = "| file | command | what |\n|---|---|---|\n"
-    readme.write_text(head + "| `a.csv`, `a.png` | `python scripts/bench_a.py --ipc 1` (two runs) | a |\n")
+    readme.write_text(head + "| `a.csv`, `a.png` | `python scripts/bench_a.py --ipc 1` (two runs) | a |\n\nProse.\n")
     monkeypatch.setattr(sys, "argv", [str(ROOT / "scripts" / "bench_a.py"), "--ipc", "10"])
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     assert resultfiles.record(readme.parent / "a.csv", readme, root=ROOT)
@@ -38,7 +38,8 @@ def test_the_command_goes_into_the_results_readme(tmp_path, monkeypatch):
     assert not resultfiles.record(tmp_path / "elsewhere.csv", readme, root=ROOT)
     lines = readme.read_text().splitlines()
     assert lines[2] == "| `a.csv`, `a.png` | `OMP_NUM_THREADS=1 python scripts/bench_a.py --ipc 10` (two runs) | a |"
-    assert lines[3] == "| `b.csv` | `OMP_NUM_THREADS=1 python scripts/bench_a.py --x 'a b'` | |" and len(lines) == 4
+    assert lines[3] == "| `b.csv` | `OMP_NUM_THREADS=1 python scripts/bench_a.py --x 'a b'` | |"  # in the table
+    assert lines[4:] == ["", "Prose."]
 
 
 def test_a_row_made_by_several_commands_keeps_them_all(tmp_path, monkeypatch):
