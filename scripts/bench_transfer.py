@@ -5,7 +5,8 @@ table (its grid trainings cached in `--work`), then `nasdd.validate.validate` sc
 benchmark's truth table with that recipe and with the uncalibrated one at the same budget (early stopping, lr
 0.02, batch 128, val accuracy, no BatchNorm re-estimation, the same forward-pass overhead), and the paired Δτ
 between them is bootstrapped over the same members. Held out: the recipe is chosen on mnist5k only; nothing of
-Fashion-MNIST is read before the scoring.
+Fashion-MNIST is read before the scoring. Per-member scores go to `<out without .csv>/scores.csv` (Fashion) and
+`source_scores.csv` (the chosen recipes on the mnist5k members), read by `bench_transfer_stack.py`.
 
     OMP_NUM_THREADS=1 python scripts/bench_transfer.py --threads 1 --quiet
 """
@@ -20,14 +21,16 @@ import _bench
 import pandas as pd
 
 from nasdd.cli import main as nasdd
+from nasdd.cli.calibrate import DEFAULT_TRANSFER
 from nasdd.data import load_dataset
 from nasdd.spaces import load_space
 from nasdd.storage import sqlite_url
 from nasdd.validate import stats
 from nasdd.validate.audit import validate
+from nasdd.validate.calibrate import grid_recipes
 from nasdd.validate.config import AuditConfig
-from nasdd.validate.scoring import ScoringRecipe
-from nasdd.validate.table import TruthTable
+from nasdd.validate.scoring import ScoreCache, ScoringRecipe, score
+from nasdd.validate.table import SHIPPED, TruthTable
 
 TRUTH_RECIPE = "full,epochs=12,batch_size=128,lr=0.02"  # the Fashion-MNIST benchmark's truth
 
@@ -39,6 +42,18 @@ def scored(recipe: ScoringRecipe, name: str, args, bundle, table, space) -> pd.S
                    truth_table=table)  # fmt: skip
     pa = res.per_arch.set_index("arch_key")
     return pa[next(c for c in pa.columns if c.startswith("scored-"))]
+
+
+def source_scores(chosen: ScoringRecipe, budget: float, args) -> pd.Series:  # noqa: ANN001
+    """The chosen recipe's scores on the mnist5k members it was chosen on (read from the calibration's cache)."""
+    src = TruthTable.load(SHIPPED / DEFAULT_TRANSFER)
+    grads = float(src.frame[[c for c in src.frame.columns if c.startswith("sample_grads_s")]].stack().median())
+    grid, bn = grid_recipes(budget, grads)
+    config = next(r for r in grid if (r.passes, r.lr, r.batch_size) == (chosen.passes, chosen.lr, chosen.batch_size))
+    recipe = replace(config, score=chosen.score, bn_images=bn if chosen.bn_images else 0)
+    cache = ScoreCache(f"{args.work}/mnist5k_scores.jsonl")
+    dk = src.meta["dataset_key"]
+    return pd.Series({k: score(cache.get(dk, config, bn, k, 0), recipe) for k in src.frame.index}, dtype=float)
 
 
 def main() -> None:
@@ -54,7 +69,7 @@ def main() -> None:
     truth = table.accuracies().mean(axis=1)
     recipes = Path(args.out).with_suffix("")
     recipes.mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows, target, source = [], {}, {}
     for b in args.budgets:
         path = recipes / f"recipe_{b.replace('/', 'of')}.json"
         argv = ["calibrate", "--dataset", args.dataset, "--space", args.space, "--source", "transfer", "--budget", b,
@@ -67,6 +82,8 @@ def main() -> None:
         plain = replace(chosen, passes=0.0, lr=0.02, batch_size=128, score="val_acc", bn_images=0)
         a = scored(chosen, f"transfer-{b.replace('/', 'of')}", args, bundle, table, space)
         u = scored(plain, f"uncalibrated-{b.replace('/', 'of')}", args, bundle, table, space)
+        target[f"transfer@{b}"], target[f"uncalibrated@{b}"] = a, u
+        source[f"transfer@{b}"] = source_scores(chosen, float(Fraction(b)), args)
         keys = list(a.index)
         t = truth.loc[keys].to_numpy(float)
         pair = stats.paired_delta_tau(t, a.to_numpy(float), u.loc[keys].to_numpy(float), n_resamples=args.resamples)
@@ -78,6 +95,9 @@ def main() -> None:
                      "target_trainings": 0})  # fmt: skip
         print(pd.DataFrame(rows[-1:]).round(3).to_string(index=False), flush=True)
     pd.DataFrame(rows).to_csv(args.out, index=False, float_format="%.6g")
+    for name, cols in (("scores", target), ("source_scores", source)):  # per member, for stacking (no retraining)
+        frame = pd.DataFrame(cols).rename_axis("arch_key")
+        frame.to_csv(recipes / f"{name}.csv", float_format="%.6g")
     _bench.record(args.out)
 
 
