@@ -54,11 +54,6 @@ def insample(grid: cal.Grid, truth: pd.Series, keys: list[str], path: Path) -> N
     pd.DataFrame(rows).sort_values("tau", ascending=False).to_csv(path, index=False)
 
 
-def grads_of(table: TruthTable) -> float:
-    cols = [c for c in table.frame.columns if c.startswith("sample_grads_s")]
-    return float(table.frame[cols].stack().median())
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--truth", default="results/bench_fashion_mnist/truth.csv")
@@ -83,7 +78,7 @@ def main() -> None:
     table = TruthTable.load(args.truth)
     truth = table.accuracies().mean(axis=1)
     factors = table.frame[list(cal.FACTORS)]
-    grid = grid_of(args.cache, table, grads_of(table), args.budget)
+    grid = grid_of(args.cache, table, table.training_grads(), args.budget)
     keys = list(grid.scores.index)
     cheap = pd.read_csv(args.scores, index_col="arch_key")
     b = args.budget
@@ -103,8 +98,8 @@ def main() -> None:
     if src_path.exists() and Path(args.source_cache).exists():
         src = TruthTable.load(src_path)
         src_truth = src.accuracies().mean(axis=1).dropna()
-        sgrid = grid_of(args.source_cache, src, grads_of(src), args.budget)
-        sgrid_all = grid_of(args.source_cache, src, grads_of(src), args.budget)
+        sgrid = grid_of(args.source_cache, src, src.training_grads(), args.budget)
+        sgrid_all = grid_of(args.source_cache, src, src.training_grads(), args.budget)
         insample(sgrid_all, src_truth, [k for k in sgrid_all.scores.index if k in src_truth.index],
                  out / "grid_insample_mnist5k.csv")  # fmt: skip
         common = set(grid.config.values())

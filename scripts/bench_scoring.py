@@ -43,7 +43,7 @@ def main() -> None:
         table = TruthTable.load(args.truth)
         table.check(dataset_key=bundle.key)
         pool = table.archs()
-        truth_grads = float(table.frame[[c for c in table.frame if c.startswith("sample_grads_s")]].stack().median())
+        truth_grads = table.training_grads()
     else:
         pool, truth_grads = read_archs(args.archs), args.truth_grads
     if args.members:

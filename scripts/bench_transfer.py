@@ -47,8 +47,7 @@ def scored(recipe: ScoringRecipe, name: str, args, bundle, table, space) -> pd.S
 def source_scores(chosen: ScoringRecipe, budget: float, args) -> pd.Series:  # noqa: ANN001
     """The chosen recipe's scores on the mnist5k members it was chosen on (read from the calibration's cache)."""
     src = TruthTable.load(SHIPPED / DEFAULT_TRANSFER)
-    grads = float(src.frame[[c for c in src.frame.columns if c.startswith("sample_grads_s")]].stack().median())
-    grid, bn = grid_recipes(budget, grads)
+    grid, bn = grid_recipes(budget, src.training_grads())
     config = next(r for r in grid if (r.passes, r.lr, r.batch_size) == (chosen.passes, chosen.lr, chosen.batch_size))
     recipe = replace(config, score=chosen.score, bn_images=bn if chosen.bn_images else 0)
     cache = ScoreCache(f"{args.work}/mnist5k_scores.jsonl")

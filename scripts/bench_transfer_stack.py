@@ -21,7 +21,7 @@ from __future__ import annotations
 import _bench
 import numpy as np
 import pandas as pd
-from bench_calibrate import grads_of, grid_of
+from bench_calibrate import grid_of
 
 from nasdd.validate import calibrate as cal
 from nasdd.validate import stats
@@ -40,7 +40,7 @@ def main() -> None:
     ap.add_argument("--resamples", type=int, default=1000)
     args = _bench.parse(ap)
     src = TruthTable.load(args.source)
-    grid = grid_of(args.source_cache, src, args.source_grads or grads_of(src), 1 / 30)
+    grid = grid_of(args.source_cache, src, args.source_grads or src.training_grads(), 1 / 30)
     src_scores = pd.DataFrame({
         "early": grid.scores[grid.key_of(0, False, "val_acc")],
         "calibrated": pd.read_csv(f"{args.calibrated}/source_scores.csv", index_col="arch_key")["transfer@1/30"],

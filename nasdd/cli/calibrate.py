@@ -79,11 +79,6 @@ def _grid_indices(text: str | None, n: int) -> list[int]:
     return use
 
 
-def _table_grads(table) -> float:  # noqa: ANN001
-    cols = [c for c in table.frame.columns if c.startswith("sample_grads_s")]
-    return float(table.frame[cols].stack().median())
-
-
 def command(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -118,7 +113,7 @@ def command(args: argparse.Namespace) -> int:
         members = sorted(table.frame.index[rng.permutation(len(table.frame))[: args.k]])
     table.check(space=space.name)
     truth = table.accuracies().mean(axis=1)
-    grads = _table_grads(table)
+    grads = table.training_grads()
     recipes, bn = cal.grid_recipes(budget, grads)
     use = _grid_indices(args.grid, len(recipes))
     archs = {a.key(): a for a in table.archs()}

@@ -66,6 +66,11 @@ class TruthTable:
         seeds = self.seeds()
         return self.frame[[f"acc_s{s}" for s in seeds]].set_axis(seeds, axis=1).astype(float)
 
+    def training_grads(self) -> float:
+        """Sample-gradients of one truth training: the median over every member and seed recorded."""
+        cols = [c for c in self.frame.columns if c.startswith("sample_grads_s")]
+        return float(self.frame[cols].stack().median())
+
     def archs(self) -> list[ArchSpec]:
         return [ArchSpec.from_json(a) for a in self.frame["arch"]] if len(self.frame) else []
 

@@ -46,6 +46,7 @@ def test_a_table_round_trips(digits, tmp_path):
     assert {"arch_key", "params", "flops", "acc_s1", "sample_grads_s1", "acc_mean", "nasdd_version"} <= set(df)
     assert df.acc_mean.iloc[0] == pytest.approx(0.505)
     assert list(df.normalization[:2]) == ["instancenorm", "none"]
+    assert back.training_grads() == 1000.5  # one truth training: the median over members x seeds 0, 1
 
 
 def test_a_table_grows_without_retraining(digits, tmp_path):
