@@ -32,7 +32,6 @@ def main() -> None:
     ap = _bench.parser(__doc__, out="results/bench_fashion_mnist/calibrated/transfer_stack.csv", dataset=None)
     ap.add_argument("--source", default="nasdd/validate/truth_mnist5k_convnet_cpu_pooled_60.csv")
     ap.add_argument("--source-cache", default="results/bench_fashion_mnist/calibrated/scores_mnist5k.jsonl")
-    ap.add_argument("--source-grads", type=float, default=28800, help="the mnist5k truth's sample-gradients")
     ap.add_argument("--target", default="results/bench_fashion_mnist/truth.csv")
     ap.add_argument("--target-scores", default="results/bench_fashion_mnist/scores_30.csv")
     ap.add_argument("--calibrated", default="results/bench_fashion_mnist/calibrated/transfer_budgets",
@@ -40,7 +39,7 @@ def main() -> None:
     ap.add_argument("--resamples", type=int, default=1000)
     args = _bench.parse(ap)
     src = TruthTable.load(args.source)
-    grid = grid_of(args.source_cache, src, args.source_grads or src.training_grads(), 1 / 30)
+    grid = grid_of(args.source_cache, src, src.training_grads(), 1 / 30)
     src_scores = pd.DataFrame({
         "early": grid.scores[grid.key_of(0, False, "val_acc")],
         "calibrated": pd.read_csv(f"{args.calibrated}/source_scores.csv", index_col="arch_key")["transfer@1/30"],
