@@ -46,8 +46,8 @@ def one_split(table: TruthTable, k: int, seed: int, args, bundle, space) -> tupl
     draws = cal.paired_draws(t, stack, early, 100, np.random.default_rng(seed))
     features = res.summary[~res.summary.kind.isin(["truth", "noise_ceiling", "peer:stack"])]
     per_seed = res.summary.set_index("name").loc["ground_truth", "cost_sample_grads"] / res.config["truth_seeds"]
-    cost = {"per_candidate": features.cost_sample_grads.sum() / per_seed, "paired_against": row["paired_against"]}
-    return cal.metrics(t, stack), {**cal.metrics(t, early), **cost}, draws
+    extra = {"paired_against": row["paired_against"], "per_candidate": features.cost_sample_grads.sum() / per_seed}
+    return {**cal.metrics(t, stack), **extra}, cal.metrics(t, early), draws
 
 
 def main() -> None:
@@ -68,9 +68,8 @@ def main() -> None:
     for k in args.members:
         for seed in range(args.splits):
             stack, early, draws = one_split(table, k, seed, args, bundle, space)
-            rows.append({"k": k, "split": seed, "option": "stack", **stack, "draws": draws,
-                         "paired_against": early.pop("paired_against"), "per_candidate": early.pop("per_candidate")})
-            rows.append({"k": k, "split": seed, "option": EARLY, **early, "draws": np.zeros(1)})  # fmt: skip
+            rows.append({"k": k, "split": seed, "option": "stack", **stack, "draws": draws})
+            rows.append({"k": k, "split": seed, "option": EARLY, **early, "draws": np.zeros(1)})
         print(f"k={k}: {args.splits} splits", flush=True)
     st = pd.DataFrame(rows)
     out = Path(args.out)
